@@ -1,0 +1,1 @@
+//! Qleet management plane.

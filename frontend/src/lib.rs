@@ -1,0 +1,2 @@
+//! Qleet web UI.
+pub fn placeholder() {}
