@@ -1,1 +1,71 @@
-fn main() {}
+//! `qleet`: the management-plane server binary.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use qleet::config::{Cli, Command, Config, LogFormat, Mode};
+use qleet::startup::Application;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qleet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = match cli.command {
+        Command::Serve(args) => Config::from_serve(args)?,
+        Command::Dev(args) => Config::from_dev(args)?,
+        Command::Migrate(args) => {
+            qleet::telemetry::init_logging(LogFormat::Pretty);
+            let url = secrecy::SecretString::from(args.database_url);
+            let pool = qleet::db::connect(&url).await?;
+            qleet::db::migrate(&pool).await?;
+            println!("management database is up to date");
+            return Ok(());
+        }
+        Command::Schema => {
+            print!("{}", qleet::graphql::sdl());
+            return Ok(());
+        }
+    };
+    qleet::telemetry::init_logging(config.log_format);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let url = config.public_url.clone();
+    let mode = config.mode;
+    let app = Application::build(config, listener).await?;
+    match mode {
+        Mode::Dev => {
+            println!("Qleet is running at {url} (development sign-in enabled; Ctrl-C stops it)")
+        }
+        Mode::Serve => tracing::info!(%url, "Qleet is serving"),
+    }
+    app.run_until(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down");
+}

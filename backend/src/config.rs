@@ -1,0 +1,345 @@
+//! Configuration: one typed struct, read once at start from flags and `QLEET_*` variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+/// Qleet: managed application orchestration.
+#[derive(Debug, Parser)]
+#[command(name = "qleet", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the management plane in production (needs DATABASE_URL and QLEET_PUBLIC_URL).
+    Serve(ServeArgs),
+    /// Run locally: embedded PostgreSQL when DATABASE_URL is unset, dev sign-in enabled.
+    Dev(DevArgs),
+    /// Apply the management database migrations and exit.
+    Migrate(MigrateArgs),
+    /// Print the GraphQL schema (SDL).
+    Schema,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "QLEET_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// The URL people reach Qleet at; https unless it is a loopback address.
+    #[arg(long, env = "QLEET_PUBLIC_URL")]
+    pub public_url: Url,
+    /// PostgreSQL URL of the management database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Address to listen on.
+    #[arg(long, env = "QLEET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// The URL people reach Qleet at (default: http://LISTEN).
+    #[arg(long, env = "QLEET_PUBLIC_URL")]
+    pub public_url: Option<Url>,
+    /// PostgreSQL URL; when unset, a private cluster under DATA_DIR/postgres is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// PostgreSQL URL of the management database.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Directory for Qleet's own files (the embedded PostgreSQL cluster in dev).
+    #[arg(long, env = "QLEET_DATA_DIR", default_value = ".qleet")]
+    pub data_dir: PathBuf,
+    /// Directory holding the built web UI (`pkg/qleet.js`, `pkg/qleet_bg.wasm`, `pkg/qleet.css`).
+    #[arg(long, env = "QLEET_SITE_DIR", default_value = "target/site")]
+    pub site_dir: PathBuf,
+    /// OpenID Connect providers as JSON:
+    /// `[{"id":"okta","name":"Okta","issuer":"https://...","client_id":"...","client_secret":"..."}]`.
+    #[arg(long, env = "QLEET_OIDC_PROVIDERS", hide_env_values = true)]
+    pub oidc_providers: Option<String>,
+    /// How long a browser session lasts, in hours.
+    #[arg(long, env = "QLEET_SESSION_TTL_HOURS", default_value_t = 168)]
+    pub session_ttl_hours: u64,
+    /// How long an invitation link stays valid, in hours.
+    #[arg(long, env = "QLEET_INVITATION_TTL_HOURS", default_value_t = 168)]
+    pub invitation_ttl_hours: u64,
+    /// Take the client IP from `X-Forwarded-For` (only behind a proxy you run).
+    #[arg(long, env = "QLEET_TRUST_PROXY_HEADERS")]
+    pub trust_proxy_headers: bool,
+    /// Log format (default: json for serve, pretty for dev).
+    #[arg(long, env = "QLEET_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Serve,
+    Dev,
+}
+
+/// Where the management database is.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Url(SecretString),
+    /// A private cluster Qleet runs itself under this directory (dev only).
+    Embedded(PathBuf),
+}
+
+/// One OpenID Connect provider people can sign in with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OidcProviderConfig {
+    /// Short id used in URLs (`/auth/login/{id}`).
+    pub id: String,
+    /// Name shown on the sign-in page.
+    pub name: String,
+    /// Issuer URL; discovery is read from `{issuer}/.well-known/openid-configuration`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// Everything the management plane needs, resolved and checked once at start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// Socket address the HTTP server binds.
+    pub listen: SocketAddr,
+    /// The origin people use; cookies, redirects and the CSRF origin check derive from it.
+    pub public_url: Url,
+    pub database: Database,
+    pub data_dir: PathBuf,
+    pub site_dir: PathBuf,
+    pub oidc_providers: Vec<OidcProviderConfig>,
+    pub session_ttl: Duration,
+    pub invitation_ttl: Duration,
+    pub trust_proxy_headers: bool,
+    pub log_format: LogFormat,
+    /// Offer the password-less development sign-in. Only `qleet dev` can set this.
+    pub dev_sign_in: bool,
+}
+
+/// A configuration value that cannot be used, with a one-line reason.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    pub fn from_serve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let mut config = Self::build(
+            Mode::Serve,
+            args.listen,
+            args.public_url,
+            Database::Url(parse_database_url(&args.database_url)?),
+            args.common,
+        )?;
+        config.dev_sign_in = false;
+        Ok(config)
+    }
+
+    pub fn from_dev(args: DevArgs) -> Result<Self, ConfigError> {
+        let public_url = match args.public_url {
+            Some(url) => url,
+            None => Url::parse(&format!("http://{}", args.listen))
+                .map_err(|e| ConfigError(format!("QLEET_LISTEN does not make a URL: {e}")))?,
+        };
+        let database = match args.database_url.as_deref().filter(|s| !s.is_empty()) {
+            Some(url) => Database::Url(parse_database_url(url)?),
+            None => Database::Embedded(args.common.data_dir.join("postgres")),
+        };
+        let mut config = Self::build(Mode::Dev, args.listen, public_url, database, args.common)?;
+        config.dev_sign_in = true;
+        Ok(config)
+    }
+
+    fn build(
+        mode: Mode,
+        listen: SocketAddr,
+        public_url: Url,
+        database: Database,
+        common: CommonArgs,
+    ) -> Result<Self, ConfigError> {
+        check_public_url(&public_url)?;
+        let oidc_providers = match common.oidc_providers.as_deref() {
+            None | Some("") => Vec::new(),
+            Some(json) => parse_providers(json)?,
+        };
+        if common.session_ttl_hours == 0 || common.invitation_ttl_hours == 0 {
+            return Err(ConfigError("TTLs must be at least one hour".into()));
+        }
+        Ok(Config {
+            mode,
+            listen,
+            public_url,
+            database,
+            data_dir: common.data_dir,
+            site_dir: common.site_dir,
+            oidc_providers,
+            session_ttl: Duration::from_secs(common.session_ttl_hours * 3600),
+            invitation_ttl: Duration::from_secs(common.invitation_ttl_hours * 3600),
+            trust_proxy_headers: common.trust_proxy_headers,
+            log_format: common.log_format.unwrap_or(match mode {
+                Mode::Serve => LogFormat::Json,
+                Mode::Dev => LogFormat::Pretty,
+            }),
+            dev_sign_in: false,
+        })
+    }
+
+    /// Whether cookies must carry `Secure` (everywhere but plain-http loopback).
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    /// `scheme://host[:port]` of the public URL, as browsers send it in `Origin`.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+
+    /// An absolute URL under the public URL.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.public_origin(), path)
+    }
+}
+
+fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
+    let parsed =
+        Url::parse(url).map_err(|e| ConfigError(format!("DATABASE_URL is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(ConfigError(format!(
+            "DATABASE_URL must start with postgres:// (got {}://)",
+            parsed.scheme()
+        )));
+    }
+    Ok(SecretString::from(url.to_owned()))
+}
+
+fn check_public_url(url: &Url) -> Result<(), ConfigError> {
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost",
+        None => return Err(ConfigError(format!("QLEET_PUBLIC_URL {url} has no host"))),
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(ConfigError(format!(
+            "QLEET_PUBLIC_URL {url} must use https (plain http is only allowed on loopback)"
+        ))),
+        other => Err(ConfigError(format!(
+            "QLEET_PUBLIC_URL has unsupported scheme {other}"
+        ))),
+    }
+}
+
+fn parse_providers(json: &str) -> Result<Vec<OidcProviderConfig>, ConfigError> {
+    let providers: Vec<OidcProviderConfig> = serde_json::from_str(json)
+        .map_err(|e| ConfigError(format!("QLEET_OIDC_PROVIDERS is not valid: {e}")))?;
+    let mut seen = std::collections::HashSet::new();
+    for p in &providers {
+        let id_ok = !p.id.is_empty()
+            && p.id.len() <= 32
+            && p.id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !id_ok {
+            return Err(ConfigError(format!(
+                "OIDC provider id {:?} must be 1-32 of a-z, 0-9, -",
+                p.id
+            )));
+        }
+        if !seen.insert(p.id.clone()) {
+            return Err(ConfigError(format!(
+                "OIDC provider id {:?} is listed twice",
+                p.id
+            )));
+        }
+        Url::parse(&p.issuer).map_err(|e| {
+            ConfigError(format!("OIDC provider {}: issuer is not a URL ({e})", p.id))
+        })?;
+    }
+    Ok(providers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common() -> CommonArgs {
+        CommonArgs {
+            data_dir: ".qleet".into(),
+            site_dir: "target/site".into(),
+            oidc_providers: None,
+            session_ttl_hours: 1,
+            invitation_ttl_hours: 1,
+            trust_proxy_headers: false,
+            log_format: None,
+        }
+    }
+
+    #[test]
+    fn serve_refuses_plain_http_outside_loopback() {
+        let args = ServeArgs {
+            listen: "0.0.0.0:80".parse().expect("addr"),
+            public_url: Url::parse("http://qleet.example.com").expect("url"),
+            database_url: "postgres://localhost/q".into(),
+            common: common(),
+        };
+        let err = Config::from_serve(args).expect_err("must refuse");
+        assert!(err.to_string().contains("must use https"), "{err}");
+    }
+
+    #[test]
+    fn serve_never_enables_dev_sign_in() {
+        let args = ServeArgs {
+            listen: "127.0.0.1:80".parse().expect("addr"),
+            public_url: Url::parse("http://127.0.0.1:80").expect("url"),
+            database_url: "postgres://localhost/q".into(),
+            common: common(),
+        };
+        assert!(!Config::from_serve(args).expect("valid").dev_sign_in);
+    }
+
+    #[test]
+    fn bad_database_url_names_the_variable() {
+        let err = parse_database_url("mysql://x").expect_err("must refuse");
+        assert!(err.to_string().contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn providers_are_checked_and_secrets_redacted() {
+        let json = r#"[{"id":"okta","name":"Okta","issuer":"https://id.example","client_id":"c","client_secret":"hunter2"}]"#;
+        let providers = parse_providers(json).expect("valid");
+        assert!(!format!("{providers:?}").contains("hunter2"));
+        let dup = r#"[{"id":"a","name":"A","issuer":"https://x","client_id":"c","client_secret":"s"},{"id":"a","name":"A","issuer":"https://x","client_id":"c","client_secret":"s"}]"#;
+        assert!(parse_providers(dup).is_err());
+        assert!(parse_providers("{").is_err());
+    }
+}

@@ -1,0 +1,130 @@
+//! The one error type at the edge of the API, with stable codes for clients.
+
+use async_graphql::ErrorExtensions;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// An error a caller of the API can act on. Each variant has a stable `code` that GraphQL
+/// answers carry in `extensions.code`; internal errors never leak their cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("sign in first (session cookie or `Authorization: Bearer qleet_...`)")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the request is missing a valid CSRF token; reload the page and try again")]
+    Csrf,
+    #[error("internal error (request id {request_id})")]
+    Internal {
+        request_id: String,
+        #[source]
+        source: anyhow::Error,
+    },
+}
+
+impl ApiError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated => "UNAUTHENTICATED",
+            ApiError::Forbidden(_) => "FORBIDDEN",
+            ApiError::NotFound(_) => "NOT_FOUND",
+            ApiError::InvalidInput { .. } => "INVALID_INPUT",
+            ApiError::Conflict(_) => "CONFLICT",
+            ApiError::Csrf => "CSRF",
+            ApiError::Internal { .. } => "INTERNAL",
+        }
+    }
+
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        ApiError::InvalidInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::Forbidden(message.into())
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) | ApiError::Csrf => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// Turns any unexpected failure into [`ApiError::Internal`], logging the whole cause chain once
+/// inside the current (request) span.
+pub fn internal(err: impl Into<anyhow::Error>) -> ApiError {
+    let source = err.into();
+    let request_id = crate::telemetry::current_request_id();
+    tracing::error!(error = format!("{source:#}"), request.id = %request_id, "internal error");
+    ApiError::Internal { request_id, source }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        internal(err)
+    }
+}
+
+impl ErrorExtensions for ApiError {
+    fn extend(&self) -> async_graphql::Error {
+        let mut err = async_graphql::Error::new(self.to_string());
+        err = err.extend_with(|_, e| {
+            e.set("code", self.code());
+            if let ApiError::InvalidInput { field, .. } = self {
+                e.set("field", *field);
+            }
+            if let ApiError::Internal { request_id, .. } = self {
+                e.set("requestId", request_id.as_str());
+            }
+        });
+        err
+    }
+}
+
+/// `?` on a domain result inside a resolver, keeping the stable `code`
+/// (async-graphql's blanket `From<Display>` would drop it).
+pub trait GqlResult<T> {
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T> GqlResult<T> for Result<T, ApiError> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|e| e.extend())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body =
+            serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+/// Whether a database error is a violation of the named unique constraint or index.
+pub fn is_unique_violation(err: &sqlx::Error, constraint: &str) -> bool {
+    match err {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23505") && db.constraint() == Some(constraint)
+        }
+        _ => false,
+    }
+}

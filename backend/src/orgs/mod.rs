@@ -1,0 +1,217 @@
+//! Organisations, their members and roles, and invitations. Every permission decision about an
+//! organisation is made by [`require`], in this one place.
+
+pub mod graphql;
+pub mod invitations;
+pub mod members;
+mod slug;
+pub mod store;
+
+pub use slug::{Slug, parse_name};
+
+use async_graphql::Enum;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::identity::Principal;
+
+/// A member's role in an organisation, from most to least powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+    Viewer,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Owner, Role::Admin, Role::Member, Role::Viewer];
+
+    fn rank(self) -> u8 {
+        match self {
+            Role::Owner => 3,
+            Role::Admin => 2,
+            Role::Member => 1,
+            Role::Viewer => 0,
+        }
+    }
+
+    /// Whether this role includes everything `other` may do.
+    pub fn at_least(self, other: Role) -> bool {
+        self.rank() >= other.rank()
+    }
+
+    pub fn min(self, other: Role) -> Role {
+        if self.rank() <= other.rank() {
+            self
+        } else {
+            other
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Admin => "admin",
+            Role::Member => "member",
+            Role::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Role, ApiError> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                crate::error::internal(anyhow::anyhow!("unknown role {s:?} in database"))
+            })
+    }
+}
+
+/// Something one may do in an organisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// See the organisation and its members.
+    Read,
+    /// Rename the organisation.
+    Rename,
+    /// Delete the organisation.
+    Delete,
+    /// Change roles and remove other members.
+    ManageMembers,
+    /// Invite people and see or revoke invitations.
+    ManageInvitations,
+    /// Read the audit log.
+    ReadAuditLog,
+    /// Create API tokens (at most one's own role).
+    CreateTokens,
+    /// See and revoke everyone's API tokens.
+    ManageTokens,
+}
+
+impl Permission {
+    /// The least role that has this permission.
+    pub fn min_role(self) -> Role {
+        match self {
+            Permission::Read | Permission::CreateTokens => Role::Viewer,
+            Permission::Rename
+            | Permission::ManageMembers
+            | Permission::ManageInvitations
+            | Permission::ReadAuditLog
+            | Permission::ManageTokens => Role::Admin,
+            Permission::Delete => Role::Owner,
+        }
+    }
+}
+
+/// An organisation row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Org {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An organisation as one principal sees it: with that principal's role in it.
+#[derive(Debug, Clone)]
+pub struct OrgAccess {
+    pub org: Org,
+    pub role: Role,
+}
+
+/// The organisation `slug` and the principal's role in it. An organisation the principal does
+/// not belong to answers `NOT_FOUND`, exactly like one that does not exist.
+pub async fn access(
+    pool: &PgPool,
+    principal: &Principal,
+    slug: &str,
+) -> Result<OrgAccess, ApiError> {
+    let not_found = || ApiError::NotFound(format!("organization {slug:?}"));
+    let row: Option<(Uuid, String, String, chrono::DateTime<chrono::Utc>, String)> = match principal
+    {
+        Principal::User { user_id, .. } => {
+            sqlx::query_as(
+                "select o.id, o.slug, o.name, o.created_at, m.role
+                 from organizations o join memberships m on m.org_id = o.id
+                 where o.slug = $1 and m.user_id = $2",
+            )
+            .bind(slug)
+            .bind(user_id)
+            .fetch_optional(pool)
+            .await?
+        }
+        Principal::Token { org_id, role, .. } => sqlx::query_as(
+            "select id, slug, name, created_at, $3 from organizations where slug = $1 and id = $2",
+        )
+        .bind(slug)
+        .bind(org_id)
+        .bind(role.as_str())
+        .fetch_optional(pool)
+        .await?,
+    };
+    let (id, slug, name, created_at, role) = row.ok_or_else(not_found)?;
+    Ok(OrgAccess {
+        org: Org {
+            id,
+            slug,
+            name,
+            created_at,
+        },
+        role: Role::parse(&role)?,
+    })
+}
+
+/// Refuses with `FORBIDDEN` unless the role allows `permission`.
+pub fn require(access: &OrgAccess, permission: Permission) -> Result<(), ApiError> {
+    if access.role.at_least(permission.min_role()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "your role in {} ({}) does not allow this; it needs {}",
+            access.org.slug,
+            access.role.as_str(),
+            permission.min_role().as_str()
+        )))
+    }
+}
+
+/// Access plus a permission check, the usual start of a mutation.
+pub async fn authorize(
+    pool: &PgPool,
+    principal: &Principal,
+    slug: &str,
+    permission: Permission,
+) -> Result<OrgAccess, ApiError> {
+    let access = access(pool, principal, slug).await?;
+    require(&access, permission)?;
+    Ok(access)
+}
+
+/// Refuses API tokens for things only a person may do.
+pub fn require_user(principal: &Principal, what: &str) -> Result<Uuid, ApiError> {
+    match principal {
+        Principal::User { user_id, .. } => Ok(*user_id),
+        Principal::Token { .. } => Err(ApiError::forbidden(format!("API tokens cannot {what}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Owner.at_least(Role::Admin));
+        assert!(Role::Admin.at_least(Role::Admin));
+        assert!(!Role::Member.at_least(Role::Admin));
+        assert!(!Role::Viewer.at_least(Role::Member));
+        assert_eq!(Role::Admin.min(Role::Member), Role::Member);
+        for r in Role::ALL {
+            assert_eq!(Role::parse(r.as_str()).expect("round trip"), r);
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Creating, renaming, deleting and listing organisations.
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::slug::parse_name;
+use super::{Org, OrgAccess, Permission, Role, Slug, authorize, require_user};
+use crate::audit;
+use crate::error::{ApiError, is_unique_violation};
+use crate::identity::{Actor, Principal};
+
+/// Creates an organisation with the caller as its owner.
+pub async fn create(
+    pool: &PgPool,
+    actor: &Actor,
+    slug: &str,
+    name: &str,
+) -> Result<OrgAccess, ApiError> {
+    let user_id = require_user(&actor.principal, "create organizations")?;
+    let slug = Slug::parse(slug)?;
+    let name = parse_name("name", name)?;
+    let mut tx = pool.begin().await?;
+    let org = sqlx::query_as::<_, Org>(
+        "insert into organizations (id, slug, name) values ($1, $2, $3)
+         returning id, slug, name, created_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(slug.as_str())
+    .bind(&name)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e, "organizations_slug_key") {
+            ApiError::Conflict(format!("the slug {:?} is taken", slug.as_str()))
+        } else {
+            e.into()
+        }
+    })?;
+    sqlx::query("insert into memberships (org_id, user_id, role) values ($1, $2, 'owner')")
+        .bind(org.id)
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        Some(org.id),
+        actor,
+        "organization.create",
+        serde_json::json!({ "slug": { "after": org.slug }, "name": { "after": org.name } }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(OrgAccess {
+        org,
+        role: Role::Owner,
+    })
+}
+
+/// Renames an organisation (admins and owners).
+pub async fn rename(
+    pool: &PgPool,
+    actor: &Actor,
+    slug: &str,
+    name: &str,
+) -> Result<OrgAccess, ApiError> {
+    let mut access = authorize(pool, &actor.principal, slug, Permission::Rename).await?;
+    let name = parse_name("name", name)?;
+    let mut tx = pool.begin().await?;
+    let before: String =
+        sqlx::query_scalar("select name from organizations where id = $1 for update")
+            .bind(access.org.id)
+            .fetch_one(&mut *tx)
+            .await?;
+    sqlx::query("update organizations set name = $2 where id = $1")
+        .bind(access.org.id)
+        .bind(&name)
+        .execute(&mut *tx)
+        .await?;
+    audit::record(
+        &mut tx,
+        Some(access.org.id),
+        actor,
+        "organization.rename",
+        audit::change("name", before, name.clone()),
+    )
+    .await?;
+    tx.commit().await?;
+    access.org.name = name;
+    Ok(access)
+}
+
+/// Deletes an organisation with everything in it (owners only; `confirm` must repeat the slug).
+pub async fn delete(
+    pool: &PgPool,
+    actor: &Actor,
+    slug: &str,
+    confirm: &str,
+) -> Result<(), ApiError> {
+    let access = authorize(pool, &actor.principal, slug, Permission::Delete).await?;
+    if confirm.trim() != access.org.slug {
+        return Err(ApiError::invalid(
+            "confirmSlug",
+            format!(
+                "type the organization's slug ({}) to confirm deletion",
+                access.org.slug
+            ),
+        ));
+    }
+    let mut tx = pool.begin().await?;
+    audit::record(
+        &mut tx,
+        Some(access.org.id),
+        actor,
+        "organization.delete",
+        serde_json::json!({ "slug": { "before": access.org.slug }, "name": { "before": access.org.name } }),
+    )
+    .await?;
+    sqlx::query("delete from organizations where id = $1")
+        .bind(access.org.id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The organisations a principal can see, each with its role there.
+pub async fn list_for(pool: &PgPool, principal: &Principal) -> Result<Vec<OrgAccess>, ApiError> {
+    let rows: Vec<(Uuid, String, String, chrono::DateTime<chrono::Utc>, String)> = match principal {
+        Principal::User { user_id, .. } => {
+            sqlx::query_as(
+                "select o.id, o.slug, o.name, o.created_at, m.role
+                 from organizations o join memberships m on m.org_id = o.id
+                 where m.user_id = $1 order by o.slug",
+            )
+            .bind(user_id)
+            .fetch_all(pool)
+            .await?
+        }
+        Principal::Token { org_id, role, .. } => {
+            sqlx::query_as("select id, slug, name, created_at, $2 from organizations where id = $1")
+                .bind(org_id)
+                .bind(role.as_str())
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    rows.into_iter()
+        .map(|(id, slug, name, created_at, role)| {
+            Ok(OrgAccess {
+                org: Org {
+                    id,
+                    slug,
+                    name,
+                    created_at,
+                },
+                role: Role::parse(&role)?,
+            })
+        })
+        .collect()
+}

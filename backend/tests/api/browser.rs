@@ -1,0 +1,193 @@
+//! The browser suite: real headless Chromium (through chromedriver) against the real server and
+//! a real OpenID provider.
+
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::oidc::app_with_provider;
+use crate::support::{TestApp, spawn_app};
+
+/// A chromedriver on a free loopback port, killed on drop.
+struct Driver {
+    _child: Child,
+    url: String,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let bin = std::env::var("QLEET_CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".into());
+        let child = Command::new(&bin)
+            .arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin} ({e}); scripts/test.sh installs chromium and chromium-driver"));
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..100 {
+            if http.get(format!("{url}/status")).send().await.is_ok() {
+                return Driver { _child: child, url };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("chromedriver did not answer on {url}");
+    }
+
+    async fn browser(&self, javascript: bool) -> Client {
+        let binary = std::env::var("QLEET_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+        let profile =
+            std::env::temp_dir().join(format!("qleet-chromium-{}", uuid::Uuid::new_v4().simple()));
+        let mut options = json!({
+            "binary": binary,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--disable-dev-shm-usage", "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        });
+        if !javascript {
+            options["prefs"] = json!({ "profile.managed_default_content_settings.javascript": 2 });
+        }
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".into(), options);
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&self.url)
+            .await
+            .expect("open a chromium session")
+    }
+}
+
+async fn text_of(client: &Client, css: &str) -> String {
+    let el = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} did not appear ({e})"));
+    el.text().await.expect("text")
+}
+
+async fn fill(client: &Client, css: &str, value: &str) {
+    let el = client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    el.clear().await.expect("clear");
+    el.send_keys(value).await.expect("type");
+}
+
+async fn click(client: &Client, css: &str) {
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn owner_of(app: &TestApp, slug: &str) -> Option<String> {
+    sqlx::query_scalar(
+        "select u.email from organizations o join memberships m on m.org_id = o.id and m.role = 'owner'
+         join users u on u.id = m.user_id where o.slug = $1",
+    )
+    .bind(slug)
+    .fetch_optional(&app.pool)
+    .await
+    .expect("query")
+}
+
+async fn create_org_in_browser(client: &Client, slug: &str, name: &str) {
+    fill(client, "#create-org-slug", slug).await;
+    fill(client, "#create-org-name", name).await;
+    click(client, "#create-org-submit").await;
+    let title = text_of(client, "#org-title").await;
+    assert_eq!(title, name);
+}
+
+#[tokio::test]
+async fn a_person_signs_in_with_openid_connect_and_creates_an_organization_in_chromium() {
+    let (app, _provider) = app_with_provider().await;
+    let driver = Driver::start().await;
+    let client = driver.browser(true).await;
+    client
+        .goto(&format!("{}/signin", app.url))
+        .await
+        .expect("open sign-in");
+    click(&client, "a.provider[data-provider=test]").await;
+    // The provider's own login and consent pages.
+    fill(&client, "input[name=login]", "alice").await;
+    fill(&client, "input[name=password]", "any").await;
+    click(&client, "button[type=submit]").await;
+    click(&client, "button[type=submit]").await;
+    let who = text_of(&client, "#signed-in-as").await;
+    assert!(who.contains("alice@example.test"), "{who}");
+    // The page was hydrated: the wasm bundle loaded.
+    let hydrated = client
+        .execute("return performance.getEntriesByType('resource').some(e => e.name.endsWith('qleet_bg.wasm'))", vec![])
+        .await
+        .expect("script");
+    assert_eq!(
+        hydrated,
+        json!(true),
+        "the UI bundle should load (scripts/build-ui.sh builds it)"
+    );
+    create_org_in_browser(&client, "acme", "Acme Corp").await;
+    assert_eq!(
+        owner_of(&app, "acme").await.as_deref(),
+        Some("alice@example.test")
+    );
+    // A bad slug shows a readable error and creates nothing.
+    client
+        .goto(&format!("{}/orgs", app.url))
+        .await
+        .expect("orgs");
+    fill(&client, "#create-org-slug", "Bad Slug!").await;
+    fill(&client, "#create-org-name", "Bad").await;
+    click(&client, "#create-org-submit").await;
+    let error = text_of(&client, "#error").await;
+    assert!(error.contains("slug"), "{error}");
+    let orgs: i64 = sqlx::query_scalar("select count(*) from organizations")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(orgs, 1);
+    client.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn sign_in_and_create_organization_work_without_javascript() {
+    let app = spawn_app().await;
+    let driver = Driver::start().await;
+    let client = driver.browser(false).await;
+    client
+        .goto(&format!("{}/signin", app.url))
+        .await
+        .expect("open sign-in");
+    fill(&client, "#signin-dev-email", "nojs@example.test").await;
+    click(&client, "#signin-dev-submit").await;
+    let who = text_of(&client, "#signed-in-as").await;
+    assert!(who.contains("nojs@example.test"), "{who}");
+    create_org_in_browser(&client, "plain", "Plain HTML").await;
+    assert_eq!(
+        owner_of(&app, "plain").await.as_deref(),
+        Some("nojs@example.test")
+    );
+    client.close().await.expect("close");
+}

@@ -1,0 +1,111 @@
+//! `qleet dev` on a machine without DATABASE_URL: it runs its own PostgreSQL, serves the UI,
+//! stops the database on exit and reuses it on the next start.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+async fn start(data_dir: &Path, port: u16) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qleet"))
+        .arg("dev")
+        .env_remove("DATABASE_URL")
+        .env("QLEET_DATA_DIR", data_dir)
+        .env("QLEET_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn qleet dev");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if line.contains("Qleet is running at") {
+                return line;
+            }
+        }
+        panic!("qleet dev exited before it was ready");
+    })
+    .await
+    .expect("qleet dev did not become ready in 120 s");
+    (child, line)
+}
+
+async fn stop(mut child: Child) {
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("exit in time")
+        .expect("wait");
+    assert!(exit.success(), "qleet dev exited with {exit}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[tokio::test]
+async fn qleet_dev_without_database_url_runs_its_own_postgres_and_serves_the_ui() {
+    let data_dir =
+        std::env::temp_dir().join(format!("qleet-dev-test-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    let port = free_port();
+    let (child, line) = start(&data_dir, port).await;
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(line.contains(&url), "{line}");
+    assert!(
+        data_dir.join("postgres/PG_VERSION").exists(),
+        "cluster initialised under the data dir"
+    );
+    let http = reqwest::Client::new();
+    let page = http
+        .get(format!("{url}/signin"))
+        .send()
+        .await
+        .expect("signin page");
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.expect("html");
+    assert!(
+        html.contains("Qleet") && html.contains("Development sign-in"),
+        "{html}"
+    );
+    assert_eq!(
+        http.get(format!("{url}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status(),
+        200
+    );
+    stop(child).await;
+    assert!(
+        !data_dir.join("postgres/postmaster.pid").exists(),
+        "PostgreSQL stopped on exit"
+    );
+
+    // The next start reuses the cluster and its data.
+    let port = free_port();
+    let (child, _) = start(&data_dir, port).await;
+    let url = format!("http://127.0.0.1:{port}");
+    let signed_in = http
+        .post(format!("{url}/auth/dev"))
+        .form(&[("email", "dev@example.test")])
+        .send()
+        .await
+        .expect("dev sign-in");
+    assert!(signed_in.status().is_success() || signed_in.status().is_redirection());
+    stop(child).await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the management plane, one binary, a module per area.
+
+mod audit;
+mod browser;
+mod dev_cli;
+mod health;
+mod oidc;
+mod orgs;
+mod roles;
+mod schema;
+mod support;
+mod tokens;

@@ -1,0 +1,64 @@
+# Shared set-up steps for scripts/run.sh and scripts/test.sh. Each step installs only what is
+# missing, so a second run costs nothing. Source it; do not run it.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    die "need root to run: $* (install sudo or run as root)"; fi
+}
+
+APT_UPDATED=0
+# ensure_apt PACKAGE COMMAND-OR-PATH...: installs PACKAGE when none of the commands exist.
+ensure_apt() {
+  local pkg=$1; shift
+  for probe in "$@"; do
+    if command -v "$probe" >/dev/null 2>&1 || [ -e "$probe" ]; then return 0; fi
+  done
+  command -v apt-get >/dev/null || die "$pkg is missing and this is not a Debian-like system; install it by hand"
+  if [ "$APT_UPDATED" = 0 ]; then say "apt-get update"; as_root apt-get update -qq; APT_UPDATED=1; fi
+  say "installing $pkg"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null
+}
+
+ensure_postgres_binaries() {
+  local found=""
+  for d in /usr/lib/postgresql/*/bin; do [ -x "$d/initdb" ] && found=1; done
+  command -v initdb >/dev/null && found=1
+  [ -n "$found" ] || ensure_apt postgresql /nonexistent
+}
+
+# The wasm-bindgen CLI must equal the wasm-bindgen crate in Cargo.lock.
+wasm_bindgen_version() {
+  awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
+}
+
+ensure_wasm_tools() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    say "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+  fi
+  local want; want=$(wasm_bindgen_version)
+  local have; have=$(wasm-bindgen --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" != "$want" ]; then
+    say "installing wasm-bindgen-cli $want (once, ~2 min)"
+    # Not --locked: its lock file names a crate version the registry no longer has.
+    cargo install wasm-bindgen-cli --version "$want"
+  fi
+}
+
+ensure_node_deps() {
+  ensure_apt nodejs node
+  ensure_apt npm npm
+  if [ ! -d tests/node_modules ] || [ tests/package-lock.json -nt tests/node_modules/.package-lock.json ]; then
+    say "installing the test peers from tests/package-lock.json"
+    (cd tests && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+  export PATH="$ROOT/tests/node_modules/.bin:$PATH"
+}

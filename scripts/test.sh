@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test: installs what the tests need (PostgreSQL, Node and the OpenID provider
+# package, Chromium and chromedriver, the wasm toolchain), starts PostgreSQL if none answers,
+# builds the web UI, checks formatting and lints, then runs the whole test suite.
+source "$(dirname "$0")/lib.sh"
+
+ensure_postgres_binaries
+ensure_apt chromium chromium /usr/bin/chromium
+ensure_apt chromium-driver chromedriver
+ensure_node_deps
+ensure_wasm_tools
+
+# PostgreSQL for the tests: the machine's own on 127.0.0.1:5432 if it lets `postgres` in without
+# a password, else a private throwaway cluster.
+if [ -z "${QLEET_TEST_DATABASE_URL:-}" ]; then
+  if psql "postgres://postgres@127.0.0.1:5432/postgres" -qAtc 'select 1' >/dev/null 2>&1; then
+    export QLEET_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres"
+  else
+    PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    PGDIR=/tmp/qleet-test-pg
+    PGPORT=55432
+    if ! "$PGBIN/pg_ctl" -D "$PGDIR" status >/dev/null 2>&1; then
+      say "starting a private PostgreSQL for the tests on 127.0.0.1:$PGPORT"
+      run_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+      if [ ! -f "$PGDIR/PG_VERSION" ]; then
+        mkdir -p "$PGDIR"; [ "$(id -u)" -ne 0 ] || chown postgres: "$PGDIR"
+        run_pg "$PGBIN/initdb" -D "$PGDIR" -U postgres --auth=trust >/dev/null
+      fi
+      run_pg "$PGBIN/pg_ctl" -D "$PGDIR" -l "$PGDIR/log" -w \
+        -o "-p $PGPORT -k $PGDIR -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300" start >/dev/null
+    fi
+    export QLEET_TEST_DATABASE_URL="postgres://postgres@127.0.0.1:$PGPORT/postgres"
+  fi
+fi
+# Databases left by earlier runs.
+psql "$QLEET_TEST_DATABASE_URL" -qAtc "select datname from pg_database where datname like 'qleet_test_%'" |
+  while read -r db; do psql "$QLEET_TEST_DATABASE_URL" -qc "drop database if exists $db" >/dev/null; done
+
+say "building the web UI"
+QLEET_SITE_DIR=$(scripts/build-ui.sh | tail -n 1)
+export QLEET_SITE_DIR
+
+say "cargo fmt --check"
+cargo fmt --all --check
+say "cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
+say "cargo test"
+cargo test --workspace "$@"
