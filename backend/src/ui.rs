@@ -120,7 +120,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .nest_service("/pkg", ServeDir::new(pkg))
         .fallback(move |State(state): State<AppState>, req: Request<Body>| {
             let handler =
-                leptos_axum::render_app_to_stream_with_context(ctx.clone(), shell.clone());
+                leptos_axum::render_app_async_with_context(ctx.clone(), shell.clone());
             async move {
                 let _ = state;
                 handler(req).await.into_response()

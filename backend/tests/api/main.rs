@@ -8,5 +8,6 @@ mod oidc;
 mod orgs;
 mod roles;
 mod schema;
+mod sessions;
 mod support;
 mod tokens;

@@ -1,0 +1,131 @@
+//! Small building blocks shared by the pages: error boxes, form fields, and the "something
+//! changed, reload the data" signal that follows every successful form.
+
+use leptos::{prelude::*, server_fn::ServerFn};
+use leptos_router::hooks::use_location;
+
+use crate::api::{Role, error_text, is_not_signed_in, url_encode};
+
+/// Bumped after every successful mutation; every data resource lists it in its source, so the
+/// page (and the header's organisation list) reloads what may have changed.
+#[derive(Clone, Copy)]
+pub struct Refresh(RwSignal<usize>);
+
+impl Refresh {
+    pub fn provide() {
+        provide_context(Refresh(RwSignal::new(0)));
+    }
+
+    /// The current generation; read it in a resource's source to reload after mutations.
+    pub fn generation() -> usize {
+        expect_context::<Refresh>().0.get()
+    }
+}
+
+/// A server action whose success reloads the page's data (see [`Refresh`]).
+pub fn mutation<S>() -> ServerAction<S>
+where
+    S: ServerFn + Clone + Send + Sync + 'static,
+    S::Output: Send + Sync + 'static,
+    S::Error: Send + Sync + 'static,
+{
+    let action = ServerAction::<S>::new();
+    let Refresh(generation) = expect_context::<Refresh>();
+    Effect::new(move |_| {
+        action.version().track();
+        if action
+            .value()
+            .with_untracked(|value| matches!(value, Some(Ok(_))))
+        {
+            generation.update(|n| *n += 1);
+        }
+    });
+    action
+}
+
+/// A readable error; offers a sign-in link when the error says the visitor is signed out.
+#[component]
+pub fn ErrorBox(error: ServerFnError) -> impl IntoView {
+    let sign_in = is_not_signed_in(&error).then(|| {
+        let here = use_location().pathname.get_untracked();
+        view! {
+            " "
+            <a class="signin-link" href=format!("/signin?return_to={}", url_encode(&here))>
+                "Sign in"
+            </a>
+        }
+    });
+    view! {
+        <div id="error" class="error" role="alert">
+            <p>{error_text(&error)} {sign_in}</p>
+        </div>
+    }
+}
+
+/// The error of the last run of `action`, if it failed (also after a no-JavaScript post, when
+/// Leptos carries the error back in the URL).
+pub fn action_error<S>(action: ServerAction<S>) -> impl IntoView
+where
+    S: ServerFn<Error = ServerFnError> + Clone + Send + Sync + 'static,
+    S::Output: Clone + Send + Sync + 'static,
+{
+    move || {
+        action
+            .value()
+            .get()
+            .and_then(Result::err)
+            .map(|error| view! { <ErrorBox error/> })
+    }
+}
+
+/// A note explaining why a section is hidden from the visitor's role.
+#[component]
+pub fn Notice(#[prop(into)] text: String) -> impl IntoView {
+    view! { <p class="notice">{text}</p> }
+}
+
+/// Shown while the first data of a page loads.
+#[component]
+pub fn Loading() -> impl IntoView {
+    view! { <p class="loading" aria-live="polite">"Loading…"</p> }
+}
+
+/// The session's CSRF token as the hidden `csrf` field every mutating form sends.
+#[component]
+pub fn CsrfField(csrf: String) -> impl IntoView {
+    view! { <input type="hidden" name="csrf" value=csrf/> }
+}
+
+/// A `role` select with all roles, `selected` preselected.
+#[component]
+pub fn RoleSelect(#[prop(into)] id: String, selected: Role) -> impl IntoView {
+    view! {
+        <select id=id name="role">
+            {Role::ALL
+                .into_iter()
+                .map(|role| {
+                    view! {
+                        <option value=role.as_str() selected=role == selected>
+                            {role.label()}
+                        </option>
+                    }
+                })
+                .collect_view()}
+        </select>
+    }
+}
+
+/// A submit button that is disabled while `pending`.
+#[component]
+pub fn Submit(
+    #[prop(into)] label: String,
+    pending: Memo<bool>,
+    #[prop(optional, into)] id: Option<String>,
+    #[prop(optional, into)] class: Option<String>,
+) -> impl IntoView {
+    view! {
+        <button type="submit" id=id class=class disabled=move || pending.get()>
+            {label}
+        </button>
+    }
+}
