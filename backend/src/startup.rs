@@ -88,10 +88,10 @@ impl Application {
         .context("HTTP server failed");
         cleanup.abort();
         self.state.pool.close().await;
-        if let Some(pg) = self.embedded {
-            if let Err(e) = pg.stop().await {
-                tracing::warn!(error = %e, "stopping the private PostgreSQL failed");
-            }
+        if let Some(pg) = self.embedded
+            && let Err(e) = pg.stop().await
+        {
+            tracing::warn!(error = %e, "stopping the private PostgreSQL failed");
         }
         served
     }

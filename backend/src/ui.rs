@@ -60,10 +60,11 @@ impl BackendApi for UiBackend {
                 Ok(p) => p,
                 Err(e) => return error_json(e),
             };
-            if let Some(Principal::User { csrf: expected, .. }) = &principal {
-                if is_mutation(&query) && csrf.as_deref() != Some(expected.as_str()) {
-                    return error_json(ApiError::Csrf);
-                }
+            if let Some(Principal::User { csrf: expected, .. }) = &principal
+                && is_mutation(&query)
+                && csrf.as_deref() != Some(expected.as_str())
+            {
+                return error_json(ApiError::Csrf);
             }
             let request = async_graphql::Request::new(query)
                 .variables(async_graphql::Variables::from_json(variables))
@@ -119,8 +120,7 @@ pub fn router(state: &AppState) -> Router<AppState> {
         .route("/api/{*fn_name}", post(server_fn))
         .nest_service("/pkg", ServeDir::new(pkg))
         .fallback(move |State(state): State<AppState>, req: Request<Body>| {
-            let handler =
-                leptos_axum::render_app_async_with_context(ctx.clone(), shell.clone());
+            let handler = leptos_axum::render_app_async_with_context(ctx.clone(), shell.clone());
             async move {
                 let _ = state;
                 handler(req).await.into_response()

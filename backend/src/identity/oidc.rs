@@ -84,10 +84,10 @@ impl Providers {
             .find(|p| p.config.id == id)
             .ok_or_else(|| format!("there is no sign-in provider called {id:?}"))?;
         let mut cached = provider.client.lock().await;
-        if let Some((at, client)) = cached.as_ref() {
-            if at.elapsed() < METADATA_TTL {
-                return Ok(client.clone());
-            }
+        if let Some((at, client)) = cached.as_ref()
+            && at.elapsed() < METADATA_TTL
+        {
+            return Ok(client.clone());
         }
         let issuer = IssuerUrl::new(provider.config.issuer.clone()).map_err(|e| e.to_string())?;
         let metadata = CoreProviderMetadata::discover_async(issuer, &self.http)

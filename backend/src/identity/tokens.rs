@@ -147,10 +147,10 @@ pub async fn create(
         )));
     }
     let name = crate::orgs::parse_name("name", name)?;
-    if let Some(at) = expires_at {
-        if at <= Utc::now() {
-            return Err(ApiError::invalid("expiresAt", "must be in the future"));
-        }
+    if let Some(at) = expires_at
+        && at <= Utc::now()
+    {
+        return Err(ApiError::invalid("expiresAt", "must be in the future"));
     }
     let secret = format!("{PREFIX}{}", random_secret());
     let prefix: String = secret.chars().take(PREFIX.len() + 6).collect();
