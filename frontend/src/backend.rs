@@ -8,7 +8,7 @@
 //! `site_pkg_dir = "pkg"`, and `site_root` pointing at the directory `scripts/build-ui.sh` printed;
 //! `ctx` is a closure that calls `provide_context(backend.clone())`):
 //!
-//! ```ignore
+//! ```text
 //! Router::new()
 //!     .leptos_routes_with_context(&state, leptos_axum::generate_route_list(App), ctx.clone(), shell)
 //!     .route("/api/{*fn_name}", post(/* leptos_axum::handle_server_fns_with_context(ctx, req) */))
