@@ -109,3 +109,63 @@ async fn qleet_dev_without_database_url_runs_its_own_postgres_and_serves_the_ui(
     stop(child).await;
     let _ = std::fs::remove_dir_all(&data_dir);
 }
+
+/// Runs `qleet ARGS` with a clean environment and returns (exit code, stdout, stderr).
+fn qleet(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qleet"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run qleet");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_configuration_stops_qleet_with_a_one_line_reason() {
+    let db = "postgres://postgres@127.0.0.1:1/none";
+    for (args, env, expect) in [
+        (vec!["serve"], vec![("DATABASE_URL", db)], "QLEET_PUBLIC_URL"),
+        (vec!["serve"], vec![("DATABASE_URL", db), ("QLEET_PUBLIC_URL", "http://qleet.example.com")], "must use https"),
+        (vec!["serve"], vec![("DATABASE_URL", "mysql://x"), ("QLEET_PUBLIC_URL", "https://q.example.com")], "DATABASE_URL must start with postgres://"),
+        (vec!["dev"], vec![("QLEET_OIDC_PROVIDERS", "[{\"id\":\"Bad Id\"}]")], "QLEET_OIDC_PROVIDERS"),
+        (vec!["dev"], vec![("QLEET_LISTEN", "nonsense")], "QLEET_LISTEN"),
+        (vec!["migrate"], vec![("DATABASE_URL", db)], "cannot connect to the management database"),
+    ] {
+        let (code, _, stderr) = qleet(&args, &env);
+        assert_ne!(code, 0, "{args:?} {env:?} should fail");
+        assert!(stderr.contains(expect), "{args:?} {env:?}: expected {expect:?} in {stderr:?}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn qleet_migrate_applies_the_migrations_and_is_idempotent() {
+    let db = crate::support::fresh_database().await;
+    for _ in 0..2 {
+        let (code, stdout, stderr) = qleet(&["migrate"], &[("DATABASE_URL", &db)]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stdout.contains("up to date"), "{stdout}");
+    }
+    let pool = sqlx::PgPool::connect(&db).await.expect("connect");
+    let tables: i64 = sqlx::query_scalar(
+        "select count(*) from information_schema.tables where table_name in ('users', 'organizations', 'audit_log')",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("count");
+    assert_eq!(tables, 3);
+}
+
+#[test]
+fn qleet_schema_prints_the_committed_sdl() {
+    let (code, stdout, _) = qleet(&["schema"], &[]);
+    assert_eq!(code, 0);
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema");
+    assert_eq!(stdout, committed);
+}
