@@ -32,13 +32,23 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on.
-    #[arg(long, env = "QLEET_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "QLEET_LISTEN",
+        value_name = "QLEET_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen: SocketAddr,
     /// The URL people reach Qleet at; https unless it is a loopback address.
-    #[arg(long, env = "QLEET_PUBLIC_URL")]
+    #[arg(long, env = "QLEET_PUBLIC_URL", value_name = "QLEET_PUBLIC_URL")]
     pub public_url: Url,
     /// PostgreSQL URL of the management database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: String,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -47,13 +57,23 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Address to listen on.
-    #[arg(long, env = "QLEET_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "QLEET_LISTEN",
+        value_name = "QLEET_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
     /// The URL people reach Qleet at (default: http://LISTEN).
-    #[arg(long, env = "QLEET_PUBLIC_URL")]
+    #[arg(long, env = "QLEET_PUBLIC_URL", value_name = "QLEET_PUBLIC_URL")]
     pub public_url: Option<Url>,
     /// PostgreSQL URL; when unset, a private cluster under DATA_DIR/postgres is used.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     #[command(flatten)]
     pub common: CommonArgs,
@@ -62,33 +82,67 @@ pub struct DevArgs {
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// PostgreSQL URL of the management database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: String,
 }
 
 #[derive(Debug, Args)]
 pub struct CommonArgs {
     /// Directory for Qleet's own files (the embedded PostgreSQL cluster in dev).
-    #[arg(long, env = "QLEET_DATA_DIR", default_value = ".qleet")]
+    #[arg(
+        long,
+        env = "QLEET_DATA_DIR",
+        value_name = "QLEET_DATA_DIR",
+        default_value = ".qleet"
+    )]
     pub data_dir: PathBuf,
     /// Directory holding the built web UI (`pkg/qleet.js`, `pkg/qleet_bg.wasm`, `pkg/qleet.css`).
-    #[arg(long, env = "QLEET_SITE_DIR", default_value = "target/site")]
+    #[arg(
+        long,
+        env = "QLEET_SITE_DIR",
+        value_name = "QLEET_SITE_DIR",
+        default_value = "target/site"
+    )]
     pub site_dir: PathBuf,
     /// OpenID Connect providers as JSON:
     /// `[{"id":"okta","name":"Okta","issuer":"https://...","client_id":"...","client_secret":"..."}]`.
-    #[arg(long, env = "QLEET_OIDC_PROVIDERS", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "QLEET_OIDC_PROVIDERS",
+        value_name = "QLEET_OIDC_PROVIDERS",
+        hide_env_values = true
+    )]
     pub oidc_providers: Option<String>,
     /// How long a browser session lasts, in hours.
-    #[arg(long, env = "QLEET_SESSION_TTL_HOURS", default_value_t = 168)]
+    #[arg(
+        long,
+        env = "QLEET_SESSION_TTL_HOURS",
+        value_name = "QLEET_SESSION_TTL_HOURS",
+        default_value_t = 168
+    )]
     pub session_ttl_hours: u64,
     /// How long an invitation link stays valid, in hours.
-    #[arg(long, env = "QLEET_INVITATION_TTL_HOURS", default_value_t = 168)]
+    #[arg(
+        long,
+        env = "QLEET_INVITATION_TTL_HOURS",
+        value_name = "QLEET_INVITATION_TTL_HOURS",
+        default_value_t = 168
+    )]
     pub invitation_ttl_hours: u64,
     /// Take the client IP from `X-Forwarded-For` (only behind a proxy you run).
-    #[arg(long, env = "QLEET_TRUST_PROXY_HEADERS")]
+    #[arg(
+        long,
+        env = "QLEET_TRUST_PROXY_HEADERS",
+        value_name = "QLEET_TRUST_PROXY_HEADERS"
+    )]
     pub trust_proxy_headers: bool,
     /// Log format (default: json for serve, pretty for dev).
-    #[arg(long, env = "QLEET_LOG_FORMAT")]
+    #[arg(long, env = "QLEET_LOG_FORMAT", value_name = "QLEET_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
 }
 

@@ -9,7 +9,23 @@ use qleet::startup::Application;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's report spans several lines; keep its first paragraph, on one line.
+            let rendered = e.render().to_string();
+            let reason: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let reason = reason.join(" ");
+            eprintln!("qleet: {}", reason.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qleet: {e:#}");

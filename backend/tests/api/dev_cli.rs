@@ -130,17 +130,51 @@ fn qleet(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn bad_configuration_stops_qleet_with_a_one_line_reason() {
     let db = "postgres://postgres@127.0.0.1:1/none";
     for (args, env, expect) in [
-        (vec!["serve"], vec![("DATABASE_URL", db)], "QLEET_PUBLIC_URL"),
-        (vec!["serve"], vec![("DATABASE_URL", db), ("QLEET_PUBLIC_URL", "http://qleet.example.com")], "must use https"),
-        (vec!["serve"], vec![("DATABASE_URL", "mysql://x"), ("QLEET_PUBLIC_URL", "https://q.example.com")], "DATABASE_URL must start with postgres://"),
-        (vec!["dev"], vec![("QLEET_OIDC_PROVIDERS", "[{\"id\":\"Bad Id\"}]")], "QLEET_OIDC_PROVIDERS"),
-        (vec!["dev"], vec![("QLEET_LISTEN", "nonsense")], "QLEET_LISTEN"),
-        (vec!["migrate"], vec![("DATABASE_URL", db)], "cannot connect to the management database"),
+        (
+            vec!["serve"],
+            vec![("DATABASE_URL", db)],
+            "QLEET_PUBLIC_URL",
+        ),
+        (
+            vec!["serve"],
+            vec![
+                ("DATABASE_URL", db),
+                ("QLEET_PUBLIC_URL", "http://qleet.example.com"),
+            ],
+            "must use https",
+        ),
+        (
+            vec!["serve"],
+            vec![
+                ("DATABASE_URL", "mysql://x"),
+                ("QLEET_PUBLIC_URL", "https://q.example.com"),
+            ],
+            "DATABASE_URL must start with postgres://",
+        ),
+        (
+            vec!["dev"],
+            vec![("QLEET_OIDC_PROVIDERS", "[{\"id\":\"Bad Id\"}]")],
+            "QLEET_OIDC_PROVIDERS",
+        ),
+        (
+            vec!["dev"],
+            vec![("QLEET_LISTEN", "nonsense")],
+            "QLEET_LISTEN",
+        ),
+        (
+            vec!["migrate"],
+            vec![("DATABASE_URL", db)],
+            "cannot connect to the management database",
+        ),
     ] {
         let (code, _, stderr) = qleet(&args, &env);
         assert_ne!(code, 0, "{args:?} {env:?} should fail");
-        assert!(stderr.contains(expect), "{args:?} {env:?}: expected {expect:?} in {stderr:?}");
+        assert!(
+            stderr.contains(expect),
+            "{args:?} {env:?}: expected {expect:?} in {stderr:?}"
+        );
         assert!(!stderr.contains("panicked"), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
     }
 }
 
@@ -166,6 +200,7 @@ async fn qleet_migrate_applies_the_migrations_and_is_idempotent() {
 fn qleet_schema_prints_the_committed_sdl() {
     let (code, stdout, _) = qleet(&["schema"], &[]);
     assert_eq!(code, 0);
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql")).expect("schema");
+    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql"))
+        .expect("schema");
     assert_eq!(stdout, committed);
 }
