@@ -46,4 +46,12 @@ say "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
 say "cargo test"
-cargo test --workspace "$@"
+LOG=$(mktemp)
+set +e
+cargo test --workspace "$@" 2>&1 | tee "$LOG"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line over every test binary (cargo prints one "test result" line per binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$LOG"
+rm -f "$LOG"
+exit "$status"

@@ -101,3 +101,54 @@ async fn graphiql_is_served_to_browsers_and_get_never_executes() {
         .expect("count");
     assert_eq!(orgs, 0);
 }
+
+#[tokio::test]
+async fn ui_forms_need_the_sessions_csrf_token() {
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    let post = |csrf: &str| {
+        app.http
+            .post(format!("{}/api/create_organization", app.url))
+            .header("cookie", format!("qleet_session={}", alice.cookie))
+            .header("origin", &app.url)
+            .header("accept", "application/json")
+            .form(&[("csrf", csrf), ("slug", "acme"), ("name", "Acme")])
+            .send()
+    };
+    let forged = post("forged").await.expect("post");
+    assert!(!forged.status().is_success(), "{}", forged.status());
+    let text = forged.text().await.expect("body");
+    assert!(text.contains("CSRF") || text.to_lowercase().contains("reload"), "{text}");
+    let orgs: i64 = sqlx::query_scalar("select count(*) from organizations")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(orgs, 0);
+    let ok = post(&alice.csrf).await.expect("post");
+    assert!(ok.status().is_success() || ok.status().is_redirection(), "{}", ok.status());
+    let orgs: i64 = sqlx::query_scalar("select count(*) from organizations")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(orgs, 1);
+}
+
+#[tokio::test]
+async fn the_development_sign_in_does_not_exist_when_disabled() {
+    let app = crate::support::spawn_app_with(|c| c.dev_sign_in = false).await;
+    let resp = app
+        .http
+        .post(format!("{}/auth/dev", app.url))
+        .form(&[("email", "x@example.test")])
+        .send()
+        .await
+        .expect("post");
+    assert!(resp.status() == 404 || resp.status() == 405, "{}", resp.status());
+    let users: i64 = sqlx::query_scalar("select count(*) from users")
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(users, 0);
+    let page = app.http.get(format!("{}/signin", app.url)).send().await.expect("signin");
+    assert!(!page.text().await.expect("html").contains("signin-dev-email"));
+}
