@@ -27,6 +27,107 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Run one tenant's control plane (started by the management plane, or standalone).
+    ControlPlane(ControlPlaneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ControlPlaneArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "QLEET_CP_LISTEN",
+        value_name = "QLEET_CP_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL of this control plane's own database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// This control plane's id; its database is bound to it on first start.
+    #[arg(long, env = "QLEET_CP_ID", value_name = "QLEET_CP_ID")]
+    pub id: uuid::Uuid,
+    /// The management plane's public key (base64url Ed25519) that signs request tokens.
+    #[arg(
+        long,
+        env = "QLEET_CP_VERIFYING_KEY",
+        value_name = "QLEET_CP_VERIFYING_KEY"
+    )]
+    pub verifying_key: Option<String>,
+    /// Standalone (self-hosted) mode: a static admin token, at least 32 characters.
+    #[arg(
+        long,
+        env = "QLEET_CP_ADMIN_TOKEN",
+        value_name = "QLEET_CP_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "QLEET_LOG_FORMAT",
+        value_name = "QLEET_LOG_FORMAT",
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// How a control plane authenticates its callers.
+#[derive(Debug, Clone)]
+pub enum ControlPlaneAuth {
+    /// Tokens minted by the management plane's gateway.
+    Gateway(crate::internal_token::Verifier),
+    /// Self-hosted: one static admin token, kept only as a hash.
+    Standalone { admin_token_hash: Vec<u8> },
+}
+
+/// A control plane's configuration, checked once at start.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub listen: SocketAddr,
+    pub database_url: SecretString,
+    pub id: uuid::Uuid,
+    pub auth: ControlPlaneAuth,
+    pub log_format: LogFormat,
+}
+
+impl ControlPlaneConfig {
+    pub fn from_args(args: ControlPlaneArgs) -> Result<Self, ConfigError> {
+        let auth = match (args.verifying_key, args.admin_token) {
+            (Some(key), None) => ControlPlaneAuth::Gateway(
+                crate::internal_token::Verifier::new(&key, args.id).map_err(|_| {
+                    ConfigError(
+                        "QLEET_CP_VERIFYING_KEY is not a base64url Ed25519 public key".into(),
+                    )
+                })?,
+            ),
+            (None, Some(token)) if token.len() >= 32 => ControlPlaneAuth::Standalone {
+                admin_token_hash: crate::identity::hash_secret(&token),
+            },
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "QLEET_CP_ADMIN_TOKEN must be at least 32 characters".into(),
+                ));
+            }
+            _ => {
+                return Err(ConfigError(
+                    "give exactly one of QLEET_CP_VERIFYING_KEY (managed) or QLEET_CP_ADMIN_TOKEN (standalone)".into(),
+                ));
+            }
+        };
+        Ok(ControlPlaneConfig {
+            listen: args.listen,
+            database_url: parse_database_url(&args.database_url)?,
+            id: args.id,
+            auth,
+            log_format: args.log_format,
+        })
+    }
 }
 
 #[derive(Debug, Args)]

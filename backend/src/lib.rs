@@ -4,11 +4,13 @@
 
 pub mod audit;
 pub mod config;
+pub mod control_plane;
 pub mod db;
 pub mod embedded_pg;
 pub mod error;
 pub mod graphql;
 pub mod identity;
+pub mod internal_token;
 pub mod orgs;
 pub mod startup;
 pub mod state;

@@ -46,6 +46,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("management database is up to date");
             return Ok(());
         }
+        Command::ControlPlane(args) => {
+            let config = qleet::config::ControlPlaneConfig::from_args(args)?;
+            qleet::telemetry::init_logging(config.log_format);
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", config.listen))?;
+            let app = qleet::control_plane::Application::build(config, listener).await?;
+            tracing::info!(addr = %app.local_addr()?, "control plane serving");
+            return app.run_until(shutdown_signal()).await;
+        }
         Command::Schema => {
             print!("{}", qleet::graphql::sdl());
             return Ok(());

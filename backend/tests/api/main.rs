@@ -2,6 +2,7 @@
 
 mod audit;
 mod browser;
+mod control_plane;
 mod dev_cli;
 mod health;
 mod oidc;

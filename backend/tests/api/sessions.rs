@@ -118,14 +118,21 @@ async fn ui_forms_need_the_sessions_csrf_token() {
     let forged = post("forged").await.expect("post");
     assert!(!forged.status().is_success(), "{}", forged.status());
     let text = forged.text().await.expect("body");
-    assert!(text.contains("CSRF") || text.to_lowercase().contains("reload"), "{text}");
+    assert!(
+        text.contains("CSRF") || text.to_lowercase().contains("reload"),
+        "{text}"
+    );
     let orgs: i64 = sqlx::query_scalar("select count(*) from organizations")
         .fetch_one(&app.pool)
         .await
         .expect("count");
     assert_eq!(orgs, 0);
     let ok = post(&alice.csrf).await.expect("post");
-    assert!(ok.status().is_success() || ok.status().is_redirection(), "{}", ok.status());
+    assert!(
+        ok.status().is_success() || ok.status().is_redirection(),
+        "{}",
+        ok.status()
+    );
     let orgs: i64 = sqlx::query_scalar("select count(*) from organizations")
         .fetch_one(&app.pool)
         .await
@@ -143,12 +150,27 @@ async fn the_development_sign_in_does_not_exist_when_disabled() {
         .send()
         .await
         .expect("post");
-    assert!(resp.status() == 404 || resp.status() == 405, "{}", resp.status());
+    assert!(
+        resp.status() == 404 || resp.status() == 405,
+        "{}",
+        resp.status()
+    );
     let users: i64 = sqlx::query_scalar("select count(*) from users")
         .fetch_one(&app.pool)
         .await
         .expect("count");
     assert_eq!(users, 0);
-    let page = app.http.get(format!("{}/signin", app.url)).send().await.expect("signin");
-    assert!(!page.text().await.expect("html").contains("signin-dev-email"));
+    let page = app
+        .http
+        .get(format!("{}/signin", app.url))
+        .send()
+        .await
+        .expect("signin");
+    assert!(
+        !page
+            .text()
+            .await
+            .expect("html")
+            .contains("signin-dev-email")
+    );
 }

@@ -1,0 +1,173 @@
+//! `qleet control-plane`: one tenant's control plane, in its own process with its own database.
+//! It trusts only tokens signed by the management plane's key (or, self-hosted, one static
+//! admin token). Orchestration (objects, graph, reconciler, agent API) builds on this.
+
+mod graphql;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio::net::TcpListener;
+use tower_http::limit::RequestBodyLimitLayer;
+use uuid::Uuid;
+
+use crate::config::{ControlPlaneAuth, ControlPlaneConfig};
+use crate::error::ApiError;
+use crate::internal_token::{Claims, SubjectKind};
+use crate::orgs::Role;
+
+pub use graphql::ControlPlaneSchema;
+
+/// The control-plane migrations, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations/control-plane");
+
+/// Who is calling the control plane.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Forwarded by the management plane's gateway.
+    Gateway(Claims),
+    /// The standalone admin token.
+    Admin,
+}
+
+impl Caller {
+    pub fn role(&self) -> Role {
+        match self {
+            Caller::Gateway(claims) => claims.role,
+            Caller::Admin => Role::Owner,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct CpState {
+    pool: PgPool,
+    config: Arc<ControlPlaneConfig>,
+    schema: ControlPlaneSchema,
+}
+
+/// A built control plane, ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    pool: PgPool,
+}
+
+impl Application {
+    /// Connects, migrates, binds the database to this control plane's id, assembles the routes.
+    pub async fn build(config: ControlPlaneConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        let pool = crate::db::connect(&config.database_url).await?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying control-plane migrations")?;
+        claim_database(&pool, config.id).await?;
+        let config = Arc::new(config);
+        let state = CpState {
+            schema: graphql::schema(pool.clone(), config.id),
+            pool: pool.clone(),
+            config,
+        };
+        let router = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/graphql", get(graphql::graphiql).post(graphql::handler))
+            .layer(RequestBodyLimitLayer::new(1024 * 1024))
+            .layer(axum::middleware::from_fn(crate::telemetry::observe))
+            .with_state(state);
+        Ok(Application {
+            listener,
+            router,
+            pool,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("control-plane HTTP server failed");
+        self.pool.close().await;
+        served
+    }
+}
+
+/// Records which control plane owns this database on first start, and refuses to run against a
+/// database that belongs to another one.
+async fn claim_database(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
+    sqlx::query(
+        "insert into control_plane_meta (key, value) values ('control_plane_id', to_jsonb($1::text))
+         on conflict (key) do nothing",
+    )
+    .bind(id.to_string())
+    .execute(pool)
+    .await?;
+    let owner: String = sqlx::query_scalar(
+        "select value #>> '{}' from control_plane_meta where key = 'control_plane_id'",
+    )
+    .fetch_one(pool)
+    .await?;
+    if owner != id.to_string() {
+        bail!("this database belongs to control plane {owner}, not {id}; refusing to start");
+    }
+    Ok(())
+}
+
+async fn readyz(State(state): State<CpState>) -> Response {
+    match sqlx::query("select 1").execute(&state.pool).await {
+        Ok(_) => "ready".into_response(),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response(),
+    }
+}
+
+/// The caller named by `Authorization: Bearer ...`, or why not.
+fn authenticate(config: &ControlPlaneConfig, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or(ApiError::Unauthenticated)?;
+    match &config.auth {
+        ControlPlaneAuth::Gateway(verifier) => {
+            verifier.verify(token).map(Caller::Gateway).map_err(|e| {
+                tracing::info!(reason = %e, "refused a request token");
+                ApiError::Unauthenticated
+            })
+        }
+        ControlPlaneAuth::Standalone { admin_token_hash } => {
+            if &crate::identity::hash_secret(token) == admin_token_hash {
+                Ok(Caller::Admin)
+            } else {
+                Err(ApiError::Unauthenticated)
+            }
+        }
+    }
+}
+
+/// What kind of subject a gateway token names, as text for the API.
+pub fn subject_kind(kind: SubjectKind) -> &'static str {
+    match kind {
+        SubjectKind::User => "user",
+        SubjectKind::Token => "token",
+    }
+}
