@@ -13,7 +13,13 @@ use crate::{
     components::{ErrorBox, Refresh},
     identity::{OrgLink, SignInPage, provide_session, signed_in_as, use_session},
     invitations::AcceptInvitationPage,
-    orgs::{OrgLayout, OrgsPage, audit::AuditPage, overview::OrgOverview, tokens::TokensPage},
+    orgs::{
+        OrgLayout, OrgsPage,
+        audit::AuditPage,
+        control_planes::{detail::ControlPlanePage, list::ControlPlanesPage},
+        overview::OrgOverview,
+        tokens::TokensPage,
+    },
 };
 
 /// The HTML document the backend renders; loads `/pkg/qleet.css`, `/pkg/qleet.js` and
@@ -59,6 +65,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("/orgs") view=OrgsPage ssr=SsrMode::Async/>
                     <ParentRoute path=path!("/orgs/:slug") view=OrgLayout ssr=SsrMode::Async>
                         <Route path=path!("") view=OrgOverview/>
+                        <Route path=path!("control-planes") view=ControlPlanesPage/>
+                        <Route path=path!("control-planes/:id") view=ControlPlanePage/>
                         <Route path=path!("tokens") view=TokensPage/>
                         <Route path=path!("audit") view=AuditPage/>
                     </ParentRoute>

@@ -2,6 +2,7 @@
 //! pages (`/orgs/:slug/...`): its title and tabs.
 
 pub mod audit;
+pub mod control_planes;
 pub mod members;
 pub mod overview;
 pub mod tokens;
@@ -192,6 +193,7 @@ pub fn OrgLayout() -> impl IntoView {
                                 <A href=base.clone() exact=true>
                                     "Overview"
                                 </A>
+                                <A href=format!("{base}/control-planes")>"Control planes"</A>
                                 <A href=format!("{base}/tokens")>"API tokens"</A>
                                 <A href=format!("{base}/audit")>"Audit log"</A>
                             </nav>

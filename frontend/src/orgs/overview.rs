@@ -167,7 +167,7 @@ fn DeleteSection() -> impl IntoView {
 
 /// `text` as an HTML `pattern` that matches only itself. Browsers compile patterns in Unicode
 /// mode, where only syntax characters may be escaped.
-fn regex_literal(text: &str) -> String {
+pub(crate) fn regex_literal(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if "^$\\.*+?()[]{}|/".contains(c) {
