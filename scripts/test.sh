@@ -43,12 +43,12 @@ export QLEET_SITE_DIR
 say "cargo fmt --check"
 cargo fmt --all --check
 say "cargo clippy"
-cargo clippy --workspace --all-targets -- -D warnings
+cargo clippy --workspace --all-targets --features qleet/kubernetes -- -D warnings
 cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
 say "cargo test"
 LOG=$(mktemp)
 set +e
-cargo test --workspace "$@" 2>&1 | tee "$LOG"
+cargo test --workspace --features qleet/kubernetes "$@" 2>&1 | tee "$LOG"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary (cargo prints one "test result" line per binary).

@@ -242,9 +242,88 @@ pub struct CommonArgs {
         value_name = "QLEET_TRUST_PROXY_HEADERS"
     )]
     pub trust_proxy_headers: bool,
+    /// Master secret (32 bytes, base64url): encrypts tenant database passwords and derives the
+    /// key that signs gateway tokens. `qleet dev` keeps one in DATA_DIR/secret.key if unset.
+    #[arg(
+        long,
+        env = "QLEET_SECRET_KEY",
+        value_name = "QLEET_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// How many control planes one organisation may have (until billing sets plan limits).
+    #[arg(
+        long,
+        env = "QLEET_MAX_CONTROL_PLANES",
+        value_name = "QLEET_MAX_CONTROL_PLANES",
+        default_value_t = 3
+    )]
+    pub max_control_planes: u32,
+    /// Stop a control plane after this many seconds without a request (0: never).
+    #[arg(
+        long,
+        env = "QLEET_HIBERNATE_AFTER_SECS",
+        value_name = "QLEET_HIBERNATE_AFTER_SECS",
+        default_value_t = 1800
+    )]
+    pub hibernate_after_secs: u64,
+    /// Keep a deleted control plane's database this many hours before dropping it.
+    #[arg(
+        long,
+        env = "QLEET_CONTROL_PLANE_RETENTION_HOURS",
+        value_name = "QLEET_CONTROL_PLANE_RETENTION_HOURS",
+        default_value_t = 168
+    )]
+    pub control_plane_retention_hours: u64,
+    /// Where control planes run: `process` (children of this server) or `kubernetes`.
+    #[arg(
+        long,
+        env = "QLEET_RUNTIME",
+        value_name = "QLEET_RUNTIME",
+        default_value = "process"
+    )]
+    pub runtime: RuntimeKind,
+    /// Kubernetes runtime: the `qleet` image control-plane pods run.
+    #[arg(long, env = "QLEET_K8S_IMAGE", value_name = "QLEET_K8S_IMAGE")]
+    pub k8s_image: Option<String>,
+    /// Kubernetes runtime: the namespace of the gateway (this server's) pods.
+    #[arg(
+        long,
+        env = "QLEET_K8S_GATEWAY_NAMESPACE",
+        value_name = "QLEET_K8S_GATEWAY_NAMESPACE",
+        default_value = "qleet"
+    )]
+    pub k8s_gateway_namespace: String,
+    /// Kubernetes runtime: labels of the gateway pods, `k=v,k=v`.
+    #[arg(
+        long,
+        env = "QLEET_K8S_GATEWAY_POD_LABELS",
+        value_name = "QLEET_K8S_GATEWAY_POD_LABELS",
+        default_value = "app.kubernetes.io/name=qleet"
+    )]
+    pub k8s_gateway_pod_labels: String,
     /// Log format (default: json for serve, pretty for dev).
     #[arg(long, env = "QLEET_LOG_FORMAT", value_name = "QLEET_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    Process,
+    Kubernetes,
+}
+
+/// Where control planes run.
+#[derive(Debug, Clone)]
+pub enum Runtime {
+    /// Child processes of this server, on loopback ports.
+    Process,
+    /// Pods, one namespace per control plane, in the cluster this server runs in.
+    Kubernetes {
+        image: String,
+        gateway_namespace: String,
+        gateway_pod_labels: std::collections::BTreeMap<String, String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -298,6 +377,18 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Offer the password-less development sign-in. Only `qleet dev` can set this.
     pub dev_sign_in: bool,
+    /// Master secret (base64url, 32 bytes).
+    pub secret_key: SecretString,
+    /// The `qleet` binary the process driver starts control planes with.
+    pub qleet_binary: PathBuf,
+    /// Control planes per organisation.
+    pub max_control_planes: u32,
+    /// Idle time after which a control plane hibernates; `None` never.
+    pub hibernate_after: Option<Duration>,
+    /// How long a deleted control plane's database is kept.
+    pub control_plane_retention: Duration,
+    /// Where control planes run.
+    pub runtime: Runtime,
 }
 
 /// A configuration value that cannot be used, with a one-line reason.
@@ -348,7 +439,44 @@ impl Config {
         if common.session_ttl_hours == 0 || common.invitation_ttl_hours == 0 {
             return Err(ConfigError("TTLs must be at least one hour".into()));
         }
+        let secret_key = match common.secret_key.as_deref().filter(|s| !s.is_empty()) {
+            Some(key) => SecretString::from(key.to_owned()),
+            None if mode == Mode::Dev => dev_secret_key(&common.data_dir)?,
+            None => {
+                return Err(ConfigError(
+                    "QLEET_SECRET_KEY is required by `qleet serve`".into(),
+                ));
+            }
+        };
+        crate::keys::Keys::from_secret(&secret_key)?;
+        let qleet_binary = std::env::current_exe()
+            .map_err(|e| ConfigError(format!("cannot find the qleet binary: {e}")))?;
+        let runtime = match common.runtime {
+            RuntimeKind::Process => Runtime::Process,
+            RuntimeKind::Kubernetes if !cfg!(feature = "kubernetes") => {
+                return Err(ConfigError(
+                    "QLEET_RUNTIME=kubernetes needs a qleet built with `--features kubernetes`"
+                        .into(),
+                ));
+            }
+            RuntimeKind::Kubernetes => Runtime::Kubernetes {
+                image: common.k8s_image.clone().ok_or_else(|| {
+                    ConfigError("QLEET_K8S_IMAGE is required with QLEET_RUNTIME=kubernetes".into())
+                })?,
+                gateway_namespace: common.k8s_gateway_namespace.clone(),
+                gateway_pod_labels: parse_labels(&common.k8s_gateway_pod_labels)?,
+            },
+        };
         Ok(Config {
+            runtime,
+            secret_key,
+            qleet_binary,
+            max_control_planes: common.max_control_planes,
+            hibernate_after: Some(Duration::from_secs(common.hibernate_after_secs))
+                .filter(|d| !d.is_zero()),
+            control_plane_retention: Duration::from_secs(
+                common.control_plane_retention_hours * 3600,
+            ),
             mode,
             listen,
             public_url,
@@ -381,6 +509,42 @@ impl Config {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.public_origin(), path)
     }
+}
+
+/// `k=v,k=v` labels.
+fn parse_labels(input: &str) -> Result<std::collections::BTreeMap<String, String>, ConfigError> {
+    input
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| {
+                ConfigError(format!("QLEET_K8S_GATEWAY_POD_LABELS: {pair:?} is not k=v"))
+            })?;
+            Ok((k.trim().to_owned(), v.trim().to_owned()))
+        })
+        .collect()
+}
+
+/// The dev master secret in DATA_DIR/secret.key, created (mode 0600) on first start.
+fn dev_secret_key(data_dir: &std::path::Path) -> Result<SecretString, ConfigError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = data_dir.join("secret.key");
+    if let Ok(key) = std::fs::read_to_string(&path) {
+        return Ok(SecretString::from(key.trim().to_owned()));
+    }
+    let key = crate::keys::Keys::generate_secret();
+    std::fs::create_dir_all(data_dir)
+        .and_then(|()| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
+            f.write_all(key.as_bytes())
+        })
+        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
+    Ok(SecretString::from(key))
 }
 
 fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
@@ -456,6 +620,14 @@ mod tests {
             invitation_ttl_hours: 1,
             trust_proxy_headers: false,
             log_format: None,
+            secret_key: Some(crate::keys::Keys::generate_secret()),
+            max_control_planes: 3,
+            hibernate_after_secs: 0,
+            control_plane_retention_hours: 0,
+            runtime: RuntimeKind::Process,
+            k8s_image: None,
+            k8s_gateway_namespace: "qleet".into(),
+            k8s_gateway_pod_labels: "app=qleet".into(),
         }
     }
 

@@ -23,6 +23,11 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request is missing a valid CSRF token; reload the page and try again")]
     Csrf,
+    #[error("{0}")]
+    QuotaExceeded(String),
+    /// The thing exists but cannot answer now (e.g. a control plane that is not Ready).
+    #[error("{message}")]
+    Unavailable { code: &'static str, message: String },
     #[error("internal error (request id {request_id})")]
     Internal {
         request_id: String,
@@ -41,6 +46,8 @@ impl ApiError {
             ApiError::InvalidInput { .. } => "INVALID_INPUT",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Csrf => "CSRF",
+            ApiError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+            ApiError::Unavailable { code, .. } => code,
             ApiError::Internal { .. } => "INTERNAL",
         }
     }
@@ -63,6 +70,8 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

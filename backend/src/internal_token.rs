@@ -67,6 +67,13 @@ impl Signer {
         }
     }
 
+    /// A key from its 32-byte seed.
+    pub fn from_seed(seed: [u8; 32]) -> Self {
+        Signer {
+            key: SigningKey::from_bytes(&seed),
+        }
+    }
+
     /// A key from its 32-byte seed, base64url-encoded.
     pub fn from_base64(seed: &str) -> Result<Self, TokenError> {
         let bytes: [u8; 32] = URL_SAFE_NO_PAD

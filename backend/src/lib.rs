@@ -5,12 +5,14 @@
 pub mod audit;
 pub mod config;
 pub mod control_plane;
+pub mod controlplanes;
 pub mod db;
 pub mod embedded_pg;
 pub mod error;
 pub mod graphql;
 pub mod identity;
 pub mod internal_token;
+pub mod keys;
 pub mod orgs;
 pub mod startup;
 pub mod state;

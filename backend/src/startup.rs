@@ -13,11 +13,15 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::config::{Config, Database};
+use crate::config::{Config, Database, Runtime};
+use crate::controlplanes::Services;
+use crate::controlplanes::driver::RuntimeDriver;
+use crate::controlplanes::process::{ProcessDriver, ProcessSettings};
 use crate::embedded_pg::EmbeddedPostgres;
 use crate::identity::oidc::Providers;
+use crate::keys::Keys;
 use crate::state::AppState;
-use crate::{db, graphql, identity, telemetry, ui, web};
+use crate::{controlplanes, db, graphql, identity, telemetry, ui, web};
 
 /// Largest request body accepted (GraphQL documents, forms).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -33,11 +37,12 @@ pub struct Application {
 impl Application {
     /// Connects to (or starts) the database, applies migrations and assembles the routes.
     pub async fn build(config: Config, listener: TcpListener) -> anyhow::Result<Self> {
-        let (pool, embedded) = match &config.database {
-            Database::Url(url) => (db::connect(url).await?, None),
+        let (pool, embedded, admin_url) = match &config.database {
+            Database::Url(url) => (db::connect(url).await?, None, url.clone()),
             Database::Embedded(dir) => {
                 let pg = EmbeddedPostgres::start(dir).await?;
-                (db::connect(&pg.url()).await?, Some(pg))
+                let url = pg.url();
+                (db::connect(&url).await?, Some(pg), url)
             }
         };
         db::migrate(&pool).await?;
@@ -47,9 +52,53 @@ impl Application {
             .site_root(config.site_dir.to_string_lossy().to_string())
             .site_pkg_dir("pkg")
             .build();
+        let driver: Box<dyn RuntimeDriver> = match &config.runtime {
+            Runtime::Process => Box::new(ProcessDriver::new(ProcessSettings {
+                binary: config.qleet_binary.clone(),
+                run_dir: config.data_dir.join("run"),
+            })),
+            #[cfg(feature = "kubernetes")]
+            Runtime::Kubernetes {
+                image,
+                gateway_namespace,
+                gateway_pod_labels,
+            } => {
+                use crate::controlplanes::kubernetes::{KubernetesDriver, KubernetesSettings};
+                let client = kube::Client::try_default()
+                    .await
+                    .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+                Box::new(KubernetesDriver::new(
+                    client,
+                    KubernetesSettings {
+                        image: image.clone(),
+                        gateway_namespace: gateway_namespace.clone(),
+                        gateway_pod_labels: gateway_pod_labels.clone(),
+                        ..KubernetesSettings::default()
+                    },
+                ))
+            }
+            #[cfg(not(feature = "kubernetes"))]
+            Runtime::Kubernetes { .. } => {
+                anyhow::bail!("this qleet was built without the kubernetes feature")
+            }
+        };
+        let controlplanes = Arc::new(Services {
+            keys: Keys::from_secret(&config.secret_key)?,
+            driver,
+            wake: tokio::sync::Notify::new(),
+            changes: tokio::sync::broadcast::channel(256).0,
+            max_per_org: config.max_control_planes,
+            retention: config.control_plane_retention,
+            hibernate_after: config.hibernate_after,
+            admin_url,
+        });
         let state = AppState {
             oidc: Arc::new(Providers::new(&config.oidc_providers)?),
-            schema: graphql::schema(pool.clone(), config.clone()),
+            schema: graphql::schema(pool.clone(), config.clone(), controlplanes.clone()),
+            controlplanes,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
             metrics: telemetry::metrics_handle(),
             pool,
             config,
@@ -78,6 +127,10 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
+        let lifecycle = tokio::spawn(controlplanes::lifecycle::run(
+            self.state.pool.clone(),
+            self.state.controlplanes.clone(),
+        ));
         let served = axum::serve(
             self.listener,
             self.router
@@ -87,6 +140,9 @@ impl Application {
         .await
         .context("HTTP server failed");
         cleanup.abort();
+        lifecycle.abort();
+        let _ = lifecycle.await;
+        self.state.controlplanes.driver.shutdown().await;
         self.state.pool.close().await;
         if let Some(pg) = self.embedded
             && let Err(e) = pg.stop().await
@@ -102,7 +158,8 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .merge(web::router())
         .merge(graphql::router())
-        .merge(identity::oidc::router());
+        .merge(identity::oidc::router())
+        .merge(controlplanes::router());
     if state.config.dev_sign_in {
         app = app.merge(identity::dev::router());
     }

@@ -26,6 +26,10 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Leptos settings for the web UI.
     pub leptos: LeptosOptions,
+    /// Control-plane lifecycle services (keys, runtime driver, live changes).
+    pub controlplanes: Arc<crate::controlplanes::Services>,
+    /// Client for forwarding requests to control planes.
+    pub http: reqwest::Client,
 }
 
 impl FromRef<AppState> for LeptosOptions {

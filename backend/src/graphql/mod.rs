@@ -28,6 +28,7 @@ pub struct Query(
 pub struct Mutation(
     crate::orgs::graphql::OrgMutation,
     crate::identity::graphql::TokenMutation,
+    crate::controlplanes::graphql::ControlPlaneMutation,
 );
 
 pub type QleetSchema = Schema<Query, Mutation, EmptySubscription>;
@@ -39,11 +40,16 @@ pub struct RequestAuth {
     pub ip: Option<String>,
 }
 
-/// Builds the schema with its limits. `pool` and `config` are the only shared data.
-pub fn schema(pool: PgPool, config: Arc<Config>) -> QleetSchema {
+/// Builds the schema with its limits over the shared services.
+pub fn schema(
+    pool: PgPool,
+    config: Arc<Config>,
+    controlplanes: Arc<crate::controlplanes::Services>,
+) -> QleetSchema {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(pool)
         .data(config)
+        .data(controlplanes)
         .limit_depth(10)
         .limit_complexity(1000)
         .limit_recursive_depth(32)

@@ -49,6 +49,23 @@ impl Organization {
             .await
             .gql()
     }
+    /// Its control planes (not the deleted ones).
+    async fn control_planes(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Vec<crate::controlplanes::graphql::ControlPlaneObject>> {
+        crate::controlplanes::graphql::list(ctx, self).await
+    }
+
+    /// One of its control planes, by id.
+    async fn control_plane(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<crate::controlplanes::graphql::ControlPlaneObject> {
+        crate::controlplanes::graphql::one(ctx, self, id).await
+    }
+
     /// The audit log, newest first (admins and owners). `after` is the cursor of the last entry
     /// of the previous page.
     #[graphql(complexity = "first.unwrap_or(50).clamp(1, 200) as usize * child_complexity")]

@@ -90,6 +90,8 @@ pub enum Permission {
     CreateTokens,
     /// See and revoke everyone's API tokens.
     ManageTokens,
+    /// Create, suspend, resume and delete control planes.
+    ManageControlPlanes,
 }
 
 impl Permission {
@@ -101,7 +103,8 @@ impl Permission {
             | Permission::ManageMembers
             | Permission::ManageInvitations
             | Permission::ReadAuditLog
-            | Permission::ManageTokens => Role::Admin,
+            | Permission::ManageTokens
+            | Permission::ManageControlPlanes => Role::Admin,
             Permission::Delete => Role::Owner,
         }
     }

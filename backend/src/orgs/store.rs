@@ -106,6 +106,17 @@ pub async fn delete(
             ),
         ));
     }
+    let live: i64 = sqlx::query_scalar(
+        "select count(*) from control_planes where org_id = $1 and status <> 'deleted'",
+    )
+    .bind(access.org.id)
+    .fetch_one(pool)
+    .await?;
+    if live > 0 {
+        return Err(ApiError::Conflict(format!(
+            "delete the organization's {live} control plane(s) first"
+        )));
+    }
     let mut tx = pool.begin().await?;
     audit::record(
         &mut tx,

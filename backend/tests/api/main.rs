@@ -3,8 +3,10 @@
 mod audit;
 mod browser;
 mod control_plane;
+mod controlplanes;
 mod dev_cli;
 mod health;
+mod kubernetes;
 mod oidc;
 mod orgs;
 mod roles;

@@ -25,6 +25,9 @@ pub fn admin_url() -> String {
 pub struct TestApp {
     /// `http://127.0.0.1:PORT`
     pub url: String,
+    /// Qleet's data directory (pid files of control planes live under `run/`).
+    pub data_dir: std::path::PathBuf,
+    secret_key: SecretString,
     pub pool: PgPool,
     pub db_url: String,
     pub http: reqwest::Client,
@@ -55,7 +58,8 @@ pub fn test_config(url: &str, db_url: &str) -> Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         public_url: Url::parse(url).expect("url"),
         database: Database::Url(SecretString::from(db_url.to_owned())),
-        data_dir: std::env::temp_dir(),
+        data_dir: std::env::temp_dir()
+            .join(format!("qleet-test-{}", uuid::Uuid::new_v4().simple())),
         site_dir: std::path::PathBuf::from(
             std::env::var("QLEET_SITE_DIR").unwrap_or_else(|_| "../target/site".to_owned()),
         ),
@@ -65,6 +69,12 @@ pub fn test_config(url: &str, db_url: &str) -> Config {
         trust_proxy_headers: false,
         log_format: LogFormat::Pretty,
         dev_sign_in: true,
+        secret_key: SecretString::from(qleet::keys::Keys::generate_secret()),
+        qleet_binary: std::path::PathBuf::from(env!("CARGO_BIN_EXE_qleet")),
+        max_control_planes: 3,
+        hibernate_after: None,
+        control_plane_retention: Duration::ZERO,
+        runtime: qleet::config::Runtime::Process,
     }
 }
 
@@ -103,6 +113,8 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
     let db_url = fresh_database().await;
     let mut config = test_config(&url, &db_url);
     customize(&mut config);
+    let data_dir = config.data_dir.clone();
+    let secret_key = config.secret_key.clone();
     let app = Application::build(config, listener)
         .await
         .expect("build app");
@@ -117,6 +129,8 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
         .expect("client");
     TestApp {
         url,
+        data_dir,
+        secret_key,
         pool,
         db_url,
         http,
@@ -126,6 +140,11 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
 }
 
 impl TestApp {
+    /// The keys derived from this app's master secret.
+    pub fn keys(&self) -> qleet::keys::Keys {
+        qleet::keys::Keys::from_secret(&self.secret_key).expect("keys")
+    }
+
     /// Signs in through the development sign-in.
     pub async fn sign_in(&self, email: &str) -> Session {
         let resp = self

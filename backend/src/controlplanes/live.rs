@@ -1,0 +1,56 @@
+//! Live status for the UI: a Server-Sent Events stream of an organisation's control-plane
+//! changes at `/orgs/{slug}/control-planes/events`.
+
+use std::convert::Infallible;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/orgs/{slug}/control-planes/events", get(events))
+}
+
+async fn events(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let access = async {
+        let principal = crate::identity::authenticate(&state.pool, &headers)
+            .await?
+            .ok_or(ApiError::Unauthenticated)?;
+        crate::orgs::access(&state.pool, &principal, &slug).await
+    }
+    .await;
+    let org_id = match access {
+        Ok(a) => a.org.id,
+        Err(e) => return e.into_response(),
+    };
+    let rx = state.controlplanes.changes.subscribe();
+    let stream = futures::stream::unfold(rx, move |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(change) if change.org_id == org_id => {
+                    let event = Event::default()
+                        .event("status")
+                        .json_data(&change)
+                        .unwrap_or_default();
+                    return Some((Ok::<_, Infallible>(event), rx));
+                }
+                Ok(_) | Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
