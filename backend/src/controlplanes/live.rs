@@ -39,10 +39,8 @@ async fn events(
         loop {
             match rx.recv().await {
                 Ok(change) if change.org_id == org_id => {
-                    let event = Event::default()
-                        .event("status")
-                        .json_data(&change)
-                        .unwrap_or_default();
+                    // Unnamed events reach EventSource's default `message` handler.
+                    let event = Event::default().json_data(&change).unwrap_or_default();
                     return Some((Ok::<_, Infallible>(event), rx));
                 }
                 Ok(_) | Err(RecvError::Lagged(_)) => continue,

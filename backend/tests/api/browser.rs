@@ -191,3 +191,71 @@ async fn sign_in_and_create_organization_work_without_javascript() {
     );
     client.close().await.expect("close");
 }
+
+/// Waits until `css` has attribute `data-status` equal to `want` (live updates, no reload).
+async fn wait_status(client: &Client, css: &str, want: &str) {
+    for _ in 0..600 {
+        if let Ok(el) = client.find(Locator::Css(css)).await
+            && el.attr("data-status").await.ok().flatten().as_deref() == Some(want)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} never showed {want}");
+}
+
+#[tokio::test]
+async fn an_admin_runs_a_control_plane_from_the_browser_with_live_status() {
+    let app = spawn_app().await;
+    let driver = Driver::start().await;
+    let client = driver.browser(true).await;
+    client
+        .goto(&format!("{}/signin", app.url))
+        .await
+        .expect("open sign-in");
+    fill(&client, "#signin-dev-email", "ops@example.test").await;
+    click(&client, "#signin-dev-submit").await;
+    text_of(&client, "#signed-in-as").await;
+    create_org_in_browser(&client, "acme", "Acme").await;
+    client
+        .goto(&format!("{}/orgs/acme/control-planes", app.url))
+        .await
+        .expect("list");
+    fill(&client, "#cp-create-name", "prod").await;
+    click(&client, "#cp-create-submit").await;
+    assert_eq!(text_of(&client, "#cp-title").await, "prod");
+    // The page updates itself as the control plane is provisioned.
+    wait_status(&client, "#cp-status", "READY").await;
+    let endpoint = client
+        .find(Locator::Css("#cp-endpoint"))
+        .await
+        .expect("endpoint")
+        .prop("value")
+        .await
+        .expect("value")
+        .unwrap_or_default();
+    assert!(
+        endpoint.contains("/cp/") && endpoint.ends_with("/graphql"),
+        "{endpoint}"
+    );
+    click(&client, "#cp-suspend").await;
+    wait_status(&client, "#cp-status", "SUSPENDED").await;
+    click(&client, "#cp-resume").await;
+    wait_status(&client, "#cp-status", "READY").await;
+    fill(&client, "#cp-delete-confirm", "prod").await;
+    click(&client, "#cp-delete-submit").await;
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = sqlx::query_scalar("select status from control_planes where name = 'prod'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("row");
+        if status == "deleting" || status == "deleted" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(status == "deleting" || status == "deleted", "{status}");
+    client.close().await.expect("close");
+}
