@@ -43,6 +43,24 @@ pub async fn record(
     Ok(())
 }
 
+/// Appends an entry made by Qleet itself (e.g. the control-plane lifecycle worker).
+pub async fn record_system(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    action: &str,
+    changes: Value,
+) -> Result<(), ApiError> {
+    sqlx::query(
+        "insert into audit_log (org_id, actor, action, changes) values ($1, 'qleet', $2, $3)",
+    )
+    .bind(org_id)
+    .bind(action)
+    .bind(changes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// One audit-log entry.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Entry {

@@ -162,6 +162,10 @@ pub async fn transition(
     .bind(message)
     .execute(&mut *conn)
     .await?;
+    let changes = serde_json::json!({
+        "controlPlaneId": id, "status": { "before": old, "after": to.as_str() }, "message": message,
+    });
+    audit::record_system(&mut *conn, org_id, "control_plane.transition", changes).await?;
     Ok(Some(Change {
         org_id,
         id,

@@ -440,7 +440,7 @@ async fn suspend_resume_and_delete_follow_the_lifecycle() {
     let (code, _) = through_gateway(&app, Auth::Session(&alice), id).await;
     assert_eq!(code, 503);
     let actions: Vec<String> = sqlx::query_scalar(
-        "select action from audit_log where action like 'control_plane.%' order by id",
+        "select action from audit_log where action like 'control_plane.%' and actor <> 'qleet' order by id",
     )
     .fetch_all(&app.pool)
     .await
@@ -452,6 +452,24 @@ async fn suspend_resume_and_delete_follow_the_lifecycle() {
             "control_plane.suspend",
             "control_plane.resume",
             "control_plane.delete"
+        ]
+    );
+    // Every transition is on record too, made by Qleet itself.
+    let transitions: Vec<String> = sqlx::query_scalar(
+        "select changes #>> '{status,after}' from audit_log where action = 'control_plane.transition' order by id",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .expect("audit");
+    assert_eq!(
+        transitions,
+        [
+            "provisioning",
+            "ready",
+            "suspended",
+            "ready",
+            "deleting",
+            "deleted"
         ]
     );
 }
