@@ -167,14 +167,15 @@ fn check(out: &Output, what: &str) -> anyhow::Result<()> {
     bail!("{what} failed ({}): {last}", out.status)
 }
 
-/// The first directory holding `initdb`, `pg_ctl` and `postgres`: PATH first, then the newest
-/// `/usr/lib/postgresql/*/bin`.
+/// The first directory holding `initdb`, `pg_ctl` and `postgres`.
 fn find_bin_dir() -> anyhow::Result<PathBuf> {
-    let has_all = |d: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|t| d.join(t).is_file())
-    };
+    find_tools(&["initdb", "pg_ctl", "postgres"])
+}
+
+/// The first directory holding all of `tools`: PATH first, then the newest
+/// `/usr/lib/postgresql/*/bin`.
+pub fn find_tools(tools: &[&str]) -> anyhow::Result<PathBuf> {
+    let has_all = |d: &Path| tools.iter().all(|t| d.join(t).is_file());
     if let Some(path) = std::env::var_os("PATH")
         && let Some(dir) = std::env::split_paths(&path).find(|d| has_all(d))
     {

@@ -91,6 +91,7 @@ impl Application {
             retention: config.control_plane_retention,
             hibernate_after: config.hibernate_after,
             admin_url,
+            export_dir: config.data_dir.join("exports"),
         });
         let state = AppState {
             oidc: Arc::new(Providers::new(&config.oidc_providers)?),

@@ -318,6 +318,7 @@ async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result
         .await?;
         return Ok(());
     }
+    export(services, cp).await?;
     let admin = admin_pool(services).await?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "drop database if exists {} with (force)",
@@ -341,6 +342,48 @@ async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result
         "deleted: runtime, database and role removed",
     )
     .await
+}
+
+/// Exports the tenant database with `pg_dump` (custom format) to `EXPORT_DIR/<id>.dump`, the
+/// last copy of its objects once the database is dropped. Skipped when the database is gone
+/// already (a retried deletion).
+async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let admin = admin_pool(services).await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&cp.db_name)
+            .fetch_one(&admin)
+            .await?;
+    admin.close().await;
+    if !exists {
+        return Ok(());
+    }
+    let pg_dump = crate::embedded_pg::find_tools(&["pg_dump"])
+        .map(|d| d.join("pg_dump"))
+        .map_err(|_| {
+            crate::error::internal(anyhow::anyhow!(
+                "pg_dump not found: install the PostgreSQL client tools"
+            ))
+        })?;
+    std::fs::create_dir_all(&services.export_dir).map_err(crate::error::internal)?;
+    let file = services.export_dir.join(format!("{}.dump", cp.id));
+    let url = tenant_url(services, cp)?;
+    let out = tokio::process::Command::new(pg_dump)
+        .args(["--format=custom", "--no-owner", "--file"])
+        .arg(&file)
+        .arg(format!("--dbname={}", url.expose_secret()))
+        .output()
+        .await
+        .map_err(crate::error::internal)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(crate::error::internal(anyhow::anyhow!(
+            "pg_dump failed: {}",
+            stderr.trim()
+        )));
+    }
+    tracing::info!(control_plane.id = %cp.id, file = %file.display(), "exported the control plane's database");
+    Ok(())
 }
 
 /// Checks Ready control planes: restarts any the runtime no longer runs (after a management

@@ -244,6 +244,8 @@ pub struct Services {
     pub hibernate_after: Option<std::time::Duration>,
     /// Connection URL of the management database; tenants get databases on the same server.
     pub admin_url: secrecy::SecretString,
+    /// Where a deleted control plane's database is exported (`pg_dump`) before it is dropped.
+    pub export_dir: std::path::PathBuf,
 }
 
 impl Services {

@@ -454,6 +454,10 @@ async fn suspend_resume_and_delete_follow_the_lifecycle() {
             "control_plane.delete"
         ]
     );
+    // Its database was exported before it was dropped.
+    let dump = app.data_dir.join("exports").join(format!("{id}.dump"));
+    let bytes = std::fs::read(&dump).expect("export file");
+    assert!(bytes.starts_with(b"PGDMP"), "a pg_dump archive");
     // Every transition is on record too, made by Qleet itself.
     let transitions: Vec<String> = sqlx::query_scalar(
         "select changes #>> '{status,after}' from audit_log where action = 'control_plane.transition' order by id",
