@@ -1,21 +1,23 @@
 //! The control plane's own GraphQL API (grows with the orchestration issue).
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{Context, EmptyMutation, EmptySubscription, Object, Schema, SimpleObject};
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql::{Context, EmptyMutation, Object, Schema, SimpleObject, Subscription};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::State;
+use axum::extract::WebSocketUpgrade;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
+use futures::Stream;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Caller, CpState, authenticate, subject_kind};
 use crate::orgs::Role;
 
-pub type ControlPlaneSchema = Schema<CpQuery, EmptyMutation, EmptySubscription>;
+pub type ControlPlaneSchema = Schema<CpQuery, EmptyMutation, CpSubscription>;
 
 pub fn schema(pool: PgPool, id: Uuid) -> ControlPlaneSchema {
-    Schema::build(CpQuery, EmptyMutation, EmptySubscription)
+    Schema::build(CpQuery, EmptyMutation, CpSubscription)
         .data(pool)
         .data(ControlPlaneId(id))
         .limit_depth(10)
@@ -71,6 +73,49 @@ impl CpQuery {
             viewer,
         }
     }
+}
+
+pub struct CpSubscription;
+
+#[Subscription]
+impl CpSubscription {
+    /// The control plane's clock every `everyMs` milliseconds (100 to 60000; default 5000): a
+    /// liveness signal for clients holding a connection open.
+    async fn heartbeat(
+        &self,
+        every_ms: Option<i32>,
+    ) -> impl Stream<Item = chrono::DateTime<chrono::Utc>> {
+        let every =
+            std::time::Duration::from_millis(every_ms.unwrap_or(5000).clamp(100, 60_000) as u64);
+        futures::stream::unfold((), move |()| async move {
+            tokio::time::sleep(every).await;
+            Some((chrono::Utc::now(), ()))
+        })
+    }
+}
+
+/// GraphQL over WebSocket (`graphql-transport-ws` or `graphql-ws`) at `/graphql/ws`; the
+/// caller is authenticated on the upgrade request, like every other request.
+pub(super) async fn websocket(
+    State(state): State<CpState>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let caller = match authenticate(&state.config, &headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let schema = state.schema.clone();
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |stream| {
+            let mut data = async_graphql::Data::default();
+            data.insert(caller);
+            GraphQLWebSocket::new(stream, schema, protocol)
+                .with_data(data)
+                .serve()
+        })
 }
 
 pub(super) async fn graphiql() -> Html<String> {

@@ -65,7 +65,16 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, binds the database to this control plane's id, assembles the routes.
     pub async fn build(config: ControlPlaneConfig, listener: TcpListener) -> anyhow::Result<Self> {
-        let pool = crate::db::connect(&config.database_url).await?;
+        // A tenant's control plane is small and there are many per server: few connections,
+        // released when idle, so density is not bounded by PostgreSQL's connection limit.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(8)
+            .min_connections(0)
+            .idle_timeout(std::time::Duration::from_secs(30))
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(secrecy::ExposeSecret::expose_secret(&config.database_url))
+            .await
+            .context("cannot connect to the control plane's database (check DATABASE_URL)")?;
         MIGRATOR
             .run(&pool)
             .await
@@ -81,6 +90,7 @@ impl Application {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/graphql", get(graphql::graphiql).post(graphql::handler))
+            .route("/graphql/ws", get(graphql::websocket))
             .layer(RequestBodyLimitLayer::new(1024 * 1024))
             .layer(axum::middleware::from_fn(crate::telemetry::observe))
             .with_state(state);

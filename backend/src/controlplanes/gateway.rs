@@ -6,10 +6,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{Path, State};
+use axum::http::HeaderValue;
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use uuid::Uuid;
 
 use super::driver::RuntimeStatus;
@@ -26,7 +30,114 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
 const TOKEN_TTL_SECS: i64 = 300;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/cp/{id}/{*rest}", any(forward))
+    Router::new()
+        .route("/cp/{id}/graphql/ws", get(websocket))
+        .route("/cp/{id}/{*rest}", any(forward))
+}
+
+/// GraphQL over WebSocket through the gateway: the same checks as HTTP, then a connection to
+/// the control plane's `/graphql/ws` with the minted token, and messages pumped both ways until
+/// either side closes.
+async fn websocket(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let upstream = match resolve(&state, &id, &headers).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find(|p| ["graphql-transport-ws", "graphql-ws"].contains(p))
+        })
+        .unwrap_or("graphql-transport-ws")
+        .to_owned();
+    let url = format!("{}/graphql/ws", upstream.endpoint.replacen("http", "ws", 1));
+    let mut request = match url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => return crate::error::internal(e).into_response(),
+    };
+    let auth = format!("Bearer {}", upstream.token);
+    for (name, value) in [
+        ("authorization", auth.as_str()),
+        ("sec-websocket-protocol", protocol.as_str()),
+    ] {
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                request.headers_mut().insert(name, v);
+            }
+            Err(e) => return crate::error::internal(e).into_response(),
+        }
+    }
+    let connected =
+        tokio::time::timeout(UPSTREAM_TIMEOUT, tokio_tungstenite::connect_async(request)).await;
+    let cp_socket = match connected {
+        Ok(Ok((socket, _))) => socket,
+        _ => {
+            return ApiError::Unavailable {
+                code: "CONTROL_PLANE_UNREACHABLE",
+                message: "the control plane did not accept the WebSocket connection".into(),
+            }
+            .into_response();
+        }
+    };
+    tracing::debug!(control_plane.id = %upstream.cp.id, "WebSocket opened through the gateway");
+    upgrade
+        .protocols([protocol])
+        .on_upgrade(move |client| pump(client, cp_socket))
+}
+
+/// Copies frames between the client and the control plane until one side closes.
+async fn pump(
+    client: WebSocket,
+    cp: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Up;
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut cp_tx, mut cp_rx) = cp.split();
+    let to_cp = async {
+        while let Some(Ok(msg)) = client_rx.next().await {
+            let out = match msg {
+                Message::Text(t) => Up::text(t.as_str()),
+                Message::Binary(b) => Up::binary(b),
+                Message::Ping(p) => Up::Ping(p),
+                Message::Pong(p) => Up::Pong(p),
+                Message::Close(_) => break,
+            };
+            if cp_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = cp_tx.close().await;
+    };
+    let to_client = async {
+        while let Some(Ok(msg)) = cp_rx.next().await {
+            let out = match msg {
+                Up::Text(t) => Message::text(t.as_str()),
+                Up::Binary(b) => Message::binary(b),
+                Up::Ping(p) => Message::Ping(p),
+                Up::Pong(p) => Message::Pong(p),
+                Up::Close(_) | Up::Frame(_) => break,
+            };
+            if client_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = client_tx.close().await;
+    };
+    tokio::select! {
+        () = to_cp => {},
+        () = to_client => {},
+    }
 }
 
 /// The caller's role in the control plane's organisation; `NOT_FOUND` for outsiders.
@@ -92,18 +203,18 @@ async fn forward(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward_inner(
-    state: &AppState,
-    id: &str,
-    rest: &str,
-    ip: Option<String>,
-    method: Method,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let principal = crate::identity::authenticate(&state.pool, &headers)
+/// A request the gateway may pass on: the control plane, where it answers, and the token to
+/// present there.
+struct Upstream {
+    cp: ControlPlane,
+    endpoint: String,
+    token: String,
+}
+
+/// Authenticates the caller, checks their role in the control plane's organisation, wakes the
+/// control plane if it hibernates, and mints the token for this request.
+async fn resolve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Upstream, ApiError> {
+    let principal = crate::identity::authenticate(&state.pool, headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let id: Uuid = id
@@ -153,10 +264,39 @@ async fn forward_inner(
         role,
         chrono::Duration::seconds(TOKEN_TTL_SECS),
     );
+    // Recorded at most every few seconds: it feeds hibernation, not billing.
+    sqlx::query(
+        "update control_planes set last_request_at = now()
+         where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
+    )
+    .bind(cp.id)
+    .execute(&state.pool)
+    .await?;
+    Ok(Upstream {
+        cp,
+        endpoint: endpoint.0,
+        token,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_inner(
+    state: &AppState,
+    id: &str,
+    rest: &str,
+    ip: Option<String>,
+    method: Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Upstream {
+        endpoint, token, ..
+    } = resolve(state, id, &headers).await?;
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let mut upstream = state
         .http
-        .request(method, format!("{}/{rest}{query}", endpoint.0))
+        .request(method, format!("{endpoint}/{rest}{query}"))
         .timeout(UPSTREAM_TIMEOUT)
         .bearer_auth(token)
         .header("x-request-id", crate::telemetry::current_request_id())
@@ -180,14 +320,6 @@ async fn forward_inner(
             }
         ),
     })?;
-    // Recorded at most every few seconds: it feeds hibernation, not billing.
-    sqlx::query(
-        "update control_planes set last_request_at = now()
-         where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
-    )
-    .bind(cp.id)
-    .execute(&state.pool)
-    .await?;
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
     let bytes = response.bytes().await.map_err(crate::error::internal)?;

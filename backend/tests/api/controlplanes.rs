@@ -585,3 +585,73 @@ async fn bad_requests_are_refused_and_leave_nothing_half_made() {
         .await;
     assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
 }
+
+#[tokio::test]
+async fn graphql_subscriptions_pass_through_the_gateway_over_websocket() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let bob = app.sign_in("bob@example.test").await;
+    app.create_org(&bob, "bobco").await;
+    let id = create(&app, &alice, "acme", "prod").await;
+    wait_for(&app, &alice, "acme", id, "READY").await;
+    let ws_url = format!("{}/cp/{id}/graphql/ws", app.url.replacen("http", "ws", 1));
+    let connect = |token: String| {
+        let mut request = ws_url.as_str().into_client_request().expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().expect("header"),
+        );
+        tokio_tungstenite::connect_async(request)
+    };
+    // Another organisation's token cannot open it.
+    let bob_token = app.create_token(&bob, "bobco", "OWNER").await;
+    let refused = connect(bob_token).await.expect_err("refused");
+    assert!(refused.to_string().contains("404"), "{refused}");
+
+    let token = app.create_token(&alice, "acme", "VIEWER").await;
+    let (mut socket, _) = connect(token).await.expect("connect through the gateway");
+    socket
+        .send(Message::text(
+            json!({ "type": "connection_init" }).to_string(),
+        ))
+        .await
+        .expect("init");
+    let subscribe = json!({
+        "id": "1", "type": "subscribe",
+        "payload": { "query": "subscription { heartbeat(everyMs: 100) }" },
+    });
+    let mut acked = false;
+    let mut beats = 0;
+    while beats < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(text) = msg else { continue };
+        let value: Value = serde_json::from_str(text.as_str()).expect("json");
+        match value["type"].as_str() {
+            Some("connection_ack") => {
+                acked = true;
+                socket
+                    .send(Message::text(subscribe.to_string()))
+                    .await
+                    .expect("subscribe");
+            }
+            Some("next") => {
+                assert!(value["payload"]["data"]["heartbeat"].is_string(), "{value}");
+                beats += 1;
+            }
+            other => panic!("unexpected {other:?}: {value}"),
+        }
+    }
+    assert!(acked);
+    socket.close(None).await.expect("close");
+}
