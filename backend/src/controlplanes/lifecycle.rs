@@ -164,13 +164,18 @@ pub fn spec(services: &Services, cp: &ControlPlane) -> Result<ControlPlaneSpec, 
     })
 }
 
-/// The tenant's database URL: the management server, the tenant's own role and database.
-fn tenant_url(services: &Services, cp: &ControlPlane) -> Result<SecretString, ApiError> {
-    let password = services
+/// The tenant role's password, decrypted.
+fn password(services: &Services, cp: &ControlPlane) -> Result<String, ApiError> {
+    let bytes = services
         .keys
         .decrypt(&cp.db_password_enc)
         .map_err(crate::error::internal)?;
-    let password = String::from_utf8(password).map_err(crate::error::internal)?;
+    String::from_utf8(bytes).map_err(crate::error::internal)
+}
+
+/// The tenant's database URL: the management server, the tenant's own role and database.
+fn tenant_url(services: &Services, cp: &ControlPlane) -> Result<SecretString, ApiError> {
+    let password = password(services, cp)?;
     let mut url =
         url::Url::parse(services.admin_url.expose_secret()).map_err(crate::error::internal)?;
     url.set_username(&cp.db_role)
@@ -184,13 +189,7 @@ fn tenant_url(services: &Services, cp: &ControlPlane) -> Result<SecretString, Ap
 /// Creates the tenant's login role and database (or adopts existing ones), closes the database
 /// to everyone else, and applies the control-plane migrations as the tenant.
 async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
-    let password = String::from_utf8(
-        services
-            .keys
-            .decrypt(&cp.db_password_enc)
-            .map_err(crate::error::internal)?,
-    )
-    .map_err(crate::error::internal)?;
+    let password = password(services, cp)?;
     // Identifiers are `qleet_cp_<hex>` and the password base64url: nothing to escape.
     let safe = |s: &str| {
         s.bytes()

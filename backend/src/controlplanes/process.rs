@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret as _;
@@ -30,8 +29,6 @@ struct Supervised {
     /// `false` asks the supervisor to stop the child and exit.
     keep_running: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    /// How many times the child was (re)started.
-    starts: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// Runs control planes as supervised child processes.
@@ -57,24 +54,6 @@ impl ProcessDriver {
     /// The child's pid file.
     fn pid_file(&self, id: Uuid) -> PathBuf {
         self.settings.run_dir.join(format!("{id}.pid"))
-    }
-
-    /// How many times a control plane's process was started (1 = never restarted).
-    pub async fn starts(&self, id: Uuid) -> u32 {
-        let running = self.running.lock().await;
-        running
-            .get(&id)
-            .map(|s| s.starts.load(std::sync::atomic::Ordering::SeqCst))
-            .unwrap_or(0)
-    }
-
-    /// The pid of a control plane's current process, from its pid file.
-    pub fn pid(&self, id: Uuid) -> Option<u32> {
-        std::fs::read_to_string(self.pid_file(id))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
     }
 
     /// Stops every child (on shutdown).
@@ -146,7 +125,6 @@ async fn supervise(
     spec: ControlPlaneSpec,
     port: u16,
     mut keep_running: watch::Receiver<bool>,
-    starts: Arc<std::sync::atomic::AtomicU32>,
 ) {
     let mut backoff = Duration::from_millis(100);
     let pid_file = settings.run_dir.join(format!("{}.pid", spec.id));
@@ -175,7 +153,6 @@ async fn supervise(
         let started = Instant::now();
         match spawned {
             Ok(mut child) => {
-                starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if let Some(pid) = child.id() {
                     let _ = std::fs::write(&pid_file, pid.to_string());
                 }
@@ -224,21 +201,13 @@ impl RuntimeDriver for ProcessDriver {
             kill_orphan(&self.pid_file(spec.id), spec.id);
             let port = free_port()?;
             let (tx, rx) = watch::channel(true);
-            let starts = Arc::new(std::sync::atomic::AtomicU32::new(0));
-            let task = tokio::spawn(supervise(
-                self.settings.clone(),
-                spec.clone(),
-                port,
-                rx,
-                starts.clone(),
-            ));
+            let task = tokio::spawn(supervise(self.settings.clone(), spec.clone(), port, rx));
             running.insert(
                 spec.id,
                 Supervised {
                     port,
                     keep_running: tx,
                     task,
-                    starts,
                 },
             );
             Ok(())

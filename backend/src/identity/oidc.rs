@@ -12,8 +12,8 @@ use axum::routing::get;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{
     AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IssuerUrl, Nonce, OAuth2TokenResponse as _, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, Scope, TokenResponse as _,
+    EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, Scope,
+    TokenResponse as _,
 };
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
@@ -297,7 +297,6 @@ async fn finish_sign_in(
                 token_error(&e)
             ))
         })?;
-    let _ = tokens.access_token();
     let id_token = tokens
         .id_token()
         .ok_or_else(|| Refused("the identity provider sent no ID token".into()))?;
