@@ -75,6 +75,38 @@ impl BackendApi for UiBackend {
         })
     }
 
+    fn control_plane_graphql(
+        &self,
+        parts: &Parts,
+        csrf: Option<String>,
+        control_plane: String,
+        query: String,
+        variables: serde_json::Value,
+    ) -> BoxFuture<serde_json::Value> {
+        let state = self.state.clone();
+        let headers = parts.headers.clone();
+        Box::pin(async move {
+            if is_mutation(&query) {
+                let principal = match crate::identity::authenticate(&state.pool, &headers).await {
+                    Ok(p) => p,
+                    Err(e) => return error_json(e),
+                };
+                if let Some(Principal::User { csrf: expected, .. }) = &principal
+                    && csrf.as_deref() != Some(expected.as_str())
+                {
+                    return error_json(ApiError::Csrf);
+                }
+            }
+            let body = serde_json::json!({ "query": query, "variables": variables });
+            match crate::controlplanes::gateway::graphql(&state, &control_plane, &headers, &body)
+                .await
+            {
+                Ok(v) => v,
+                Err(e) => error_json(e),
+            }
+        })
+    }
+
     fn csrf_token(&self, parts: &Parts) -> Option<String> {
         session::cookie_value(&parts.headers).map(|raw| session::csrf_for(&raw))
     }

@@ -48,6 +48,19 @@ pub trait BackendApi: Send + Sync + 'static {
         variables: serde_json::Value,
     ) -> BoxFuture<serde_json::Value>;
 
+    /// Executes a GraphQL operation against one tenant control plane's own API (objects, apply,
+    /// plans), through the management gateway as the principal the request's session names.
+    /// Same CSRF rule and response shape as [`BackendApi::graphql`]; a control plane the caller
+    /// may not reach answers an error with code NOT_FOUND or FORBIDDEN.
+    fn control_plane_graphql(
+        &self,
+        parts: &http::request::Parts,
+        csrf: Option<String>,
+        control_plane: String,
+        query: String,
+        variables: serde_json::Value,
+    ) -> BoxFuture<serde_json::Value>;
+
     /// The CSRF token of the session in `parts`; None when not signed in.
     fn csrf_token(&self, parts: &http::request::Parts) -> Option<String>;
 

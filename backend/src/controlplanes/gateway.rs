@@ -329,3 +329,31 @@ async fn forward_inner(
     }
     Ok(out)
 }
+
+/// Runs a GraphQL request on a control plane as the principal `headers` name (the web UI's
+/// server functions use this; API clients go through [`forward`]). Answers the control plane's
+/// GraphQL response JSON.
+pub async fn graphql(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let Upstream {
+        endpoint, token, ..
+    } = resolve(state, id, headers).await?;
+    let response = state
+        .http
+        .post(format!("{endpoint}/graphql"))
+        .timeout(UPSTREAM_TIMEOUT)
+        .bearer_auth(token)
+        .header("x-request-id", crate::telemetry::current_request_id())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "CONTROL_PLANE_UNREACHABLE",
+            message: format!("the control plane did not answer ({e})"),
+        })?;
+    response.json().await.map_err(crate::error::internal)
+}
