@@ -29,6 +29,17 @@ pub struct Mutation(ObjectsMutation);
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(CpSubscription, ObjectsSubscription);
 
+/// The control plane's GraphQL schema in SDL (committed as `backend/control-plane.graphql`).
+pub fn sdl() -> String {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
+    .sdl()
+}
+
 pub fn schema(engine: &Engine) -> ControlPlaneSchema {
     Schema::build(
         Query::default(),

@@ -122,8 +122,12 @@ pub async fn lease(engine: &Engine, req: LeaseRequest) -> Result<LeaseResponse, 
         // Also look again now and then: a lease may expire without any notification.
         let nap = deadline
             .saturating_duration_since(tokio::time::Instant::now())
-            .min(Duration::from_secs(2));
-        let _ = tokio::time::timeout(nap, notified).await;
+            .min(engine.poll_interval.unwrap_or(Duration::from_secs(2)));
+        if engine.poll_interval.is_some() {
+            tokio::time::sleep(nap).await;
+        } else {
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
     }
 }
 
