@@ -717,14 +717,11 @@ async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::R
                 row.id,
                 false,
                 "OutputsChanged",
-                &format!(
-                    "{}",
-                    names
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                &names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             )
             .await?;
         }

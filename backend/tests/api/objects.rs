@@ -549,8 +549,6 @@ async fn a_stale_report_is_ignored_and_a_lost_lease_is_refused() {
     let (code, body) = cp.report(&account, json!({"succeeded": {}})).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["accepted"], false, "{body}");
-    let superseded = Some(body);
-    let body = superseded.expect("the report was superseded");
     assert!(
         body["reason"]
             .as_str()
