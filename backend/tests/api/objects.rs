@@ -1262,3 +1262,85 @@ async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_
     .await;
     assert_eq!(body["data"]["objects"], json!([]), "{body}");
 }
+
+#[tokio::test]
+async fn object_status_changes_stream_to_subscribers() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+    let cp = Cp::start().await;
+    let mut request = format!("{}/graphql/ws", cp.url.replacen("http", "ws", 1))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    socket
+        .send(Message::text(
+            json!({"type": "connection_init"}).to_string(),
+        ))
+        .await
+        .expect("init");
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut subscribed = false;
+    // Follow the bucket only: Pending → Waiting → Provisioning → Ready.
+    while !seen.iter().any(|(_, p)| p == "READY") {
+        let msg = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(text) = msg else { continue };
+        let value: Value = serde_json::from_str(text.as_str()).expect("json");
+        match value["type"].as_str() {
+            Some("connection_ack") => {
+                socket
+                    .send(Message::text(
+                        json!({"id": "1", "type": "subscribe", "payload": {"query":
+                            "subscription { objectChanges(kind: \"ObjectStorageBucket\") { kind name phase message deleted } }"}})
+                        .to_string(),
+                    ))
+                    .await
+                    .expect("subscribe");
+                subscribed = true;
+                // Give the subscription a moment to be registered, then make changes.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cp.apply_ok(APP).await;
+                tokio::spawn({
+                    let cp = Cp {
+                        url: cp.url.clone(),
+                        db: cp.db.clone(),
+                        http: reqwest::Client::new(),
+                        _shutdown: None,
+                    };
+                    async move {
+                        drain(&cp, 5).await;
+                    }
+                });
+            }
+            Some("next") => {
+                let c = &value["payload"]["data"]["objectChanges"];
+                assert_eq!(c["kind"], "ObjectStorageBucket", "{value}");
+                seen.push((
+                    c["name"].as_str().unwrap_or_default().to_owned(),
+                    c["phase"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            other => panic!("unexpected {other:?}: {value}"),
+        }
+    }
+    assert!(subscribed);
+    let phases: Vec<&str> = seen.iter().map(|(_, p)| p.as_str()).collect();
+    assert!(
+        phases.contains(&"WAITING") && phases.contains(&"PROVISIONING"),
+        "{phases:?}"
+    );
+    assert!(seen.iter().all(|(n, _)| n == "assets"));
+}
