@@ -58,7 +58,9 @@ async fn lease(
     answer(
         async {
             authorise(&state, &headers)?;
-            tasks::lease(&state.engine, body(&bytes)?).await
+            let req: tasks::LeaseRequest = body(&bytes)?;
+            let agent = req.agent.clone().unwrap_or_default();
+            tasks::lease(&state.engine, &agent, req).await
         }
         .await,
     )
