@@ -107,6 +107,7 @@ struct WideRun {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let load_before = load_average();
     let admin = PgPool::connect(&args.admin_url)
         .await
         .context("connecting to PostgreSQL (QLEET_BENCH_DATABASE_URL)")?;
@@ -154,7 +155,11 @@ async fn main() -> anyhow::Result<()> {
         wide.push(run);
     }
     let _ = std::fs::remove_dir_all(&bench.work);
-    print!("{}", report(&args, &pg_version, &notify, &poll, &wide));
+    let load = (load_before, load_average());
+    print!(
+        "{}",
+        report(&args, &pg_version, load, &notify, &poll, &wide)
+    );
     Ok(())
 }
 
@@ -583,6 +588,14 @@ fn proc_status(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// The 1-minute load average.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -606,6 +619,7 @@ fn med<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
 fn report(
     args: &Args,
     pg_version: &str,
+    load: (String, String),
     notify: &[ChainRun],
     poll: &[ChainRun],
     wide: &[WideRun],
@@ -635,7 +649,10 @@ fn report(
          process, standalone, `RUST_LOG=warn`, on a fresh database per run on the local PostgreSQL \
          {pg_version}; {cores} cores ({cpu}), shared by the control plane, PostgreSQL and the \
          driver `backend/examples/bench_orchestration.rs`; {rounds} rounds, the two chain modes \
-         alternating which goes first). Run on {date}.",
+         alternating which goes first; 1-minute load average {} at the start and {} at the \
+         end). Run on {date}.",
+        load.0,
+        load.1,
         rounds = args.rounds,
         date = chrono::Utc::now().format("%Y-%m-%d"),
     ));

@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::internal_token::{Claims, SubjectKind};
 use crate::orgs::Role;
 
-pub use graphql::{ControlPlaneSchema, sdl};
+pub use graphql::{ControlPlaneId, ControlPlaneSchema, sdl};
 
 use crate::objects::reconcile::Engine;
 

@@ -20,7 +20,7 @@ const ADMIN: &str = "test-admin-token-0123456789abcdef0123456789";
 pub struct Cp {
     pub url: String,
     pub db: String,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
     _shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -1119,7 +1119,7 @@ async fn converge(cp: &Cp, point: &str, work: &[Value]) {
 // ---------------------------------------------------------------------------------------------
 // Through the management gateway: roles and tenant isolation for every new query and endpoint.
 
-async fn via_gateway(
+pub async fn via_gateway(
     app: &crate::support::TestApp,
     auth: crate::support::Auth<'_>,
     cp: Uuid,
