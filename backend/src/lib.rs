@@ -3,6 +3,7 @@
 //! server-rendered web UI, served by one axum application over the management database.
 
 pub mod audit;
+pub mod billing;
 pub mod config;
 pub mod control_plane;
 pub mod controlplanes;

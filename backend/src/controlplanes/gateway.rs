@@ -225,6 +225,16 @@ async fn resolve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Upst
         .await?
         .ok_or_else(|| ApiError::NotFound("control plane".into()))?;
     let role = role_in(state, &principal, &cp).await?;
+    if cp.billing_hold {
+        return Err(crate::billing::past_due_error());
+    }
+    // The plan's limits travel in the token; one indexed read (none without Stripe).
+    let billing = &services.billing;
+    let limits = {
+        let mut conn = state.pool.acquire().await?;
+        let (plan, _) = crate::billing::plan_of(&mut conn, billing, cp.org_id).await?;
+        crate::billing::limits(billing.plans(), plan)
+    };
     let status = Status::parse(&cp.status)?;
     match status {
         Status::Ready => {}
@@ -256,13 +266,14 @@ async fn resolve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Upst
         Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
         Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
     };
-    let token = services.keys.signer.mint(
+    let token = services.keys.signer.mint_with_limits(
         sub_kind,
         sub,
         cp.org_id,
         cp.id,
         role,
         chrono::Duration::seconds(TOKEN_TTL_SECS),
+        Some(limits),
     );
     // Recorded at most every few seconds: it feeds hibernation, not billing.
     sqlx::query(

@@ -1,6 +1,7 @@
 //! Integration tests of the management plane, one binary, a module per area.
 
 mod audit;
+mod billing;
 mod browser;
 mod control_plane;
 mod controlplanes;
