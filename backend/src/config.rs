@@ -807,12 +807,23 @@ mod tests {
         let mut args = common().billing;
         args.stripe_secret_key = Some("sk_test_hunter2".into());
         let err = BillingConfig::from_args(&args).expect_err("webhook secret missing");
-        assert!(err.to_string().contains("QLEET_STRIPE_WEBHOOK_SECRET"), "{err}");
+        assert!(
+            err.to_string().contains("QLEET_STRIPE_WEBHOOK_SECRET"),
+            "{err}"
+        );
         args.stripe_webhook_secret = Some("whsec_hunter3".into());
         let config = BillingConfig::from_args(&args).expect("valid");
         let shown = format!("{config:?}");
-        assert!(!shown.contains("hunter2") && !shown.contains("hunter3"), "{shown}");
-        assert!(BillingConfig::from_args(&common().billing).expect("dev").stripe.is_none());
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(
+            BillingConfig::from_args(&common().billing)
+                .expect("dev")
+                .stripe
+                .is_none()
+        );
     }
 
     #[test]

@@ -94,7 +94,9 @@ fn quota_message(limit: &str, max: u32, plan: &str, upgrade_to: Option<&str>) ->
         Some(up) => format!(
             "the {plan} plan allows {max} {limit}; upgrade to the {up} plan for more (or delete some)"
         ),
-        None => format!("the {plan} plan allows {max} {limit}, the most any plan offers; delete some first"),
+        None => format!(
+            "the {plan} plan allows {max} {limit}, the most any plan offers; delete some first"
+        ),
     }
 }
 

@@ -79,12 +79,19 @@ pub struct BillingObject {
 }
 
 /// The `billing` field of [`Organization`].
-pub async fn summary(ctx: &Context<'_>, org: &Organization) -> async_graphql::Result<BillingObject> {
+pub async fn summary(
+    ctx: &Context<'_>,
+    org: &Organization,
+) -> async_graphql::Result<BillingObject> {
     require(&org.0, Permission::ManageBilling).gql()?;
     load(pool(ctx), billing(ctx), &org.0).await.gql()
 }
 
-async fn load(pool: &PgPool, billing: &Billing, access: &OrgAccess) -> Result<BillingObject, ApiError> {
+async fn load(
+    pool: &PgPool,
+    billing: &Billing,
+    access: &OrgAccess,
+) -> Result<BillingObject, ApiError> {
     let org_id = access.org.id;
     let mut conn = pool.acquire().await?;
     let account = super::account(&mut conn, org_id).await?;
@@ -154,7 +161,10 @@ pub async fn start_checkout(
         .get(plan.trim())
         .ok_or_else(|| ApiError::invalid("plan", format!("there is no plan {plan:?}")))?;
     let price = target.stripe_price.as_deref().ok_or_else(|| {
-        ApiError::invalid("plan", format!("the {} plan is not sold through Checkout", target.id))
+        ApiError::invalid(
+            "plan",
+            format!("the {} plan is not sold through Checkout", target.id),
+        )
     })?;
     let mut conn = pool.acquire().await?;
     let account = super::account(&mut conn, access.org.id).await?;

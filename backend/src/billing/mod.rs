@@ -213,7 +213,10 @@ pub async fn apply_subscription(
 ) -> Result<Applied, ApiError> {
     let current = account(&mut *conn, org_id).await?;
     let live = LIVE.contains(&sub.status.as_str());
-    let other_live = current.subscription_id.as_deref().is_some_and(|id| id != sub.id)
+    let other_live = current
+        .subscription_id
+        .as_deref()
+        .is_some_and(|id| id != sub.id)
         && current
             .subscription_status
             .as_deref()

@@ -110,9 +110,15 @@ impl Plans {
                 return Err(ConfigError(format!("plan {:?} is listed twice", p.id)));
             }
         }
-        for pair in prices.unwrap_or("").split(',').filter(|p| !p.trim().is_empty()) {
+        for pair in prices
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
             let (id, price) = pair.split_once('=').ok_or_else(|| {
-                ConfigError(format!("QLEET_STRIPE_PRICES: {pair:?} is not plan=price_id"))
+                ConfigError(format!(
+                    "QLEET_STRIPE_PRICES: {pair:?} is not plan=price_id"
+                ))
             })?;
             let plan = plans
                 .iter_mut()
@@ -122,9 +128,10 @@ impl Plans {
                 })?;
             plan.stripe_price = Some(price.trim().to_owned());
         }
-        let default = plans.iter().position(|p| p.id == default).ok_or_else(|| {
-            ConfigError(format!("QLEET_DEFAULT_PLAN {default:?} is not a plan"))
-        })?;
+        let default = plans
+            .iter()
+            .position(|p| p.id == default)
+            .ok_or_else(|| ConfigError(format!("QLEET_DEFAULT_PLAN {default:?} is not a plan")))?;
         Ok(Plans { plans, default })
     }
 
@@ -171,7 +178,10 @@ mod tests {
         let plans =
             Plans::from_config(None, Some("team=price_t, business=price_b"), "team").expect("ok");
         assert_eq!(plans.default_plan().id, "team");
-        assert_eq!(plans.by_price("price_b").map(|p| p.id.as_str()), Some("business"));
+        assert_eq!(
+            plans.by_price("price_b").map(|p| p.id.as_str()),
+            Some("business")
+        );
         assert!(plans.by_price("price_x").is_none());
         assert!(Plans::from_config(None, Some("gold=price_g"), "free").is_err());
         assert!(Plans::from_config(None, Some("team"), "free").is_err());

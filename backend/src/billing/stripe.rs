@@ -210,8 +210,9 @@ impl serde::Serialize for FlatForm<'_> {
 }
 
 fn customer_id(id: &str) -> Result<CustomerId, ApiError> {
-    id.parse()
-        .map_err(|_| crate::error::internal(anyhow::anyhow!("stored customer id {id:?} is not one")))
+    id.parse().map_err(|_| {
+        crate::error::internal(anyhow::anyhow!("stored customer id {id:?} is not one"))
+    })
 }
 
 /// Awaits a Stripe call with a timeout; failures become `STRIPE_UNAVAILABLE` for the caller and

@@ -37,12 +37,11 @@ pub async fn record_sample(
         .bind(control_plane_id)
         .execute(&mut *tx)
         .await?;
-    let previous: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "select max(sampled_at) from usage_samples where control_plane_id = $1",
-    )
-    .bind(control_plane_id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let previous: Option<DateTime<Utc>> =
+        sqlx::query_scalar("select max(sampled_at) from usage_samples where control_plane_id = $1")
+            .bind(control_plane_id)
+            .fetch_one(&mut *tx)
+            .await?;
     let seconds = match previous {
         Some(prev) if at > prev => (at - prev).num_seconds().min(max_gap.as_secs() as i64),
         Some(_) => return Ok(()), // not after the last sample: nothing new to cover
@@ -193,7 +192,13 @@ pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
     let mut sent = 0;
     for (id, customer, hours, end) in pending {
         let result = stripe
-            .meter_event(event_name, &customer, hours, &id.to_string(), end.timestamp())
+            .meter_event(
+                event_name,
+                &customer,
+                hours,
+                &id.to_string(),
+                end.timestamp(),
+            )
             .await;
         match result {
             Ok(()) => {

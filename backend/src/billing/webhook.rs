@@ -177,11 +177,16 @@ fn target(event: &Event) -> Option<Target> {
 }
 
 /// Applies one event exactly once. Returns a short note for the response body.
-async fn handle(state: &AppState, billing: &Billing, event: &Event) -> Result<&'static str, ApiError> {
-    let seen: bool = sqlx::query_scalar("select exists (select 1 from stripe_events where id = $1)")
-        .bind(&event.id)
-        .fetch_one(&state.pool)
-        .await?;
+async fn handle(
+    state: &AppState,
+    billing: &Billing,
+    event: &Event,
+) -> Result<&'static str, ApiError> {
+    let seen: bool =
+        sqlx::query_scalar("select exists (select 1 from stripe_events where id = $1)")
+            .bind(&event.id)
+            .fetch_one(&state.pool)
+            .await?;
     if seen {
         return Ok("duplicate");
     }

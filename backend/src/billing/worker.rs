@@ -84,7 +84,10 @@ pub async fn suspend_overdue(pool: &PgPool, services: &Services) -> Result<u64, 
     }
     tx.commit().await?;
     if !held.is_empty() {
-        tracing::info!(control_planes = held.len(), "billing: suspended control planes of past-due organisations");
+        tracing::info!(
+            control_planes = held.len(),
+            "billing: suspended control planes of past-due organisations"
+        );
         services.wake.notify_one();
     }
     Ok(held.len() as u64)

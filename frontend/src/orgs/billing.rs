@@ -143,8 +143,7 @@ pub async fn open_billing_portal(csrf: String, org: String) -> Result<(), Server
         billing_portal_url: String,
     }
     let query = "mutation BillingPortal($org: String!) { billingPortalUrl(org: $org) }";
-    let data: Data =
-        crate::api::gql(query, serde_json::json!({ "org": org }), Some(csrf)).await?;
+    let data: Data = crate::api::gql(query, serde_json::json!({ "org": org }), Some(csrf)).await?;
     leptos_axum::redirect(&data.billing_portal_url);
     Ok(())
 }
@@ -193,7 +192,10 @@ fn billing_view(
     checkout: ServerAction<StartCheckout>,
     portal: ServerAction<OpenBillingPortal>,
 ) -> impl IntoView {
-    let status = b.subscription_status.clone().unwrap_or_else(|| "none".into());
+    let status = b
+        .subscription_status
+        .clone()
+        .unwrap_or_else(|| "none".into());
     let rows = vec![
         (
             "Control planes",
@@ -268,7 +270,8 @@ fn billing_view(
         .plans
         .iter()
         .map(|p| {
-            let limit = |n: Option<u32>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
+            let limit =
+                |n: Option<u32>| n.map_or_else(|| "unlimited".to_owned(), |n| n.to_string());
             view! {
                 <tr class:current=p.id == b.plan.id>
                     <td>{p.name.clone()}</td>

@@ -139,7 +139,11 @@ impl LocalStripe {
             .send()
             .await
             .expect("localstripe");
-        assert!(resp.status().is_success(), "webhook config: {}", resp.status());
+        assert!(
+            resp.status().is_success(),
+            "webhook config: {}",
+            resp.status()
+        );
     }
 
     /// A card payment method attached to `customer` and made its default.
@@ -157,8 +161,11 @@ impl LocalStripe {
             )
             .await;
         let pm = pm["id"].as_str().expect("pm").to_owned();
-        self.post(&format!("payment_methods/{pm}/attach"), &[("customer", customer)])
-            .await;
+        self.post(
+            &format!("payment_methods/{pm}/attach"),
+            &[("customer", customer)],
+        )
+        .await;
         self.post(
             &format!("customers/{customer}"),
             &[("invoice_settings[default_payment_method]", &pm)],
@@ -315,16 +322,22 @@ async fn answer(
         let mut fail = state.fail_next.lock().expect("lock");
         if *fail > 0 {
             *fail -= 1;
-            let error = json!({ "error": { "type": "api_error", "message": "An unknown error occurred" } });
-            return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, axum::Json(error))
+            let error =
+                json!({ "error": { "type": "api_error", "message": "An unknown error occurred" } });
+            return (
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                axum::Json(error),
+            )
                 .into_response();
         }
     }
     let now = chrono::Utc::now().timestamp();
+    // A new customer id per customer, as Stripe makes them.
+    let customer_id = format!("cus_Qleet{}", state.requests.lock().expect("lock").len());
     // Trimmed copies of the example responses in Stripe's API reference.
     let body = match path.as_str() {
         "/v1/customers" => json!({
-            "id": "cus_NffrFeUfNV2Hib", "object": "customer", "address": null, "balance": 0,
+            "id": customer_id, "object": "customer", "address": null, "balance": 0,
             "created": now, "currency": null, "default_source": null, "delinquent": false,
             "description": null, "discount": null, "email": null, "invoice_prefix": "0759376C",
             "invoice_settings": { "custom_fields": null, "default_payment_method": null, "footer": null, "rendering_options": null },
