@@ -473,7 +473,10 @@ async fn checkout_and_portal_send_the_documented_requests_and_use_stripes_answer
     let s = &sessions[0];
     let expected = [
         ("mode", "subscription".to_owned()),
-        ("customer", customer_of(&app, "acme").await.expect("customer")),
+        (
+            "customer",
+            customer_of(&app, "acme").await.expect("customer"),
+        ),
         ("client_reference_id", org.to_string()),
         ("line_items[0][price]", "price_team".to_owned()),
         ("line_items[0][quantity]", "1".to_owned()),
