@@ -48,11 +48,6 @@ pub struct Billing {
     pub usage: Usage,
 }
 
-const BILLING_FIELDS: &str = "plan { id name controlPlanes agents objects purchasable } \
-    plans { id name controlPlanes agents objects purchasable } stripeEnabled subscriptionStatus \
-    hasCustomer pastDue pastDueSince suspendAfter suspended \
-    usage { controlPlanes objects objectHoursThisMonth }";
-
 #[server(endpoint = "billing")]
 pub async fn get_billing(org: String) -> Result<Access<Billing>, ServerFnError> {
     #[derive(Deserialize)]
@@ -63,6 +58,10 @@ pub async fn get_billing(org: String) -> Result<Access<Billing>, ServerFnError> 
     struct Org {
         billing: Billing,
     }
+    const BILLING_FIELDS: &str = "plan { id name controlPlanes agents objects purchasable } \
+        plans { id name controlPlanes agents objects purchasable } stripeEnabled subscriptionStatus \
+        hasCustomer pastDue pastDueSince suspendAfter suspended \
+        usage { controlPlanes objects objectHoursThisMonth }";
     let query = format!(
         "query Billing($org: String!) {{ organization(slug: $org) {{ billing {{ {BILLING_FIELDS} }} }} }}"
     );
