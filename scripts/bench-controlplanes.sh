@@ -98,7 +98,8 @@ sql "create database $DIRECT_DB"
 BIN="$ROOT/${CARGO_TARGET_DIR:-target}/release/qleet"
 say "starting qleet dev on $URL"
 RUST_LOG=warn DATABASE_URL="${ADMIN%/*}/$MGMT_DB" QLEET_LISTEN="127.0.0.1:$PORT" \
-  QLEET_DATA_DIR="$WORK/data" QLEET_MAX_CONTROL_PLANES=1000 QLEET_HIBERNATE_AFTER_SECS=0 \
+  QLEET_DATA_DIR="$WORK/data" QLEET_DEFAULT_PLAN=bench \
+  QLEET_PLANS='[{"id":"bench","name":"Bench","control_planes":null,"agents":null,"objects":null}]' QLEET_HIBERNATE_AFTER_SECS=0 \
   QLEET_CONTROL_PLANE_RETENTION_HOURS=0 "$BIN" dev >/dev/null 2>"$WORK/qleet.log" &
 SERVER=$!
 for _ in $(seq 300); do curl -fs "$URL/readyz" >/dev/null && break; sleep 0.1; done
@@ -248,7 +249,8 @@ cat <<EOF
 ## Control planes (process runtime): provisioning, memory, density, gateway
 
 Command: \`scripts/bench-controlplanes.sh\` (release build; \`qleet dev\` with
-\`QLEET_MAX_CONTROL_PLANES=1000 QLEET_HIBERNATE_AFTER_SECS=0 QLEET_CONTROL_PLANE_RETENTION_HOURS=0\`;
+\`QLEET_DEFAULT_PLAN=bench \
+  QLEET_PLANS='[{"id":"bench","name":"Bench","control_planes":null,"agents":null,"objects":null}]' QLEET_HIBERNATE_AFTER_SECS=0 QLEET_CONTROL_PLANE_RETENTION_HOURS=0\`;
 $( [ "$PRIVATE_PG" = 1 ] && echo "a private PostgreSQL cluster started by the script (\`max_connections=$PG_MAXC\`, otherwise defaults)" || echo "PostgreSQL at \`${ADMIN%%@*}@…\`" );
 $cpu_note cores; wrk \`-t2 -c$CONNS -d$DURATION --latency\`, $ROUNDS interleaved rounds). Run on $(date -u +%Y-%m-%d).
 

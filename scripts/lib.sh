@@ -62,3 +62,20 @@ ensure_node_deps() {
   fi
   export PATH="$ROOT/tests/node_modules/.bin:$PATH"
 }
+
+# localstripe (a fake Stripe for the billing tests) in a Python venv at tests/.venv, where the
+# test harness looks for it.
+LOCALSTRIPE_VERSION=1.15.10
+ensure_localstripe() {
+  local venv="$ROOT/tests/.venv"
+  if [ -x "$venv/bin/localstripe" ] && [ -f "$venv/.localstripe-$LOCALSTRIPE_VERSION" ]; then return 0; fi
+  command -v python3 >/dev/null || ensure_apt python3 python3
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    ensure_apt python3-venv /nonexistent
+  fi
+  say "installing localstripe $LOCALSTRIPE_VERSION into tests/.venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "localstripe==$LOCALSTRIPE_VERSION"
+  touch "$venv/.localstripe-$LOCALSTRIPE_VERSION"
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (PostgreSQL, Node and the OpenID provider
-# package, Chromium and chromedriver, the wasm toolchain), starts PostgreSQL if none answers,
+# package, localstripe, Chromium and chromedriver, the wasm toolchain), starts PostgreSQL if none answers,
 # builds the web UI, checks formatting and lints, then runs the whole test suite.
 source "$(dirname "$0")/lib.sh"
 
@@ -8,6 +8,7 @@ ensure_postgres_binaries
 ensure_apt chromium chromium /usr/bin/chromium
 ensure_apt chromium-driver chromedriver
 ensure_node_deps
+ensure_localstripe
 ensure_wasm_tools
 
 # PostgreSQL for the tests: the machine's own on 127.0.0.1:5432 if it lets `postgres` in without

@@ -274,14 +274,6 @@ pub struct CommonArgs {
         hide_env_values = true
     )]
     pub secret_key: Option<String>,
-    /// How many control planes one organisation may have (until billing sets plan limits).
-    #[arg(
-        long,
-        env = "QLEET_MAX_CONTROL_PLANES",
-        value_name = "QLEET_MAX_CONTROL_PLANES",
-        default_value_t = 3
-    )]
-    pub max_control_planes: u32,
     /// Stop a control plane after this many seconds without a request (0: never).
     #[arg(
         long,
@@ -328,6 +320,173 @@ pub struct CommonArgs {
     /// Log format (default: json for serve, pretty for dev).
     #[arg(long, env = "QLEET_LOG_FORMAT", value_name = "QLEET_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    #[command(flatten)]
+    pub billing: BillingArgs,
+}
+
+/// Billing settings; without the two Stripe secrets every organisation has the default plan.
+#[derive(Debug, Args)]
+pub struct BillingArgs {
+    /// Stripe secret API key (`sk_live_...` / `sk_test_...`).
+    #[arg(
+        long,
+        env = "QLEET_STRIPE_SECRET_KEY",
+        value_name = "QLEET_STRIPE_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub stripe_secret_key: Option<String>,
+    /// Signing secret of the Stripe webhook endpoint `{QLEET_PUBLIC_URL}/webhooks/stripe`.
+    #[arg(
+        long,
+        env = "QLEET_STRIPE_WEBHOOK_SECRET",
+        value_name = "QLEET_STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    pub stripe_webhook_secret: Option<String>,
+    /// Base URL of the Stripe API (tests point it at a local peer).
+    #[arg(
+        long,
+        env = "QLEET_STRIPE_API_BASE",
+        value_name = "QLEET_STRIPE_API_BASE",
+        default_value = "https://api.stripe.com/"
+    )]
+    pub stripe_api_base: Url,
+    /// Stripe price of each paid plan: `team=price_123,business=price_456`.
+    #[arg(long, env = "QLEET_STRIPE_PRICES", value_name = "QLEET_STRIPE_PRICES")]
+    pub stripe_prices: Option<String>,
+    /// Stripe price of metered object-hours, added to every Checkout (optional).
+    #[arg(
+        long,
+        env = "QLEET_STRIPE_USAGE_PRICE",
+        value_name = "QLEET_STRIPE_USAGE_PRICE"
+    )]
+    pub stripe_usage_price: Option<String>,
+    /// `event_name` of the Stripe billing meter object-hours are reported to (unset: not reported).
+    #[arg(
+        long,
+        env = "QLEET_STRIPE_METER_EVENT",
+        value_name = "QLEET_STRIPE_METER_EVENT"
+    )]
+    pub stripe_meter_event: Option<String>,
+    /// The plan catalogue as JSON, smallest first (default: Free, Team, Business).
+    #[arg(long, env = "QLEET_PLANS", value_name = "QLEET_PLANS")]
+    pub plans: Option<String>,
+    /// The plan of organisations without a subscription.
+    #[arg(
+        long,
+        env = "QLEET_DEFAULT_PLAN",
+        value_name = "QLEET_DEFAULT_PLAN",
+        default_value = "free"
+    )]
+    pub default_plan: String,
+    /// Hours a past-due organisation keeps its control planes running before they are suspended.
+    #[arg(
+        long,
+        env = "QLEET_BILLING_GRACE_HOURS",
+        value_name = "QLEET_BILLING_GRACE_HOURS",
+        default_value_t = 168
+    )]
+    pub billing_grace_hours: u64,
+    /// Seconds between runs of the billing worker (grace deadlines, usage reports).
+    #[arg(
+        long,
+        env = "QLEET_BILLING_INTERVAL_SECS",
+        value_name = "QLEET_BILLING_INTERVAL_SECS",
+        default_value_t = 60
+    )]
+    pub billing_interval_secs: u64,
+    /// Seconds between object counts read from each control plane for metering.
+    #[arg(
+        long,
+        env = "QLEET_USAGE_SAMPLE_SECS",
+        value_name = "QLEET_USAGE_SAMPLE_SECS",
+        default_value_t = 300
+    )]
+    pub usage_sample_secs: u64,
+}
+
+/// Stripe credentials and endpoints.
+#[derive(Debug, Clone)]
+pub struct StripeConfig {
+    pub secret_key: SecretString,
+    /// Verifies `Stripe-Signature` on webhooks.
+    pub webhook_secret: SecretString,
+    /// `https://api.stripe.com/` in production.
+    pub api_base: Url,
+    /// Metered price added to every Checkout.
+    pub usage_price: Option<String>,
+    /// The billing meter's `event_name`; usage is only reported when set.
+    pub meter_event: Option<String>,
+}
+
+/// Plans, Stripe and dunning, checked once at start.
+#[derive(Debug, Clone)]
+pub struct BillingConfig {
+    /// `None`: development without Stripe, every organisation has the default plan.
+    pub stripe: Option<StripeConfig>,
+    pub plans: crate::billing::plans::Plans,
+    /// How long a past-due organisation keeps running before its control planes are suspended.
+    pub grace: Duration,
+    /// How often the billing worker runs.
+    pub interval: Duration,
+    /// How often control planes are asked for their object counts.
+    pub usage_sample_interval: Duration,
+    /// How old a webhook's signed timestamp may be.
+    pub webhook_tolerance: Duration,
+}
+
+impl BillingConfig {
+    pub fn from_args(args: &BillingArgs) -> Result<Self, ConfigError> {
+        let nonempty = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+        let stripe = match (
+            nonempty(&args.stripe_secret_key),
+            nonempty(&args.stripe_webhook_secret),
+        ) {
+            (None, None) => None,
+            (Some(key), Some(secret)) => Some(StripeConfig {
+                secret_key: SecretString::from(key),
+                webhook_secret: SecretString::from(secret),
+                api_base: args.stripe_api_base.clone(),
+                usage_price: nonempty(&args.stripe_usage_price),
+                meter_event: nonempty(&args.stripe_meter_event),
+            }),
+            _ => {
+                return Err(ConfigError(
+                    "set both QLEET_STRIPE_SECRET_KEY and QLEET_STRIPE_WEBHOOK_SECRET, or neither"
+                        .into(),
+                ));
+            }
+        };
+        if args.billing_interval_secs == 0 || args.usage_sample_secs == 0 {
+            return Err(ConfigError(
+                "QLEET_BILLING_INTERVAL_SECS and QLEET_USAGE_SAMPLE_SECS must be at least 1".into(),
+            ));
+        }
+        Ok(BillingConfig {
+            stripe,
+            plans: crate::billing::plans::Plans::from_config(
+                args.plans.as_deref(),
+                args.stripe_prices.as_deref(),
+                &args.default_plan,
+            )?,
+            grace: Duration::from_secs(args.billing_grace_hours * 3600),
+            interval: Duration::from_secs(args.billing_interval_secs),
+            usage_sample_interval: Duration::from_secs(args.usage_sample_secs),
+            webhook_tolerance: Duration::from_secs(300),
+        })
+    }
+
+    /// Without Stripe: the default plan for everyone, nothing to check or report.
+    pub fn dev_default() -> Self {
+        BillingConfig {
+            stripe: None,
+            plans: crate::billing::plans::Plans::builtin(),
+            grace: Duration::from_secs(168 * 3600),
+            interval: Duration::from_secs(60),
+            usage_sample_interval: Duration::from_secs(300),
+            webhook_tolerance: Duration::from_secs(300),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -404,8 +563,8 @@ pub struct Config {
     pub secret_key: SecretString,
     /// The `qleet` binary the process driver starts control planes with.
     pub qleet_binary: PathBuf,
-    /// Control planes per organisation.
-    pub max_control_planes: u32,
+    /// Plans, Stripe and dunning.
+    pub billing: BillingConfig,
     /// Idle time after which a control plane hibernates; `None` never.
     pub hibernate_after: Option<Duration>,
     /// How long a deleted control plane's database is kept.
@@ -494,7 +653,7 @@ impl Config {
             runtime,
             secret_key,
             qleet_binary,
-            max_control_planes: common.max_control_planes,
+            billing: BillingConfig::from_args(&common.billing)?,
             hibernate_after: Some(Duration::from_secs(common.hibernate_after_secs))
                 .filter(|d| !d.is_zero()),
             control_plane_retention: Duration::from_secs(
@@ -644,14 +803,50 @@ mod tests {
             trust_proxy_headers: false,
             log_format: None,
             secret_key: Some(crate::keys::Keys::generate_secret()),
-            max_control_planes: 3,
             hibernate_after_secs: 0,
             control_plane_retention_hours: 0,
             runtime: RuntimeKind::Process,
             k8s_image: None,
             k8s_gateway_namespace: "qleet".into(),
             k8s_gateway_pod_labels: "app=qleet".into(),
+            billing: BillingArgs {
+                stripe_secret_key: None,
+                stripe_webhook_secret: None,
+                stripe_api_base: Url::parse("https://api.stripe.com/").expect("url"),
+                stripe_prices: None,
+                stripe_usage_price: None,
+                stripe_meter_event: None,
+                plans: None,
+                default_plan: "free".into(),
+                billing_grace_hours: 168,
+                billing_interval_secs: 60,
+                usage_sample_secs: 300,
+            },
         }
+    }
+
+    #[test]
+    fn stripe_needs_both_secrets_and_keeps_them_out_of_debug() {
+        let mut args = common().billing;
+        args.stripe_secret_key = Some("sk_test_hunter2".into());
+        let err = BillingConfig::from_args(&args).expect_err("webhook secret missing");
+        assert!(
+            err.to_string().contains("QLEET_STRIPE_WEBHOOK_SECRET"),
+            "{err}"
+        );
+        args.stripe_webhook_secret = Some("whsec_hunter3".into());
+        let config = BillingConfig::from_args(&args).expect("valid");
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("hunter3"),
+            "{shown}"
+        );
+        assert!(
+            BillingConfig::from_args(&common().billing)
+                .expect("dev")
+                .stripe
+                .is_none()
+        );
     }
 
     #[test]

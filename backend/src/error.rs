@@ -23,8 +23,18 @@ pub enum ApiError {
     Conflict(String),
     #[error("the request is missing a valid CSRF token; reload the page and try again")]
     Csrf,
+    /// A plan limit: `limit` names what (`control planes`, `agents`, `objects`), `plan` the
+    /// organisation's plan, `upgrade_to` the smallest plan that allows more (if any).
+    #[error("{}", quota_message(limit, *max, plan, upgrade_to.as_deref()))]
+    QuotaExceeded {
+        limit: String,
+        max: u32,
+        plan: String,
+        upgrade_to: Option<String>,
+    },
+    /// The organisation's subscription is unpaid past its grace period.
     #[error("{0}")]
-    QuotaExceeded(String),
+    SubscriptionPastDue(String),
     /// The thing exists but cannot answer now (e.g. a control plane that is not Ready).
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
@@ -46,7 +56,8 @@ impl ApiError {
             ApiError::InvalidInput { .. } => "INVALID_INPUT",
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::Csrf => "CSRF",
-            ApiError::QuotaExceeded(_) => "QUOTA_EXCEEDED",
+            ApiError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
+            ApiError::SubscriptionPastDue(_) => "SUBSCRIPTION_PAST_DUE",
             ApiError::Unavailable { code, .. } => code,
             ApiError::Internal { .. } => "INTERNAL",
         }
@@ -70,10 +81,22 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::QuotaExceeded(_) => StatusCode::FORBIDDEN,
+            ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
+            ApiError::SubscriptionPastDue(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+fn quota_message(limit: &str, max: u32, plan: &str, upgrade_to: Option<&str>) -> String {
+    match upgrade_to {
+        Some(up) => format!(
+            "the {plan} plan allows {max} {limit}; upgrade to the {up} plan for more (or delete some)"
+        ),
+        None => format!(
+            "the {plan} plan allows {max} {limit}, the most any plan offers; delete some first"
+        ),
     }
 }
 
@@ -102,6 +125,20 @@ impl ErrorExtensions for ApiError {
             }
             if let ApiError::Internal { request_id, .. } = self {
                 e.set("requestId", request_id.as_str());
+            }
+            if let ApiError::QuotaExceeded {
+                limit,
+                max,
+                plan,
+                upgrade_to,
+            } = self
+            {
+                e.set("limit", limit.as_str());
+                e.set("max", *max);
+                e.set("plan", plan.as_str());
+                if let Some(up) = upgrade_to {
+                    e.set("upgradeTo", up.as_str());
+                }
             }
         });
         err

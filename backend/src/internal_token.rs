@@ -30,6 +30,61 @@ pub struct Claims {
     pub role: Role,
     pub iat: DateTime<Utc>,
     pub exp: DateTime<Utc>,
+    /// The organisation's plan limits the control plane enforces (agents, objects). Absent in
+    /// tokens from before billing: then nothing is limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
+}
+
+/// What the organisation's plan allows inside a control plane, carried in every gateway token so
+/// the control plane can refuse creations past a limit without asking the management plane.
+///
+/// ```text
+/// if let Some(limits) = &claims.limits {
+///     limits.check_objects(current_object_count)?;   // QUOTA_EXCEEDED naming plan and upgrade
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// The organisation's plan id (`free`, `team`, ...).
+    pub plan: String,
+    /// The smallest larger plan, if there is one.
+    #[serde(default)]
+    pub upgrade_to: Option<String>,
+    /// Most objects allowed; `None`: unlimited.
+    #[serde(default)]
+    pub max_objects: Option<u32>,
+    /// Most agents allowed; `None`: unlimited.
+    #[serde(default)]
+    pub max_agents: Option<u32>,
+}
+
+impl Limits {
+    /// The `QUOTA_EXCEEDED` error for `what` (`"objects"`, `"agents"`) at `limit`.
+    pub fn exceeded(&self, what: &str, limit: u32) -> crate::error::ApiError {
+        crate::error::ApiError::QuotaExceeded {
+            limit: what.to_owned(),
+            max: limit,
+            plan: self.plan.clone(),
+            upgrade_to: self.upgrade_to.clone(),
+        }
+    }
+
+    /// Ok when one more object may be created while `current` exist.
+    pub fn check_objects(&self, current: u64) -> Result<(), crate::error::ApiError> {
+        match self.max_objects {
+            Some(max) if current >= u64::from(max) => Err(self.exceeded("objects", max)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ok when one more agent may be registered while `current` exist.
+    pub fn check_agents(&self, current: u64) -> Result<(), crate::error::ApiError> {
+        match self.max_agents {
+            Some(max) if current >= u64::from(max) => Err(self.exceeded("agents", max)),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,7 +151,7 @@ impl Signer {
         URL_SAFE_NO_PAD.encode(self.key.verifying_key().to_bytes())
     }
 
-    /// Mints a token valid for `ttl` from now.
+    /// Mints a token valid for `ttl` from now, without plan limits.
     pub fn mint(
         &self,
         sub_kind: SubjectKind,
@@ -105,6 +160,21 @@ impl Signer {
         cp: Uuid,
         role: Role,
         ttl: Duration,
+    ) -> String {
+        self.mint_with_limits(sub_kind, sub, org, cp, role, ttl, None)
+    }
+
+    /// Mints a token valid for `ttl` from now, carrying the organisation's plan limits.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mint_with_limits(
+        &self,
+        sub_kind: SubjectKind,
+        sub: Uuid,
+        org: Uuid,
+        cp: Uuid,
+        role: Role,
+        ttl: Duration,
+        limits: Option<Limits>,
     ) -> String {
         let iat = Utc::now();
         self.sign(&Claims {
@@ -115,6 +185,7 @@ impl Signer {
             role,
             iat,
             exp: iat + ttl,
+            limits,
         })
     }
 
@@ -232,6 +303,39 @@ mod tests {
         for junk in ["", "v1", "v1.x.y", "v2.a.b", "not a token"] {
             assert!(verifier.verify(junk).is_err(), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn limits_travel_in_the_token_and_old_tokens_still_parse() {
+        let signer = Signer::generate();
+        let cp = Uuid::new_v4();
+        let verifier = Verifier::new(&signer.public_key(), cp).expect("key");
+        let limits = Limits {
+            plan: "free".into(),
+            upgrade_to: Some("team".into()),
+            max_objects: Some(25),
+            max_agents: None,
+        };
+        let token = signer.mint_with_limits(
+            SubjectKind::User,
+            Uuid::new_v4(),
+            Uuid::new_v4(),
+            cp,
+            Role::Viewer,
+            Duration::minutes(1),
+            Some(limits.clone()),
+        );
+        let claims = verifier.verify(&token).expect("valid");
+        assert_eq!(claims.limits.as_ref(), Some(&limits));
+        assert!(limits.check_objects(24).is_ok());
+        let err = limits.check_objects(25).expect_err("at the limit");
+        assert_eq!(err.code(), "QUOTA_EXCEEDED");
+        assert!(err.to_string().contains("team"), "{err}");
+        assert!(limits.check_agents(1_000_000).is_ok(), "no agent limit");
+        // A token minted before billing existed has no `limits` field at all.
+        let old = r#"{"sub_kind":"user","sub":"6f1c1e5e-8a4b-4b8e-9a31-1f0b0c1d2e3f","org":"6f1c1e5e-8a4b-4b8e-9a31-1f0b0c1d2e3f","cp":"6f1c1e5e-8a4b-4b8e-9a31-1f0b0c1d2e3f","role":"admin","iat":"2026-01-01T00:00:00Z","exp":"2026-01-01T00:05:00Z"}"#;
+        let parsed: Claims = serde_json::from_str(old).expect("old claims parse");
+        assert_eq!(parsed.limits, None);
     }
 
     #[test]

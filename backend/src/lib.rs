@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod audit;
+pub mod billing;
 pub mod config;
 pub mod control_plane;
 pub mod controlplanes;

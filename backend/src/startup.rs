@@ -87,7 +87,7 @@ impl Application {
             driver,
             wake: tokio::sync::Notify::new(),
             changes: tokio::sync::broadcast::channel(256).0,
-            max_per_org: config.max_control_planes,
+            billing: Arc::new(crate::billing::Billing::new(config.billing.clone())),
             retention: config.control_plane_retention,
             hibernate_after: config.hibernate_after,
             admin_url,
@@ -132,6 +132,10 @@ impl Application {
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
         ));
+        let billing = tokio::spawn(crate::billing::worker::run(
+            self.state.pool.clone(),
+            self.state.controlplanes.clone(),
+        ));
         let served = axum::serve(
             self.listener,
             self.router
@@ -141,6 +145,7 @@ impl Application {
         .await
         .context("HTTP server failed");
         cleanup.abort();
+        billing.abort();
         lifecycle.abort();
         let _ = lifecycle.await;
         self.state.controlplanes.driver.shutdown().await;
@@ -160,7 +165,8 @@ pub fn router(state: AppState) -> Router {
         .merge(web::router())
         .merge(graphql::router())
         .merge(identity::oidc::router())
-        .merge(controlplanes::router());
+        .merge(controlplanes::router())
+        .merge(crate::billing::webhook::router());
     if state.config.dev_sign_in {
         app = app.merge(identity::dev::router());
     }

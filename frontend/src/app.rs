@@ -16,6 +16,7 @@ use crate::{
     orgs::{
         OrgLayout, OrgsPage,
         audit::AuditPage,
+        billing::BillingPage,
         control_planes::{detail::ControlPlanePage, list::ControlPlanesPage},
         overview::OrgOverview,
         tokens::TokensPage,
@@ -69,6 +70,7 @@ pub fn App() -> impl IntoView {
                         <Route path=path!("control-planes/:id") view=ControlPlanePage/>
                         <Route path=path!("tokens") view=TokensPage/>
                         <Route path=path!("audit") view=AuditPage/>
+                        <Route path=path!("billing") view=BillingPage/>
                     </ParentRoute>
                     <Route
                         path=path!("/invitations/:token")

@@ -6,8 +6,8 @@ create table agent_registrations (
     token_hash bytea not null unique,
     -- Who asked for it: "user:<id>", "token:<id>" or "admin".
     created_by text not null,
-    -- The plan's agent limit when the token was issued (null: none).
-    max_agents int,
+    -- The organisation plan's limits when the token was issued (null: none).
+    limits jsonb,
     expires_at timestamptz not null,
     used_at timestamptz,
     revoked_at timestamptz,

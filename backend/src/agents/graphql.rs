@@ -106,7 +106,7 @@ impl AgentsMutation {
             ctx.data_unchecked::<PgPool>(),
             &by,
             chrono::Duration::minutes(i64::from(ttl_minutes)),
-            None,
+            caller.limits(),
         )
         .await
         .gql()?;

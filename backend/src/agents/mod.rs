@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::identity::hash_secret;
+use crate::internal_token::Limits;
 
 /// How often agents are asked to send a heartbeat.
 pub const HEARTBEAT_SECS: u32 = 10;
@@ -56,36 +57,31 @@ pub async fn create_registration(
     pool: &PgPool,
     created_by: &str,
     ttl: Duration,
-    max_agents: Option<u32>,
+    limits: Option<&Limits>,
 ) -> Result<(String, DateTime<Utc>), ApiError> {
-    if let Some(max) = max_agents {
-        check_quota(pool, max).await?;
+    if let Some(limits) = limits {
+        limits.check_agents(active_agents(pool).await?)?;
     }
     let token = format!("{REGISTRATION_PREFIX}{}", secret());
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
-        "insert into agent_registrations (id, token_hash, created_by, expires_at, max_agents)
+        "insert into agent_registrations (id, token_hash, created_by, expires_at, limits)
          values ($1, $2, $3, now() + make_interval(secs => $4), $5) returning expires_at",
     )
     .bind(Uuid::new_v4())
     .bind(hash_secret(&token))
     .bind(created_by)
     .bind(ttl.num_seconds() as f64)
-    .bind(max_agents.map(|m| m as i32))
+    .bind(limits.map(sqlx::types::Json))
     .fetch_one(pool)
     .await?;
     Ok((token, expires_at))
 }
 
-async fn check_quota(pool: &PgPool, max: u32) -> Result<(), ApiError> {
+async fn active_agents(pool: &PgPool) -> Result<u64, ApiError> {
     let active: i64 = sqlx::query_scalar("select count(*) from agents where revoked_at is null")
         .fetch_one(pool)
         .await?;
-    if active >= i64::from(max) {
-        return Err(ApiError::QuotaExceeded(format!(
-            "this control plane already has {active} agents; the organisation's plan allows {max}"
-        )));
-    }
-    Ok(())
+    Ok(active as u64)
 }
 
 /// Trades a registration token for an agent identity. The token works once; an expired,
@@ -106,18 +102,18 @@ pub async fn register(
         return Err(ApiError::invalid("version", "must be 1 to 64 characters"));
     }
     let mut tx = pool.begin().await?;
-    let registration: Option<(Uuid, Option<i32>)> = sqlx::query_as(
+    let registration: Option<(Uuid, Option<sqlx::types::Json<Limits>>)> = sqlx::query_as(
         "update agent_registrations set used_at = now()
          where token_hash = $1 and used_at is null and revoked_at is null and expires_at > now()
-         returning id, max_agents",
+         returning id, limits",
     )
     .bind(hash_secret(&req.token))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((registration, max_agents)) = registration else {
+    let Some((registration, limits)) = registration else {
         return Err(ApiError::Unauthenticated);
     };
-    if let Some(max) = max_agents {
+    if let Some(sqlx::types::Json(limits)) = limits {
         // Serialise registrations so two cannot both take the last place.
         sqlx::query("select pg_advisory_xact_lock(7411002)")
             .execute(&mut *tx)
@@ -126,11 +122,7 @@ pub async fn register(
             sqlx::query_scalar("select count(*) from agents where revoked_at is null")
                 .fetch_one(&mut *tx)
                 .await?;
-        if active >= i64::from(max) {
-            return Err(ApiError::QuotaExceeded(format!(
-                "this control plane already has {active} agents; the organisation's plan allows {max}"
-            )));
-        }
+        limits.check_agents(active as u64)?;
     }
     let id = Uuid::new_v4();
     let credential = format!("{CREDENTIAL_PREFIX}{}_{}", id.simple(), secret());

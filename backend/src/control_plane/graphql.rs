@@ -69,6 +69,8 @@ struct ControlPlaneInfo {
     version: String,
     /// Who is asking.
     viewer: Viewer,
+    /// Objects that exist and are not being deleted (billing meters object-hours from this).
+    object_count: i64,
 }
 
 #[derive(SimpleObject)]
@@ -83,7 +85,7 @@ struct Viewer {
 
 #[Object]
 impl CpQuery {
-    async fn control_plane(&self, ctx: &Context<'_>) -> ControlPlaneInfo {
+    async fn control_plane(&self, ctx: &Context<'_>) -> async_graphql::Result<ControlPlaneInfo> {
         let caller = ctx.data_unchecked::<Caller>();
         let viewer = match caller {
             Caller::Gateway(c) => Viewer {
@@ -99,11 +101,19 @@ impl CpQuery {
                 role: Role::Owner,
             },
         };
-        ControlPlaneInfo {
+        let object_count: i64 = sqlx::query_scalar(
+            "select count(*) from objects where deletion_requested_at is null",
+        )
+        .fetch_one(ctx.data_unchecked::<sqlx::PgPool>())
+        .await
+        .map_err(crate::error::ApiError::from)
+        .map_err(|e| async_graphql::ErrorExtensions::extend(&e))?;
+        Ok(ControlPlaneInfo {
             id: ctx.data_unchecked::<ControlPlaneId>().0,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             viewer,
-        }
+            object_count,
+        })
     }
 }
 

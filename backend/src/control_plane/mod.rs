@@ -46,6 +46,14 @@ pub enum Caller {
 }
 
 impl Caller {
+    /// The organisation plan's limits the management plane sent (none standalone).
+    pub fn limits(&self) -> Option<&crate::internal_token::Limits> {
+        match self {
+            Caller::Gateway(claims) => claims.limits.as_ref(),
+            Caller::Admin => None,
+        }
+    }
+
     pub fn role(&self) -> Role {
         match self {
             Caller::Gateway(claims) => claims.role,

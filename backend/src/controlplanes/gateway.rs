@@ -225,18 +225,26 @@ async fn resolve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Upst
         .await?
         .ok_or_else(|| ApiError::NotFound("control plane".into()))?;
     let role = role_in(state, &principal, &cp).await?;
+    // The plan's limits travel in the token; one indexed read (none without Stripe).
+    let billing = &services.billing;
+    let limits = {
+        let mut conn = state.pool.acquire().await?;
+        let (plan, _) = crate::billing::plan_of(&mut conn, billing, cp.org_id).await?;
+        crate::billing::limits(billing.plans(), plan)
+    };
     let endpoint = reach(state, &cp).await?;
     let (sub_kind, sub) = match &principal {
         Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
         Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
     };
-    let token = services.keys.signer.mint(
+    let token = services.keys.signer.mint_with_limits(
         sub_kind,
         sub,
         cp.org_id,
         cp.id,
         role,
         chrono::Duration::seconds(TOKEN_TTL_SECS),
+        Some(limits),
     );
     Ok(Upstream {
         cp,
@@ -246,10 +254,13 @@ async fn resolve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Upst
 }
 
 /// Wakes the control plane if it hibernates and answers where it listens, or why it cannot
-/// be reached.
+/// be reached (including an organisation suspended for non-payment).
 async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> {
     let services = &state.controlplanes;
     let id = cp.id;
+    if cp.billing_hold {
+        return Err(crate::billing::past_due_error());
+    }
     let status = Status::parse(&cp.status)?;
     match status {
         Status::Ready => {}
@@ -277,6 +288,7 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
             }
         }
     };
+    // Recorded at most every few seconds: it feeds hibernation, not billing.
     sqlx::query(
         "update control_planes set last_request_at = now()
          where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",

@@ -84,10 +84,12 @@ pub struct ControlPlane {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub delete_after: Option<DateTime<Utc>>,
+    /// Suspended by billing (past due after the grace period), not by a person.
+    pub billing_hold: bool,
 }
 
 const COLUMNS: &str = "id, org_id, name, region, status, status_reason, desired, db_name, db_role, \
-    db_password_enc, version, created_at, updated_at, delete_after";
+    db_password_enc, version, created_at, updated_at, delete_after, billing_hold";
 
 /// A change of state, broadcast to live UIs.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -239,7 +241,8 @@ pub struct Services {
     pub wake: tokio::sync::Notify,
     /// Live state changes.
     pub changes: tokio::sync::broadcast::Sender<Change>,
-    pub max_per_org: u32,
+    /// Plans, entitlements and Stripe.
+    pub billing: std::sync::Arc<crate::billing::Billing>,
     pub retention: std::time::Duration,
     pub hibernate_after: Option<std::time::Duration>,
     /// Connection URL of the management database; tenants get databases on the same server.
@@ -282,12 +285,17 @@ pub async fn create(
     .bind(access.org.id)
     .fetch_one(&mut *tx)
     .await?;
-    if count >= i64::from(services.max_per_org) {
-        return Err(ApiError::QuotaExceeded(format!(
-            "your plan allows {} control plane(s) per organization; delete one or upgrade",
-            services.max_per_org
-        )));
+    let billing = &services.billing;
+    let (plan, account) = crate::billing::plan_of(&mut tx, billing, access.org.id).await?;
+    if crate::billing::grace_over(billing, &account) {
+        return Err(crate::billing::past_due_error());
     }
+    crate::billing::check_quota(
+        billing.plans(),
+        plan,
+        crate::billing::plans::Resource::ControlPlanes,
+        u64::try_from(count).unwrap_or(0),
+    )?;
     let id = Uuid::new_v4();
     let simple = id.simple().to_string();
     let password = random_secret();
@@ -375,6 +383,9 @@ pub async fn request(
             ("suspended", None, "control_plane.suspend")
         }
         Request::Resume => {
+            if cp.billing_hold {
+                return Err(crate::billing::past_due_error());
+            }
             if status != Status::Suspended {
                 return Err(ApiError::Conflict(format!(
                     "only a suspended control plane can be resumed (this one is {})",

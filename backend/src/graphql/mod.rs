@@ -29,6 +29,7 @@ pub struct Mutation(
     crate::orgs::graphql::OrgMutation,
     crate::identity::graphql::TokenMutation,
     crate::controlplanes::graphql::ControlPlaneMutation,
+    crate::billing::graphql::BillingMutation,
 );
 
 pub type QleetSchema = Schema<Query, Mutation, EmptySubscription>;

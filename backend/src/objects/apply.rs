@@ -59,8 +59,8 @@ pub struct Request {
     /// Delete top-level objects the manifests do not mention.
     pub prune: bool,
     pub dry_run: bool,
-    /// The plan's object limit, when one applies.
-    pub max_objects: Option<(u32, String)>,
+    /// The organisation plan's limits, when they apply.
+    pub limits: Option<crate::internal_token::Limits>,
 }
 
 fn invalid(message: impl Into<String>) -> ApiError {
@@ -154,13 +154,15 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
 
     let (world, deletions, order) = plan_world(&current, &by_id, &request)?;
 
-    if let Some((limit, plan)) = &request.max_objects {
+    if let Some(limits) = &request.limits {
+        // Growing past the limit is refused; shrinking or changing within it never is.
         let creating = world.keys().filter(|k| !current.contains_key(*k)).count();
-        if creating > 0 && world.len() > *limit as usize {
-            return Err(ApiError::QuotaExceeded(format!(
-                "this apply would make {} objects; the {plan} plan allows {limit}",
-                world.len()
-            )));
+        let alive = current
+            .values()
+            .filter(|r| r.deletion_requested_at.is_none())
+            .count();
+        if creating > 0 && world.len() > alive {
+            limits.check_objects(world.len() as u64 - 1)?;
         }
     }
 

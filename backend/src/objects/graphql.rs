@@ -396,11 +396,6 @@ impl ObjectsQuery {
     }
 }
 
-/// The plan's object limit from the caller's token, when the management plane sent one.
-fn object_limit(ctx: &Context<'_>) -> Option<(u32, String)> {
-    let _ = ctx;
-    None
-}
 
 #[derive(Default)]
 pub struct ObjectsMutation;
@@ -426,7 +421,7 @@ impl ObjectsMutation {
                 deletions: Vec::new(),
                 prune,
                 dry_run,
-                max_objects: object_limit(ctx),
+                limits: caller(ctx).limits().cloned(),
             },
         )
         .await

@@ -66,6 +66,14 @@ impl Organization {
         crate::controlplanes::graphql::one(ctx, self, id).await
     }
 
+    /// Plan, usage against its limits, and payment state (admins and owners).
+    async fn billing(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<crate::billing::graphql::BillingObject> {
+        crate::billing::graphql::summary(ctx, self).await
+    }
+
     /// The audit log, newest first (admins and owners). `after` is the cursor of the last entry
     /// of the previous page.
     #[graphql(complexity = "first.unwrap_or(50).clamp(1, 200) as usize * child_complexity")]

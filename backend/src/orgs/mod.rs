@@ -92,6 +92,8 @@ pub enum Permission {
     ManageTokens,
     /// Create, suspend, resume and delete control planes.
     ManageControlPlanes,
+    /// See the plan and usage, start Checkout, open the billing portal.
+    ManageBilling,
 }
 
 impl Permission {
@@ -104,7 +106,8 @@ impl Permission {
             | Permission::ManageInvitations
             | Permission::ReadAuditLog
             | Permission::ManageTokens
-            | Permission::ManageControlPlanes => Role::Admin,
+            | Permission::ManageControlPlanes
+            | Permission::ManageBilling => Role::Admin,
             Permission::Delete => Role::Owner,
         }
     }

@@ -259,3 +259,81 @@ async fn an_admin_runs_a_control_plane_from_the_browser_with_live_status() {
     assert!(status == "deleting" || status == "deleted", "{status}");
     client.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn an_owner_sees_the_billing_page_upgrades_through_checkout_and_the_past_due_banner() {
+    use crate::support::stripe::{CHECKOUT_URL, RecordingStripe};
+    let peer = RecordingStripe::start().await;
+    let base = url::Url::parse(&format!("{}/", peer.url)).expect("url");
+    let app = crate::support::spawn_app_with(move |c| {
+        c.billing.stripe = Some(qleet::config::StripeConfig {
+            secret_key: secrecy::SecretString::from("sk_test_qleet".to_owned()),
+            webhook_secret: secrecy::SecretString::from("whsec_qleet".to_owned()),
+            api_base: base,
+            usage_price: None,
+            meter_event: None,
+        });
+        c.billing.plans = qleet::billing::plans::Plans::from_config(
+            None,
+            Some("team=price_team,business=price_business"),
+            "free",
+        )
+        .expect("plans");
+    })
+    .await;
+    let driver = Driver::start().await;
+    // Without JavaScript: the page and the Upgrade form work as plain HTML.
+    let client = driver.browser(false).await;
+    client
+        .goto(&format!("{}/signin", app.url))
+        .await
+        .expect("open sign-in");
+    fill(&client, "#signin-dev-email", "owner@example.test").await;
+    click(&client, "#signin-dev-submit").await;
+    create_org_in_browser(&client, "acme", "Acme").await;
+    client
+        .goto(&format!("{}/orgs/acme/billing", app.url))
+        .await
+        .expect("billing page");
+    assert_eq!(text_of(&client, "#billing-plan-name").await, "Free");
+    assert!(
+        client
+            .find_all(Locator::Css("#past-due-banner"))
+            .await
+            .expect("find")
+            .is_empty(),
+        "no banner while paid up"
+    );
+    click(&client, "#upgrade-team").await;
+    let mut reached = String::new();
+    for _ in 0..100 {
+        reached = client.current_url().await.expect("url").to_string();
+        if reached.starts_with("https://checkout.stripe.com/") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reached, CHECKOUT_URL,
+        "the browser is sent to Stripe Checkout"
+    );
+    assert_eq!(
+        peer.to("/v1/checkout/sessions")[0].field("line_items[0][price]"),
+        Some("price_team")
+    );
+
+    // Past due (as a failed payment leaves it): the owner sees the banner on every org page.
+    sqlx::query(
+        "update billing_accounts set subscription_status = 'past_due', plan = 'team', past_due_since = now()",
+    )
+    .execute(&app.pool)
+    .await
+    .expect("past due");
+    client
+        .goto(&format!("{}/orgs/acme", app.url))
+        .await
+        .expect("org page");
+    let banner = text_of(&client, "#past-due-banner").await;
+    assert!(banner.contains("Payment failed"), "{banner}");
+    client.close().await.expect("close");
+}

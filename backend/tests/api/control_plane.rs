@@ -96,6 +96,7 @@ async fn a_control_plane_answers_only_tokens_signed_for_it() {
         role: Role::Owner,
         iat: Utc::now() - Duration::minutes(10),
         exp: Utc::now() - Duration::minutes(5),
+        limits: None,
     });
     let elsewhere = signer.mint(
         SubjectKind::User,

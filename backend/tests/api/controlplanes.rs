@@ -486,7 +486,12 @@ async fn suspend_resume_and_delete_follow_the_lifecycle() {
 
 #[tokio::test]
 async fn bad_requests_are_refused_and_leave_nothing_half_made() {
-    let app = spawn_app_with(|c| c.max_control_planes = 2).await;
+    let app = spawn_app_with(|c| {
+        if let Some(free) = c.billing.plans.plan_mut("free") {
+            free.control_planes = Some(2);
+        }
+    })
+    .await;
     let alice = app.sign_in("alice@example.test").await;
     app.create_org(&alice, "acme").await;
     let viewer = app

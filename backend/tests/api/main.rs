@@ -2,6 +2,7 @@
 
 mod agents;
 mod audit;
+mod billing;
 mod browser;
 mod control_plane;
 mod controlplanes;

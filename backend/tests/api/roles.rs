@@ -255,6 +255,13 @@ fn cases() -> Vec<Case> {
             prepare: no_vars,
         },
         Case {
+            name: "billing",
+            query: "{ organization(slug: \"alpha\") { billing { plan { id } pastDue usage { controlPlanes } } } }",
+            min: Level::Admin,
+            user_only: false,
+            prepare: no_vars,
+        },
+        Case {
             name: "renameOrganization",
             query: "mutation { renameOrganization(slug: \"alpha\", name: \"Renamed\") { name } }",
             min: Level::Admin,

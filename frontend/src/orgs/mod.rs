@@ -2,6 +2,7 @@
 //! pages (`/orgs/:slug/...`): its title and tabs.
 
 pub mod audit;
+pub mod billing;
 pub mod control_planes;
 pub mod members;
 pub mod overview;
@@ -196,7 +197,17 @@ pub fn OrgLayout() -> impl IntoView {
                                 <A href=format!("{base}/control-planes")>"Control planes"</A>
                                 <A href=format!("{base}/tokens")>"API tokens"</A>
                                 <A href=format!("{base}/audit")>"Audit log"</A>
+                                {org
+                                    .viewer_role
+                                    .is_admin()
+                                    .then(|| {
+                                        view! { <A href=format!("{base}/billing")>"Billing"</A> }
+                                    })}
                             </nav>
+                            {org
+                                .viewer_role
+                                .is_admin()
+                                .then(|| view! { <billing::PastDueBanner slug=org.slug.clone()/> })}
                         }
                             .into_any()
                     }

@@ -95,7 +95,13 @@ impl Aws {
     /// Loads the ambient configuration (environment, profile, web identity, container or
     /// instance credentials; `AWS_ENDPOINT_URL`), with retries for throttling and outages.
     pub async fn load() -> Aws {
-        let base = aws_config::defaults(BehaviorVersion::latest())
+        Aws::from_loader(aws_config::defaults(BehaviorVersion::latest())).await
+    }
+
+    /// Like [`Aws::load`], from a loader the caller has set up (tests give moto's endpoint
+    /// and credentials here instead of through the process environment).
+    pub async fn from_loader(loader: aws_config::ConfigLoader) -> Aws {
+        let base = loader
             .http_client(http_client())
             .retry_config(
                 RetryConfig::standard()

@@ -401,8 +401,13 @@ pub async fn ensure(
     let client = ctx.clusters.client(cluster_name(spec)?).await?;
     let object_id = payload.object.id.to_string();
 
-    // Everything is rendered (and every secret read) before anything is written.
-    let mut docs: Vec<(Value, String)> = Vec::new();
+    // Everything is rendered (and every secret read) before anything is written; Secrets go
+    // first so that pods referring to them start with them.
+    let mut docs: Vec<(Value, String)> = materialise_secrets(ctx, spec, actor)
+        .await?
+        .into_iter()
+        .map(|s| (s, spec.namespace.clone()))
+        .collect();
     for m in &spec.manifests {
         docs.push((m.clone(), spec.namespace.clone()));
     }
@@ -412,9 +417,6 @@ pub async fn ensure(
                 docs.push((d, release.namespace.clone()));
             }
         }
-    }
-    for s in materialise_secrets(ctx, spec, actor).await? {
-        docs.push((s, spec.namespace.clone()));
     }
 
     let mut cache = BTreeMap::new();

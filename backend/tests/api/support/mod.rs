@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod oidc;
+pub mod stripe;
 
 use std::time::Duration;
 
@@ -71,7 +72,7 @@ pub fn test_config(url: &str, db_url: &str) -> Config {
         dev_sign_in: true,
         secret_key: SecretString::from(qleet::keys::Keys::generate_secret()),
         qleet_binary: std::path::PathBuf::from(env!("CARGO_BIN_EXE_qleet")),
-        max_control_planes: 3,
+        billing: qleet::config::BillingConfig::dev_default(),
         hibernate_after: None,
         control_plane_retention: Duration::ZERO,
         runtime: qleet::config::Runtime::Process,

@@ -1,0 +1,440 @@
+//! Kubernetes work against kube's `tower-test` mock: a small in-memory API server answers the
+//! agent's requests and records them; every object the agent applies is also checked strictly
+//! against its k8s-openapi type.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use http::{Request, Response};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use kube::client::Body;
+use qleet_agent::k8s::Clusters;
+use qleet_agent::task::{self, Context};
+use qleet_protocol::TaskResult;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::support::{Moto, REGION, ROLE_ARN, TaskBuilder};
+
+/// One request the API server saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+/// An API server in memory behind kube's mock service: applies store what was sent, reads
+/// answer it, deletes remove it.
+#[derive(Clone, Default)]
+pub struct ApiServer {
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub store: Arc<Mutex<BTreeMap<String, Value>>>,
+}
+
+impl ApiServer {
+    pub fn start() -> (kube::Client, ApiServer) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, "default");
+        let api = ApiServer::default();
+        let server = api.clone();
+        tokio::spawn(async move {
+            while let Some((request, reply)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.expect("request body");
+                let body: Value = if bytes.is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_slice(&bytes).expect("request body is JSON")
+                };
+                let (status, answer) = server.answer(
+                    parts.method.as_str(),
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or_default(),
+                    body,
+                );
+                reply.send_response(
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                        .expect("response"),
+                );
+            }
+        });
+        (client, api)
+    }
+
+    fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
+        self.seen.lock().expect("lock").push(Seen {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            body: body.clone(),
+        });
+        let mut store = self.store.lock().expect("lock");
+        let not_found = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": format!("{path} not found"), "reason": "NotFound", "code": 404,
+        });
+        match method {
+            "GET" if path == "/version" => (
+                200,
+                json!({
+                    "major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "abc",
+                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
+                    "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64",
+                }),
+            ),
+            "PATCH" => {
+                let mut stored = body;
+                stored["metadata"]["uid"] = json!(Uuid::new_v4().to_string());
+                stored["metadata"]["resourceVersion"] = json!("1");
+                if stored["kind"] == "Deployment" {
+                    let replicas = stored["spec"]["replicas"].as_i64().unwrap_or(1);
+                    stored["status"] =
+                        json!({ "replicas": replicas, "availableReplicas": replicas });
+                }
+                store.insert(path.to_owned(), stored.clone());
+                (200, stored)
+            }
+            "GET" => match store.get(path) {
+                Some(v) => (200, v.clone()),
+                None => (404, not_found),
+            },
+            "DELETE" => match store.remove(path) {
+                Some(_) => (
+                    200,
+                    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }),
+                ),
+                None => (404, not_found),
+            },
+            _ => (404, not_found),
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    pub fn applied(&self, path: &str) -> Vec<Seen> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.method == "PATCH" && s.path == path)
+            .collect()
+    }
+
+    pub fn deleted(&self) -> Vec<String> {
+        self.requests()
+            .into_iter()
+            .filter(|s| s.method == "DELETE")
+            .map(|s| s.path)
+            .collect()
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        self.store.lock().expect("lock").get(path).cloned()
+    }
+
+    pub fn set_label(&self, path: &str, key: &str, value: &str) {
+        if let Some(v) = self.store.lock().expect("lock").get_mut(path) {
+            v["metadata"]["labels"][key] = json!(value);
+        }
+    }
+}
+
+/// Deserialises `manifest` into `K` and back: a field that does not survive is unknown.
+fn strictly<K: DeserializeOwned + Serialize>(manifest: &Value) -> K {
+    let typed: K = serde_path_to_error::deserialize(manifest)
+        .unwrap_or_else(|e| panic!("at {}: {} in {manifest}", e.path(), e.inner()));
+    let back = serde_json::to_value(&typed).expect("serialise");
+    assert_eq!(&back, manifest, "not kept by the round trip");
+    typed
+}
+
+fn deployment() -> Value {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": "web", "namespace": "shop" },
+        "spec": {
+            "replicas": 2,
+            "selector": { "matchLabels": { "app": "web" } },
+            "template": {
+                "metadata": { "labels": { "app": "web" } },
+                "spec": { "containers": [{
+                    "name": "web",
+                    "image": "shop:1",
+                    "env": [
+                        { "name": "BUCKET", "value": "qleet-assets-1234" },
+                        { "name": "DB_PASSWORD", "valueFrom": { "secretKeyRef": { "name": "web-qleet-secrets", "key": "DB_PASSWORD" } } },
+                    ],
+                }]},
+            },
+        },
+    })
+}
+
+fn config_map(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": name, "namespace": "shop" },
+        "data": { "a": "b" },
+    })
+}
+
+async fn context_with_cluster(moto: &Moto, helm: PathBuf) -> (Context, ApiServer) {
+    let (client, api) = ApiServer::start();
+    let ctx = Context {
+        aws: moto.agent_aws(&moto.url, "ambient", "ambient").await,
+        clusters: Clusters::from_clients([(
+            "prod-1".to_owned(),
+            client,
+            "https://k8s.test".to_owned(),
+        )]),
+        helm,
+    };
+    (ctx, api)
+}
+
+fn workload(manifests: Vec<Value>, secrets: Value) -> Value {
+    json!({
+        "runtime": { "clusterName": "prod-1", "endpoint": "https://k8s.test" },
+        "namespace": "shop",
+        "manifests": manifests,
+        "secrets": secrets,
+    })
+}
+
+fn expect_ok(r: TaskResult) {
+    if let TaskResult::Failed { code, message, .. } = r {
+        panic!("task failed: {code}: {message}");
+    }
+}
+
+#[tokio::test]
+async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised_first() {
+    let moto = Moto::start().await;
+    let sm = aws_sdk_secretsmanager::Client::new(&moto.sdk("test", "test").await);
+    let arn = sm
+        .create_secret()
+        .name("qleet/db/password")
+        .secret_string("s3cret-value-from-the-account")
+        .send()
+        .await
+        .expect("secret")
+        .arn()
+        .expect("arn")
+        .to_owned();
+    let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
+    let w = TaskBuilder::new("Workload", "web");
+    let secrets = json!([{
+        "name": "web-qleet-secrets",
+        "key": "DB_PASSWORD",
+        "from": { "provider": "aws-secretsmanager", "arn": arn, "region": REGION, "roleArn": ROLE_ARN, "externalId": "x" },
+    }]);
+    let t = w.task("ensure", workload(vec![deployment(), config_map("settings")], secrets));
+    let result = task::run(&ctx, &t).await;
+    assert!(
+        !serde_json::to_string(&result).expect("json").contains("s3cret-value"),
+        "the secret value is not reported"
+    );
+    expect_ok(result);
+
+    let applies: Vec<Seen> = api
+        .requests()
+        .into_iter()
+        .filter(|s| s.method == "PATCH")
+        .collect();
+    let order: Vec<&str> = applies.iter().map(|s| s.path.as_str()).collect();
+    let inventory = format!("/api/v1/namespaces/shop/configmaps/qleet-inventory-{}", w.object_id);
+    assert_eq!(
+        order,
+        [
+            "/api/v1/namespaces/shop",
+            inventory.as_str(),
+            "/api/v1/namespaces/shop/secrets/web-qleet-secrets",
+            "/apis/apps/v1/namespaces/shop/deployments/web",
+            "/api/v1/namespaces/shop/configmaps/settings",
+        ]
+    );
+    for s in &applies {
+        let mut q: Vec<&str> = s.query.split('&').collect();
+        q.sort();
+        assert_eq!(
+            q,
+            ["fieldManager=qleet-agent", "fieldValidation=Strict", "force=true"],
+            "{}",
+            s.path
+        );
+    }
+    let id = w.object_id.to_string();
+    let secret: Secret = strictly(&applies[2].body);
+    let labels = secret.metadata.labels.clone().unwrap_or_default();
+    assert_eq!(labels.get("qleet.dev/object-id"), Some(&id));
+    let value = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("DB_PASSWORD"))
+        .expect("key");
+    assert_eq!(value.0, b"s3cret-value-from-the-account");
+    assert_eq!(
+        applies[2].body["data"]["DB_PASSWORD"],
+        base64::engine::general_purpose::STANDARD.encode("s3cret-value-from-the-account")
+    );
+
+    let dep: Deployment = strictly(&applies[3].body);
+    assert_eq!(
+        dep.metadata.labels.unwrap_or_default().get("qleet.dev/object-id"),
+        Some(&id)
+    );
+    let _: ConfigMap = strictly(&applies[4].body);
+    let ns: Namespace = strictly(&applies[0].body);
+    assert!(
+        !ns.metadata.labels.unwrap_or_default().contains_key("qleet.dev/object-id"),
+        "a namespace is never the object's, so never pruned"
+    );
+    let inv: ConfigMap = strictly(&applies[1].body);
+    let listed: Value = serde_json::from_str(
+        inv.data.unwrap_or_default().get("objects").expect("objects"),
+    )
+    .expect("inventory json");
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
+}
+
+#[tokio::test]
+async fn a_new_revision_prunes_what_it_dropped_but_only_objects_still_labelled_as_its_own() {
+    let moto = Moto::start().await;
+    let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
+    let w = TaskBuilder::new("Workload", "web");
+    let first = w.task(
+        "ensure",
+        workload(
+            vec![deployment(), config_map("settings"), config_map("extra")],
+            json!([]),
+        ),
+    );
+    expect_ok(task::run(&ctx, &first).await);
+    // Someone else took `settings` over since.
+    api.set_label(
+        "/api/v1/namespaces/shop/configmaps/settings",
+        "qleet.dev/object-id",
+        "someone-else",
+    );
+
+    let second = w.task("ensure", workload(vec![deployment()], json!([])));
+    expect_ok(task::run(&ctx, &second).await);
+    assert_eq!(api.deleted(), ["/api/v1/namespaces/shop/configmaps/extra"]);
+    assert!(api.get("/api/v1/namespaces/shop/configmaps/settings").is_some());
+    let inventory = api
+        .get(&format!(
+            "/api/v1/namespaces/shop/configmaps/qleet-inventory-{}",
+            w.object_id
+        ))
+        .expect("inventory");
+    let listed: Value =
+        serde_json::from_str(inventory["data"]["objects"].as_str().expect("objects"))
+            .expect("json");
+    assert_eq!(
+        listed,
+        json!([{ "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web" }])
+    );
+
+    // Deleting the workload removes what it made, and its inventory; the namespace stays.
+    let del = w.task("delete", workload(vec![], json!([])));
+    expect_ok(task::run(&ctx, &del).await);
+    let deleted = api.deleted();
+    assert!(deleted.contains(&"/apis/apps/v1/namespaces/shop/deployments/web".to_owned()));
+    assert!(deleted.iter().any(|p| p.contains("qleet-inventory-")));
+    assert!(!deleted.contains(&"/api/v1/namespaces/shop".to_owned()));
+}
+
+#[tokio::test]
+async fn helm_charts_are_rendered_by_the_helm_cli_and_applied_like_manifests() {
+    let moto = Moto::start().await;
+    let dir = std::env::temp_dir().join(format!("qleet-agent-helm-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let helm = dir.join("helm");
+    // A stand-in with helm's CLI contract: arguments in, values on stdin, YAML out.
+    std::fs::write(
+        &helm,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {dir}/args\ncat > {dir}/values\nprintf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: %s-rendered\\ndata:\\n  chart: %s\\n---\\n' \"$2\" \"$3\"\n",
+            dir = dir.display()
+        ),
+    )
+    .expect("script");
+    std::fs::set_permissions(&helm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let (ctx, api) = context_with_cluster(&moto, helm).await;
+    let w = TaskBuilder::new("Workload", "shop");
+    let resource = json!({
+        "runtime": { "clusterName": "prod-1" },
+        "namespace": "shop",
+        "helm": { "releases": [{
+            "name": "shop", "namespace": "shop", "repo": "https://charts.example",
+            "chart": "webapp", "version": "1.2.3", "values": { "replicas": 3 },
+        }]},
+        "secrets": [],
+    });
+    expect_ok(task::run(&ctx, &w.task("ensure", resource.clone())).await);
+    let args = std::fs::read_to_string(dir.join("args")).expect("args");
+    assert_eq!(
+        args.trim(),
+        "template shop webapp --version 1.2.3 --namespace shop --include-crds --values - --repo https://charts.example"
+    );
+    let values: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("values")).expect("values"))
+            .expect("json");
+    assert_eq!(values, json!({ "replicas": 3 }));
+    let applied = api.applied("/api/v1/namespaces/shop/configmaps/shop-rendered");
+    assert_eq!(applied.len(), 1);
+    let cm: ConfigMap = strictly(&applied[0].body);
+    assert_eq!(
+        cm.metadata.labels.unwrap_or_default().get("qleet.dev/object-id"),
+        Some(&w.object_id.to_string())
+    );
+
+    // Without the helm binary, a clear permanent error.
+    let (ctx, _api) = context_with_cluster(&moto, dir.join("missing-helm")).await;
+    match task::run(&ctx, &w.task("ensure", resource)).await {
+        TaskResult::Failed {
+            code, retryable, ..
+        } => assert_eq!((code.as_str(), retryable), ("HelmUnavailable", false)),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test]
+async fn an_existing_cluster_is_checked_by_its_name_and_an_unknown_one_is_refused() {
+    let moto = Moto::start().await;
+    let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
+    let r = TaskBuilder::new("KubernetesRuntime", "prod");
+    match task::run(&ctx, &r.task("ensure", json!({ "existing": { "cluster": "prod-1" } }))).await {
+        TaskResult::Succeeded { outputs } => assert_eq!(
+            Value::Object(outputs),
+            json!({ "endpoint": "https://k8s.test", "clusterName": "prod-1" })
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(api.requests()[0].path, "/version");
+    match task::run(&ctx, &r.task("ensure", json!({ "existing": { "cluster": "staging" } }))).await
+    {
+        TaskResult::Failed {
+            code,
+            message,
+            retryable,
+        } => {
+            assert_eq!((code.as_str(), retryable), ("UnknownCluster", false));
+            assert!(message.contains("prod-1"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

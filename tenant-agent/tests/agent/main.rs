@@ -1,0 +1,8 @@
+//! The tenant agent against real peers on loopback: a moto server for AWS (plain, and in its
+//! policy-checking mode), a recording proxy in front of it for what moto cannot enforce, kube's
+//! `tower-test` mock for the Kubernetes API server, and an in-process control plane.
+
+mod aws;
+mod journey;
+mod kube;
+mod support;
