@@ -75,6 +75,14 @@ pub struct ControlPlaneArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+    /// Testing only: abort the process at this named point (crash-safety tests).
+    #[arg(
+        long,
+        env = "QLEET_CRASH_AT",
+        value_name = "QLEET_CRASH_AT",
+        hide = true
+    )]
+    pub crash_at: Option<String>,
 }
 
 /// How a control plane authenticates its callers.
@@ -94,6 +102,8 @@ pub struct ControlPlaneConfig {
     pub id: uuid::Uuid,
     pub auth: ControlPlaneAuth,
     pub log_format: LogFormat,
+    /// Testing only: the named point where the process aborts on purpose.
+    pub crash_at: Option<String>,
 }
 
 impl ControlPlaneConfig {
@@ -126,6 +136,7 @@ impl ControlPlaneConfig {
             id: args.id,
             auth,
             log_format: args.log_format,
+            crash_at: args.crash_at,
         })
     }
 }

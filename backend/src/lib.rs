@@ -13,6 +13,7 @@ pub mod graphql;
 pub mod identity;
 pub mod internal_token;
 pub mod keys;
+pub mod objects;
 pub mod orgs;
 pub mod startup;
 pub mod state;

@@ -1,32 +1,51 @@
 //! The control plane's own GraphQL API (grows with the orchestration issue).
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{Context, EmptyMutation, Object, Schema, SimpleObject, Subscription};
+use async_graphql::{
+    Context, MergedObject, MergedSubscription, Object, Schema, SimpleObject, Subscription,
+};
 use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::extract::State;
 use axum::extract::WebSocketUpgrade;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use futures::Stream;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Caller, CpState, authenticate, subject_kind};
 use crate::orgs::Role;
 
-pub type ControlPlaneSchema = Schema<CpQuery, EmptyMutation, CpSubscription>;
+use crate::objects::graphql::{ObjectsMutation, ObjectsQuery, ObjectsSubscription};
+use crate::objects::reconcile::Engine;
 
-pub fn schema(pool: PgPool, id: Uuid) -> ControlPlaneSchema {
-    Schema::build(CpQuery, EmptyMutation, CpSubscription)
-        .data(pool)
-        .data(ControlPlaneId(id))
-        .limit_depth(10)
-        .limit_complexity(1000)
-        .finish()
+pub type ControlPlaneSchema = Schema<Query, Mutation, Subscription>;
+
+#[derive(MergedObject, Default)]
+pub struct Query(CpQuery, ObjectsQuery);
+
+#[derive(MergedObject, Default)]
+pub struct Mutation(ObjectsMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct Subscription(CpSubscription, ObjectsSubscription);
+
+pub fn schema(engine: &Engine) -> ControlPlaneSchema {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .data(engine.pool.clone())
+    .data(engine.changes.clone())
+    .data(ControlPlaneId(engine.control_plane))
+    .limit_depth(10)
+    .limit_complexity(1000)
+    .finish()
 }
 
 struct ControlPlaneId(Uuid);
 
+#[derive(Default)]
 pub struct CpQuery;
 
 /// This control plane.
@@ -75,6 +94,7 @@ impl CpQuery {
     }
 }
 
+#[derive(Default)]
 pub struct CpSubscription;
 
 #[Subscription]

@@ -2,6 +2,7 @@
 //! It trusts only tokens signed by the management plane's key (or, self-hosted, one static
 //! admin token). Orchestration (objects, graph, reconciler, agent API) builds on this.
 
+mod agent_api;
 mod graphql;
 
 use std::future::Future;
@@ -26,6 +27,11 @@ use crate::internal_token::{Claims, SubjectKind};
 use crate::orgs::Role;
 
 pub use graphql::ControlPlaneSchema;
+
+use crate::objects::reconcile::Engine;
+
+/// Reconcile workers per control plane: enough to overlap database round trips on 2 cores.
+const RECONCILE_WORKERS: usize = 4;
 
 /// The control-plane migrations, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations/control-plane");
@@ -53,6 +59,7 @@ struct CpState {
     pool: PgPool,
     config: Arc<ControlPlaneConfig>,
     schema: ControlPlaneSchema,
+    engine: Engine,
 }
 
 /// A built control plane, ready to serve.
@@ -60,6 +67,7 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     pool: PgPool,
+    engine: Engine,
 }
 
 impl Application {
@@ -80,17 +88,26 @@ impl Application {
             .await
             .context("applying control-plane migrations")?;
         claim_database(&pool, config.id).await?;
+        if let Some(point) = &config.crash_at {
+            let _ = crate::objects::store::CRASH_AT.set(point.clone());
+        }
+        crate::objects::reconcile::release_claims(&pool)
+            .await
+            .context("releasing claims of an earlier run")?;
+        let engine = Engine::new(pool.clone(), config.id);
         let config = Arc::new(config);
         let state = CpState {
-            schema: graphql::schema(pool.clone(), config.id),
+            schema: graphql::schema(&engine),
             pool: pool.clone(),
             config,
+            engine: engine.clone(),
         };
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/graphql", get(graphql::graphiql).post(graphql::handler))
             .route("/graphql/ws", get(graphql::websocket))
+            .merge(agent_api::router())
             .layer(RequestBodyLimitLayer::new(1024 * 1024))
             .layer(axum::middleware::from_fn(crate::telemetry::observe))
             .with_state(state);
@@ -98,6 +115,7 @@ impl Application {
             listener,
             router,
             pool,
+            engine,
         })
     }
 
@@ -113,10 +131,17 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        // The reconciler: one LISTEN connection and a few workers; they stop with the server.
+        let mut background = tokio::task::JoinSet::new();
+        background.spawn(crate::objects::reconcile::listen(self.engine.clone()));
+        for _ in 0..RECONCILE_WORKERS {
+            background.spawn(crate::objects::reconcile::worker(self.engine.clone()));
+        }
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("control-plane HTTP server failed");
+        background.shutdown().await;
         self.pool.close().await;
         served
     }

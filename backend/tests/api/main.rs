@@ -7,6 +7,7 @@ mod controlplanes;
 mod dev_cli;
 mod health;
 mod kubernetes;
+mod objects;
 mod objects_ui;
 mod oidc;
 mod orgs;

@@ -1,0 +1,20 @@
+//! Application orchestration inside a tenant's control plane: objects of typed kinds, the
+//! dependency graph their references make, output wiring, the reconciler and the agent API.
+//!
+//! - [`kinds`]: the built-in kinds (spec types with field-path validation, outputs).
+//! - [`refs`]: `Kind/name` keys and references to outputs.
+//! - [`compose`]: tenant-defined kinds as data (Composition → owned objects).
+//! - [`apply`]: YAML → plan → atomic write (with the reconcile requests: an outbox).
+//! - [`reconcile`]: workers that drive each object to its spec, one idempotent step at a time.
+//! - [`render`]: spec + dependency outputs → what the agent is asked to do.
+//! - [`tasks`]: the agent API (lease, renew, release, report).
+
+pub mod apply;
+pub mod compose;
+pub mod graphql;
+pub mod kinds;
+pub mod reconcile;
+pub mod refs;
+pub mod render;
+pub mod store;
+pub mod tasks;

@@ -1,0 +1,806 @@
+//! The reconciler: workers claim objects from the outbox (`reconcile_queue`) with `FOR UPDATE
+//! SKIP LOCKED`, wake on LISTEN/NOTIFY, and drive each object one idempotent step towards its
+//! spec inside one transaction that also removes the request. A crash at any point leaves the
+//! request in the queue; the next worker repeats the step.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng as _;
+use serde_json::{Map, Value, json};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, broadcast};
+use uuid::Uuid;
+
+use super::compose;
+use super::kinds::{Builtin, CompositionSpec, parse_spec};
+use super::refs::ObjKey;
+use super::render;
+use super::store::{self, OBJECT_COLUMNS, ObjectRow, Phase};
+
+/// What the engine's tasks share.
+#[derive(Clone)]
+pub struct Engine {
+    pub pool: PgPool,
+    /// This control plane's id (in task payloads and cloud tags).
+    pub control_plane: Uuid,
+    /// Woken when a reconcile is requested.
+    pub reconcile_wake: Arc<Notify>,
+    /// Woken when agent tasks are queued (long-polling agents wait on it).
+    pub task_wake: Arc<Notify>,
+    /// Object status changes, for subscriptions.
+    pub changes: broadcast::Sender<Value>,
+    /// How long a worker's claim on a queue row lasts before another may take it.
+    pub claim_for: Duration,
+}
+
+impl Engine {
+    pub fn new(pool: PgPool, control_plane: Uuid) -> Self {
+        Engine {
+            pool,
+            control_plane,
+            reconcile_wake: Arc::new(Notify::new()),
+            task_wake: Arc::new(Notify::new()),
+            changes: broadcast::channel(1024).0,
+            claim_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Follows the NOTIFY channels, waking workers and long-polls and feeding subscriptions.
+/// Reconnects on failure; after a reconnect everyone is woken, since notifications may have
+/// been missed.
+pub async fn listen(engine: Engine) {
+    loop {
+        match sqlx::postgres::PgListener::connect_with(&engine.pool).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener
+                    .listen_all([
+                        store::RECONCILE_CHANNEL,
+                        store::TASKS_CHANNEL,
+                        store::OBJECTS_CHANNEL,
+                    ])
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot LISTEN");
+                } else {
+                    engine.reconcile_wake.notify_waiters();
+                    engine.task_wake.notify_waiters();
+                    loop {
+                        match listener.recv().await {
+                            Ok(n) => match n.channel() {
+                                store::RECONCILE_CHANNEL => engine.reconcile_wake.notify_waiters(),
+                                store::TASKS_CHANNEL => engine.task_wake.notify_waiters(),
+                                _ => {
+                                    if let Ok(v) = serde_json::from_str(n.payload()) {
+                                        let _ = engine.changes.send(v);
+                                    }
+                                }
+                            },
+                            Err(e) => {
+                                tracing::warn!(error = %e, "LISTEN connection lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot connect for LISTEN"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// One reconcile worker; runs until the task is dropped.
+pub async fn worker(engine: Engine) {
+    loop {
+        let notified = engine.reconcile_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match claim(&engine).await {
+            Ok(Some((id, seq))) => {
+                if let Err(e) = reconcile_claimed(&engine, id, seq).await {
+                    tracing::warn!(object.id = %id, error = %e, "reconcile failed");
+                    if let Err(e) = back_off(&engine.pool, id, &e.to_string()).await {
+                        tracing::error!(object.id = %id, error = %e, "cannot record a failed reconcile");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Ok(None) => {
+                let wait = next_due(&engine.pool)
+                    .await
+                    .unwrap_or(Duration::from_secs(5));
+                let _ = tokio::time::timeout(wait, notified).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim reconcile work");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Takes the next due request, leasing it for `claim_for`.
+async fn claim(engine: &Engine) -> sqlx::Result<Option<(Uuid, i64)>> {
+    sqlx::query_as(
+        "update reconcile_queue set claimed_until = now() + make_interval(secs => $1)
+         where object_id = (
+             select object_id from reconcile_queue
+             where not_before <= now() and (claimed_until is null or claimed_until < now())
+             order by not_before
+             for update skip locked
+             limit 1)
+         returning object_id, seq",
+    )
+    .bind(engine.claim_for.as_secs_f64())
+    .fetch_optional(&engine.pool)
+    .await
+}
+
+/// How long until the next request falls due (capped), so a sleeping worker wakes for it.
+async fn next_due(pool: &PgPool) -> sqlx::Result<Duration> {
+    let secs: Option<f64> = sqlx::query_scalar(
+        "select extract(epoch from min(greatest(not_before, coalesce(claimed_until, not_before))) - now())::float8
+         from reconcile_queue",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Duration::from_secs_f64(
+        secs.unwrap_or(5.0).clamp(0.01, 5.0),
+    ))
+}
+
+/// Forgets claims left by a previous run of this control plane (one process owns the
+/// database; a second one would only repeat idempotent steps).
+pub async fn release_claims(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query("update reconcile_queue set claimed_until = null")
+        .execute(pool)
+        .await?;
+    sqlx::query(
+        "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null, lease_expires_at = null
+         where state = 'leased' and lease_expires_at < now()",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn back_off(pool: &PgPool, id: Uuid, error: &str) -> sqlx::Result<()> {
+    let mut tx = pool.begin().await?;
+    let attempts: Option<i32> = sqlx::query_scalar(
+        "update reconcile_queue set attempts = attempts + 1, claimed_until = null, last_error = $2
+         where object_id = $1 returning attempts",
+    )
+    .bind(id)
+    .bind(error)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(attempts) = attempts {
+        let delay = backoff(attempts as u32);
+        sqlx::query(
+            "update reconcile_queue set not_before = now() + make_interval(secs => $2) where object_id = $1",
+        )
+        .bind(id)
+        .bind(delay.as_secs_f64())
+        .execute(&mut *tx)
+        .await?;
+        store::event(&mut tx, id, true, "ReconcileError", error).await?;
+    }
+    tx.commit().await
+}
+
+/// Exponential backoff from 1 s to 5 min, with ±50% jitter so failures do not synchronise.
+pub fn backoff(attempts: u32) -> Duration {
+    let base = 2f64.powi(attempts.min(9) as i32 - 1).min(300.0);
+    let jitter = rand::rng().random_range(0.5..1.5);
+    Duration::from_secs_f64((base * jitter).max(0.2))
+}
+
+async fn reconcile_claimed(engine: &Engine, id: Uuid, seq: i64) -> anyhow::Result<()> {
+    let mut tx = engine.pool.begin().await?;
+    let row: Option<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {OBJECT_COLUMNS} from objects where id = $1 for update"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(row) = row {
+        reconcile(&mut tx, engine, &row).await?;
+    }
+    store::crash_point("reconcile-before-commit");
+    let done = sqlx::query("delete from reconcile_queue where object_id = $1 and seq = $2")
+        .bind(id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    if done == 0 {
+        // Asked again while we worked: leave the request, claimable at once.
+        sqlx::query("update reconcile_queue set claimed_until = null where object_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    store::crash_point("reconcile-after-commit");
+    Ok(())
+}
+
+/// The new state of an object, written only when it differs.
+struct Next {
+    phase: Phase,
+    message: String,
+    outputs: Option<Value>,
+    rendered: Option<Option<Value>>,
+    observed: bool,
+}
+
+impl Next {
+    fn new(phase: Phase, message: impl Into<String>) -> Self {
+        Next {
+            phase,
+            message: message.into(),
+            outputs: None,
+            rendered: None,
+            observed: false,
+        }
+    }
+}
+
+/// One step for one object, inside the caller's transaction (which holds the row lock).
+async fn reconcile(
+    conn: &mut PgConnection,
+    engine: &Engine,
+    row: &ObjectRow,
+) -> anyhow::Result<()> {
+    if row.deletion_requested_at.is_some() {
+        return finalize_deletion(conn, engine, row).await;
+    }
+    let key = row.key();
+    let builtin = Builtin::parse(&row.kind);
+    let next = match builtin {
+        Some(Builtin::Composition) => {
+            let mut n = Next::new(Phase::Ready, "defines a kind");
+            if let Ok(def) = parse_spec::<CompositionSpec>(&row.spec) {
+                n.message = format!("defines kind {}", def.kind);
+            }
+            n.observed = true;
+            n
+        }
+        None => instance(conn, row).await?,
+        Some(builtin) => managed(conn, engine, row, &key, builtin).await?,
+    };
+    save(conn, row, next).await
+}
+
+/// A composition instance is what its objects are.
+async fn instance(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::Result<Next> {
+    let owned: Vec<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {OBJECT_COLUMNS} from objects where owner_id = $1 order by kind, name"
+    )))
+    .bind(row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let def_spec: Option<Value> = sqlx::query_scalar(
+        "select spec from objects where kind = 'Composition' and spec->>'kind' = $1",
+    )
+    .bind(&row.kind)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(def) = def_spec.and_then(|s| parse_spec::<CompositionSpec>(&s).ok()) else {
+        return Ok(Next::new(
+            Phase::Failed,
+            format!("no Composition defines kind {}", row.kind),
+        ));
+    };
+    let failed: Vec<String> = owned
+        .iter()
+        .filter(|o| o.phase() == Phase::Failed)
+        .map(|o| o.key().to_string())
+        .collect();
+    let pending: Vec<String> = owned
+        .iter()
+        .filter(|o| o.phase() != Phase::Ready || o.observed_generation < o.generation)
+        .map(|o| format!("{} ({:?})", o.key(), o.phase()))
+        .collect();
+    let mut next = if !failed.is_empty() {
+        Next::new(Phase::Failed, format!("failed: {}", failed.join(", ")))
+    } else if !pending.is_empty() {
+        Next::new(
+            Phase::Provisioning,
+            format!("waiting for {}", pending.join(", ")),
+        )
+    } else {
+        let mut n = Next::new(Phase::Ready, format!("{} objects ready", owned.len()));
+        n.observed = true;
+        n
+    };
+    let outputs_by_key: BTreeMap<ObjKey, Value> =
+        owned.iter().map(|o| (o.key(), o.outputs.clone())).collect();
+    let params = row.spec.as_object().cloned().unwrap_or_default();
+    let lookup = |k: &ObjKey, o: &str| {
+        outputs_by_key
+            .get(k)
+            .and_then(|v| v.get(o))
+            .filter(|v| !v.is_null())
+            .cloned()
+    };
+    if next.phase == Phase::Ready {
+        match compose::outputs(&def, &row.name, &params, &lookup) {
+            Ok(outputs) => next.outputs = Some(Value::Object(outputs)),
+            Err(e) => next = Next::new(Phase::Failed, format!("outputs: {e}")),
+        }
+    }
+    Ok(next)
+}
+
+#[derive(sqlx::FromRow)]
+struct TaskRow {
+    input_hash: String,
+    state: String,
+    outputs: Option<Value>,
+    error: Option<Value>,
+    attempts: i32,
+    payload: Value,
+}
+
+/// An object the agent makes real: wait for dependencies, render, queue the task for the
+/// current inputs, and take its outputs when it is done.
+async fn managed(
+    conn: &mut PgConnection,
+    engine: &Engine,
+    row: &ObjectRow,
+    key: &ObjKey,
+    builtin: Builtin,
+) -> anyhow::Result<Next> {
+    let deps: Vec<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {} from object_edges e join objects o on o.id = e.dependency
+         where e.dependent = $1 order by o.kind, o.name",
+        OBJECT_COLUMNS
+            .split(", ")
+            .map(|c| format!("o.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+    .bind(row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    let waiting: Vec<String> = deps
+        .iter()
+        .filter(|d| d.phase() != Phase::Ready)
+        .map(|d| format!("{} ({:?})", d.key(), d.phase()))
+        .collect();
+    if !waiting.is_empty() {
+        return Ok(Next::new(
+            Phase::Waiting,
+            format!("waiting for {}", waiting.join(", ")),
+        ));
+    }
+    let outputs: BTreeMap<ObjKey, Value> =
+        deps.iter().map(|d| (d.key(), d.outputs.clone())).collect();
+    let input = render::Input {
+        control_plane: engine.control_plane,
+        id: row.id,
+        key,
+        spec: &row.spec,
+        outputs: &outputs,
+        own_outputs: &row.outputs,
+    };
+    let desired = match render::desired(builtin, &input) {
+        Ok(d) => d,
+        Err(e) => {
+            let mut n = Next::new(Phase::Failed, e);
+            n.observed = true;
+            return Ok(n);
+        }
+    };
+    let hash = render::hash(&desired.payload);
+    let mut merged = Map::new();
+    // Agent outputs from earlier work stay valid until new ones arrive (a re-roll keeps the
+    // bucket it already has).
+    if let Some(prev) = row.outputs.as_object() {
+        for decl in builtin.outputs().iter().filter(|d| d.from_agent) {
+            if let Some(v) = prev.get(decl.name) {
+                merged.insert(decl.name.to_owned(), v.clone());
+            }
+        }
+    }
+    merged.extend(desired.computed.clone());
+
+    let latest: Option<TaskRow> = sqlx::query_as(
+        "select input_hash, state, outputs, error, attempts, payload from agent_tasks
+         where object_id = $1 and operation = 'ensure' and state <> 'superseded'
+         order by created_at desc limit 1",
+    )
+    .bind(row.id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let mut next = match latest {
+        Some(t) if t.input_hash == hash => match t.state.as_str() {
+            "succeeded" => {
+                if let Some(reported) = t.outputs.as_ref().and_then(Value::as_object) {
+                    for decl in builtin.outputs().iter().filter(|d| d.from_agent) {
+                        if let Some(v) = reported.get(decl.name) {
+                            merged.insert(decl.name.to_owned(), v.clone());
+                        }
+                    }
+                }
+                let mut n = Next::new(Phase::Ready, "ready");
+                n.observed = true;
+                n
+            }
+            "failed" => {
+                let message = t
+                    .error
+                    .as_ref()
+                    .map(describe_error)
+                    .unwrap_or_else(|| "the agent reported a failure".into());
+                let mut n = Next::new(Phase::Failed, message);
+                n.observed = true;
+                n
+            }
+            "leased" => Next::new(
+                Phase::Provisioning,
+                format!("the agent is working on it (attempt {})", t.attempts),
+            ),
+            _ => Next::new(
+                Phase::Provisioning,
+                match &t.error {
+                    Some(e) => format!("retrying after: {}", describe_error(e)),
+                    None => "queued for the agent".into(),
+                },
+            ),
+        },
+        _ => {
+            queue_task(conn, row, "ensure", &hash, &desired.payload).await?;
+            store::event(
+                &mut *conn,
+                row.id,
+                false,
+                "TaskQueued",
+                &format!("queued work for the agent (inputs {})", &hash[..12]),
+            )
+            .await?;
+            Next::new(Phase::Provisioning, "queued for the agent")
+        }
+    };
+    next.outputs = Some(Value::Object(merged));
+    next.rendered = Some(Some(desired.payload["resource"].clone()));
+    Ok(next)
+}
+
+fn describe_error(e: &Value) -> String {
+    let code = e.get("code").and_then(Value::as_str).unwrap_or("Error");
+    let message = e.get("message").and_then(Value::as_str).unwrap_or("");
+    format!("{code}: {message}")
+}
+
+/// Queues agent work for `hash`, superseding unfinished work for other inputs. Idempotent: a
+/// second call with the same inputs changes nothing.
+async fn queue_task(
+    conn: &mut PgConnection,
+    row: &ObjectRow,
+    operation: &str,
+    hash: &str,
+    payload: &Value,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update agent_tasks set state = 'superseded', lease_id = null
+         where object_id = $1 and state in ('queued', 'leased') and input_hash <> $2",
+    )
+    .bind(row.id)
+    .bind(hash)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "insert into agent_tasks (id, object_id, operation, generation, input_hash, payload)
+         values ($1, $2, $3, $4, $5, $6)
+         on conflict (object_id, operation, input_hash) do update
+           set state = 'queued', generation = excluded.generation, not_before = now(),
+               lease_id = null, lease_holder = null, lease_expires_at = null, attempts = 0,
+               outputs = null, error = null, completed_at = null, created_at = now()
+           where agent_tasks.state in ('superseded', 'succeeded', 'failed')",
+    )
+    .bind(Uuid::new_v4())
+    .bind(row.id)
+    .bind(operation)
+    .bind(row.generation)
+    .bind(hash)
+    .bind(payload)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("select pg_notify($1, '')")
+        .bind(store::TASKS_CHANNEL)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Deletion: after every dependent and owned object is gone, the agent removes what it made;
+/// then the row goes, and the objects it used are told (they may be waiting to be deleted).
+async fn finalize_deletion(
+    conn: &mut PgConnection,
+    engine: &Engine,
+    row: &ObjectRow,
+) -> anyhow::Result<()> {
+    let _ = engine;
+    let dependents: Vec<(String, String)> = sqlx::query_as(
+        "select o.kind, o.name from object_edges e join objects o on o.id = e.dependent
+         where e.dependency = $1 order by o.kind, o.name",
+    )
+    .bind(row.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    if !dependents.is_empty() {
+        let names: Vec<String> = dependents.iter().map(|(k, n)| format!("{k}/{n}")).collect();
+        return save(
+            conn,
+            row,
+            Next::new(
+                Phase::Deleting,
+                format!("waiting for dependents to go: {}", names.join(", ")),
+            ),
+        )
+        .await;
+    }
+    let owned: i64 = sqlx::query_scalar("select count(*) from objects where owner_id = $1")
+        .bind(row.id)
+        .fetch_one(&mut *conn)
+        .await?;
+    if owned > 0 {
+        return save(
+            conn,
+            row,
+            Next::new(
+                Phase::Deleting,
+                format!("waiting for {owned} owned objects to go"),
+            ),
+        )
+        .await;
+    }
+    let needs_cleanup = Builtin::parse(&row.kind).is_some_and(Builtin::needs_agent);
+    if needs_cleanup {
+        // Anything an agent ever picked up may exist in the customer's account.
+        let made: Option<TaskRow> = sqlx::query_as(
+            "select input_hash, state, outputs, error, attempts, payload from agent_tasks
+             where object_id = $1 and operation = 'ensure' and (attempts > 0 or state = 'succeeded')
+             order by created_at desc limit 1",
+        )
+        .bind(row.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(made) = made {
+            let cleanup: Option<TaskRow> = sqlx::query_as(
+                "select input_hash, state, outputs, error, attempts, payload from agent_tasks
+                 where object_id = $1 and operation = 'delete' order by created_at desc limit 1",
+            )
+            .bind(row.id)
+            .fetch_optional(&mut *conn)
+            .await?;
+            match cleanup.as_ref().map(|t| t.state.as_str()) {
+                Some("succeeded") => {}
+                None => {
+                    sqlx::query(
+                        "update agent_tasks set state = 'superseded', lease_id = null
+                         where object_id = $1 and operation = 'ensure' and state in ('queued', 'leased')",
+                    )
+                    .bind(row.id)
+                    .execute(&mut *conn)
+                    .await?;
+                    queue_task(conn, row, "delete", &made.input_hash, &made.payload).await?;
+                    store::event(
+                        &mut *conn,
+                        row.id,
+                        false,
+                        "CleanupQueued",
+                        "asked the agent to remove what it made",
+                    )
+                    .await?;
+                    return save(
+                        conn,
+                        row,
+                        Next::new(Phase::Deleting, "waiting for the agent to clean up"),
+                    )
+                    .await;
+                }
+                Some("failed") => {
+                    let e = cleanup
+                        .as_ref()
+                        .and_then(|t| t.error.as_ref())
+                        .map(describe_error)
+                        .unwrap_or_default();
+                    return save(
+                        conn,
+                        row,
+                        Next::new(Phase::Deleting, format!("cleanup failed: {e}")),
+                    )
+                    .await;
+                }
+                Some(_) => {
+                    return save(
+                        conn,
+                        row,
+                        Next::new(Phase::Deleting, "waiting for the agent to clean up"),
+                    )
+                    .await;
+                }
+            }
+        }
+    }
+    // Gone: tell what it used and what owned it.
+    let mut tell: Vec<Uuid> =
+        sqlx::query_scalar("select dependency from object_edges where dependent = $1")
+            .bind(row.id)
+            .fetch_all(&mut *conn)
+            .await?;
+    tell.extend(row.owner_id);
+    sqlx::query("delete from objects where id = $1")
+        .bind(row.id)
+        .execute(&mut *conn)
+        .await?;
+    store::enqueue(&mut *conn, &tell).await?;
+    store::announce(
+        &mut *conn,
+        &row.key(),
+        &json!({ "phase": "Deleting", "message": "deleted" }),
+        row.generation,
+        row.observed_generation,
+        true,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Writes the new state when it differs; a change of phase or outputs is news for the
+/// object's dependents and owner, who are asked to reconcile in the same transaction.
+async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::Result<()> {
+    let status = json!({ "phase": next.phase, "message": next.message });
+    let outputs = next.outputs.unwrap_or_else(|| row.outputs.clone());
+    let rendered = next.rendered.unwrap_or_else(|| row.rendered.clone());
+    let observed = if next.observed {
+        row.generation
+    } else {
+        row.observed_generation
+    };
+    let conditions = conditions(&row.conditions, next.phase, &next.message);
+    if status == row.status
+        && outputs == row.outputs
+        && rendered == row.rendered
+        && observed == row.observed_generation
+        && conditions == row.conditions
+    {
+        return Ok(());
+    }
+    sqlx::query(
+        "update objects set status = $2, outputs = $3, rendered = $4, observed_generation = $5,
+           conditions = $6, updated_at = now()
+         where id = $1",
+    )
+    .bind(row.id)
+    .bind(&status)
+    .bind(&outputs)
+    .bind(&rendered)
+    .bind(observed)
+    .bind(&conditions)
+    .execute(&mut *conn)
+    .await?;
+    let phase_changed = next.phase != row.phase();
+    let outputs_changed = outputs != row.outputs;
+    if phase_changed {
+        store::event(
+            &mut *conn,
+            row.id,
+            next.phase == Phase::Failed,
+            &format!("{:?}", next.phase),
+            &next.message,
+        )
+        .await?;
+    }
+    if outputs_changed {
+        let names: Vec<&String> = outputs
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter(|(k, v)| row.outputs.get(k.as_str()) != Some(*v))
+                    .map(|(k, _)| k)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !names.is_empty() {
+            store::event(
+                &mut *conn,
+                row.id,
+                false,
+                "OutputsChanged",
+                &format!(
+                    "{}",
+                    names
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .await?;
+        }
+    }
+    if phase_changed || outputs_changed || observed != row.observed_generation {
+        let mut tell: Vec<Uuid> =
+            sqlx::query_scalar("select dependent from object_edges where dependency = $1")
+                .bind(row.id)
+                .fetch_all(&mut *conn)
+                .await?;
+        tell.extend(row.owner_id);
+        store::enqueue(&mut *conn, &tell).await?;
+    }
+    store::announce(
+        &mut *conn,
+        &row.key(),
+        &status,
+        row.generation,
+        observed,
+        false,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `Ready` and `DependenciesReady` conditions, keeping transition times when nothing flipped.
+fn conditions(previous: &Value, phase: Phase, message: &str) -> Value {
+    let now = chrono::Utc::now();
+    let wanted = [
+        ("Ready", phase == Phase::Ready, format!("{phase:?}")),
+        (
+            "DependenciesReady",
+            phase != Phase::Waiting,
+            if phase == Phase::Waiting {
+                "Waiting".to_owned()
+            } else {
+                "AllReady".to_owned()
+            },
+        ),
+    ];
+    let out: Vec<Value> = wanted
+        .into_iter()
+        .map(|(ty, status, reason)| {
+            let before = previous
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["type"] == ty));
+            let since = match before {
+                Some(c) if c["status"] == json!(status) => c["lastTransitionAt"].clone(),
+                _ => json!(now),
+            };
+            let message = if ty == "Ready" {
+                message
+            } else if status {
+                ""
+            } else {
+                message
+            };
+            json!({
+                "type": ty,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionAt": since,
+            })
+        })
+        .collect();
+    // Only the times may differ when nothing changed: keep the old value then.
+    let same = previous.as_array().is_some_and(|p| {
+        p.len() == out.len()
+            && p.iter().zip(&out).all(|(a, b)| {
+                a["type"] == b["type"]
+                    && a["status"] == b["status"]
+                    && a["reason"] == b["reason"]
+                    && a["message"] == b["message"]
+            })
+    });
+    if same {
+        previous.clone()
+    } else {
+        Value::Array(out)
+    }
+}

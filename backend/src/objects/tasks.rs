@@ -1,0 +1,357 @@
+//! The agent API: how the customer's agent takes work (lease, with long-polling), keeps it
+//! (renew), gives it back (release) and says how it went (report, with outputs or an error).
+//! A report for work that was superseded by newer inputs is accepted and ignored; a report
+//! under a lease the agent no longer holds is refused.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::kinds::Builtin;
+use super::reconcile::{Engine, backoff};
+use super::store;
+use crate::error::ApiError;
+
+/// `POST /agent/v1/tasks/lease`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeaseRequest {
+    /// Who is asking (the agent's id); recorded on the lease.
+    pub agent: String,
+    /// At most this many tasks (1 to 50; default 1).
+    #[serde(default)]
+    pub max: Option<u32>,
+    /// Wait up to this long for work when there is none (0 to 30 s; default 0).
+    #[serde(default)]
+    pub wait_seconds: Option<u32>,
+    /// How long the lease lasts unless renewed (10 to 600 s; default 60).
+    #[serde(default)]
+    pub lease_seconds: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct LeasedTask {
+    pub id: Uuid,
+    /// `ensure` (make the resource match the payload) or `delete` (remove what was made).
+    pub operation: String,
+    pub object_id: Uuid,
+    pub object_kind: String,
+    pub object_name: String,
+    pub generation: i64,
+    pub payload: Value,
+    pub lease_id: Uuid,
+    pub lease_expires_at: chrono::DateTime<chrono::Utc>,
+    pub attempt: i32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LeaseResponse {
+    pub tasks: Vec<LeasedTask>,
+}
+
+/// `POST /agent/v1/tasks/{id}/renew` and `/release`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RenewRequest {
+    pub lease_id: Uuid,
+    #[serde(default)]
+    pub lease_seconds: Option<u32>,
+}
+
+/// `POST /agent/v1/tasks/{id}/report`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReportRequest {
+    pub lease_id: Uuid,
+    pub result: TaskResult,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TaskResult {
+    Succeeded {
+        #[serde(default)]
+        outputs: Map<String, Value>,
+    },
+    Failed {
+        /// The provider's error code, e.g. `AccessDenied`.
+        code: String,
+        message: String,
+        /// Worth trying again later (throttling, a transient outage).
+        #[serde(default)]
+        retryable: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReportResponse {
+    pub accepted: bool,
+    /// Why a report was not used (e.g. newer inputs superseded the task).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn lease_lost() -> ApiError {
+    ApiError::Unavailable {
+        code: "LEASE_LOST",
+        message: "this lease is no longer held; the task was given back or leased again".into(),
+    }
+}
+
+/// Leases up to `max` due tasks, waiting up to `wait_seconds` for one to appear.
+pub async fn lease(engine: &Engine, req: LeaseRequest) -> Result<LeaseResponse, ApiError> {
+    if req.agent.is_empty() || req.agent.len() > 200 {
+        return Err(ApiError::invalid("agent", "must be 1 to 200 characters"));
+    }
+    let max = req.max.unwrap_or(1).clamp(1, 50);
+    let wait = Duration::from_secs(req.wait_seconds.unwrap_or(0).min(30).into());
+    let lease_secs = req.lease_seconds.unwrap_or(60).clamp(10, 600);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let notified = engine.task_wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let tasks = take(&engine.pool, &req.agent, max, lease_secs).await?;
+        if !tasks.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(LeaseResponse { tasks });
+        }
+        // Also look again now and then: a lease may expire without any notification.
+        let nap = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(Duration::from_secs(2));
+        let _ = tokio::time::timeout(nap, notified).await;
+    }
+}
+
+async fn take(
+    pool: &PgPool,
+    agent: &str,
+    max: u32,
+    lease_secs: u32,
+) -> Result<Vec<LeasedTask>, ApiError> {
+    let tasks = sqlx::query_as(
+        "with due as (
+             select id from agent_tasks
+             where (state = 'queued' and not_before <= now())
+                or (state = 'leased' and lease_expires_at < now())
+             order by created_at
+             for update skip locked
+             limit $1)
+         update agent_tasks t
+            set state = 'leased', lease_id = gen_random_uuid(), lease_holder = $2,
+                lease_expires_at = now() + make_interval(secs => $3), attempts = t.attempts + 1
+           from due, objects o
+          where t.id = due.id and o.id = t.object_id
+         returning t.id, t.operation, t.object_id, o.kind as object_kind, o.name as object_name,
+                   t.generation, t.payload, t.lease_id, t.lease_expires_at, t.attempts as attempt",
+    )
+    .bind(i64::from(max))
+    .bind(agent)
+    .bind(f64::from(lease_secs))
+    .fetch_all(pool)
+    .await?;
+    Ok(tasks)
+}
+
+/// Extends a lease the caller still holds.
+pub async fn renew(
+    pool: &PgPool,
+    task: Uuid,
+    req: RenewRequest,
+) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    let secs = req.lease_seconds.unwrap_or(60).clamp(10, 600);
+    let until: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "update agent_tasks set lease_expires_at = now() + make_interval(secs => $3)
+         where id = $1 and lease_id = $2 and state = 'leased'
+         returning lease_expires_at",
+    )
+    .bind(task)
+    .bind(req.lease_id)
+    .bind(f64::from(secs))
+    .fetch_optional(pool)
+    .await?;
+    until.ok_or_else(lease_lost)
+}
+
+/// Gives a task back unfinished (an agent shutting down), so another agent takes it now.
+pub async fn release(pool: &PgPool, task: Uuid, req: RenewRequest) -> Result<(), ApiError> {
+    let done = sqlx::query(
+        "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null,
+           lease_expires_at = null, not_before = now()
+         where id = $1 and lease_id = $2 and state = 'leased'",
+    )
+    .bind(task)
+    .bind(req.lease_id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if done == 0 {
+        return Err(lease_lost());
+    }
+    sqlx::query("select pg_notify($1, '')")
+        .bind(store::TASKS_CHANNEL)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct Held {
+    state: String,
+    lease_id: Option<Uuid>,
+    object_id: Uuid,
+    operation: String,
+    attempts: i32,
+    kind: String,
+}
+
+/// Records a task's result and asks for its object to be reconciled, in one transaction.
+pub async fn report(
+    pool: &PgPool,
+    task: Uuid,
+    req: ReportRequest,
+) -> Result<ReportResponse, ApiError> {
+    let mut tx = pool.begin().await?;
+    let held: Option<Held> = sqlx::query_as(
+        "select t.state, t.lease_id, t.object_id, t.operation, t.attempts, o.kind
+         from agent_tasks t join objects o on o.id = t.object_id
+         where t.id = $1 for update of t",
+    )
+    .bind(task)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(held) = held else {
+        return Err(ApiError::NotFound("task".into()));
+    };
+    if held.state == "superseded" {
+        return Ok(ReportResponse {
+            accepted: false,
+            reason: Some(
+                "superseded: the object's inputs changed since this task was queued".into(),
+            ),
+        });
+    }
+    if held.lease_id != Some(req.lease_id) {
+        return Err(lease_lost());
+    }
+    if held.state != "leased" {
+        // The same report again (a retry after a lost answer): already recorded.
+        return Ok(ReportResponse {
+            accepted: true,
+            reason: Some(format!("already recorded as {}", held.state)),
+        });
+    }
+    match req.result {
+        TaskResult::Succeeded { outputs } => {
+            if held.operation == "ensure" {
+                check_outputs(&held.kind, &outputs)?;
+            }
+            sqlx::query(
+                "update agent_tasks set state = 'succeeded', outputs = $2, error = null,
+                   completed_at = now()
+                 where id = $1",
+            )
+            .bind(task)
+            .bind(Value::Object(outputs))
+            .execute(&mut *tx)
+            .await?;
+            store::event(
+                &mut tx,
+                held.object_id,
+                false,
+                "TaskSucceeded",
+                &format!("the agent finished `{}`", held.operation),
+            )
+            .await?;
+        }
+        TaskResult::Failed {
+            code,
+            message,
+            retryable,
+        } => {
+            let code: String = code.chars().take(200).collect();
+            let message: String = message.chars().take(2000).collect();
+            let error = json!({ "code": code, "message": message, "retryable": retryable });
+            if retryable {
+                let delay = backoff(held.attempts.max(1) as u32);
+                sqlx::query(
+                    "update agent_tasks set state = 'queued', error = $2, lease_id = null,
+                       lease_holder = null, lease_expires_at = null,
+                       not_before = now() + make_interval(secs => $3)
+                     where id = $1",
+                )
+                .bind(task)
+                .bind(&error)
+                .bind(delay.as_secs_f64())
+                .execute(&mut *tx)
+                .await?;
+            } else {
+                sqlx::query(
+                    "update agent_tasks set state = 'failed', error = $2, completed_at = now()
+                     where id = $1",
+                )
+                .bind(task)
+                .bind(&error)
+                .execute(&mut *tx)
+                .await?;
+            }
+            store::event(
+                &mut tx,
+                held.object_id,
+                true,
+                "TaskFailed",
+                &format!(
+                    "{code}: {message}{}",
+                    if retryable { " (will retry)" } else { "" }
+                ),
+            )
+            .await?;
+        }
+    }
+    store::enqueue(&mut tx, &[held.object_id]).await?;
+    store::crash_point("report-before-commit");
+    tx.commit().await?;
+    Ok(ReportResponse {
+        accepted: true,
+        reason: None,
+    })
+}
+
+/// What an agent reports must be the kind's outputs, and secrets must be references.
+fn check_outputs(kind: &str, outputs: &Map<String, Value>) -> Result<(), ApiError> {
+    let Some(builtin) = Builtin::parse(kind) else {
+        return Ok(());
+    };
+    for (name, value) in outputs {
+        let decl = builtin
+            .outputs()
+            .iter()
+            .find(|d| d.name == name && d.from_agent)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "outputs",
+                    format!("{kind} has no output `{name}` an agent reports"),
+                )
+            })?;
+        let is_ref = value
+            .get("secretRef")
+            .is_some_and(|r| r.is_object() && !r.as_object().is_some_and(Map::is_empty));
+        if decl.secret && !is_ref {
+            return Err(ApiError::invalid(
+                "outputs",
+                format!("`{name}` is a secret: report {{\"secretRef\": {{...}}}}, never the value"),
+            ));
+        }
+        if !decl.secret && value.is_object() {
+            return Err(ApiError::invalid(
+                "outputs",
+                format!("`{name}` must be a plain value"),
+            ));
+        }
+    }
+    Ok(())
+}
