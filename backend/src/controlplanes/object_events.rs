@@ -122,7 +122,11 @@ async fn subscribe(upstream: &Upstream) -> Result<CpSocket, ApiError> {
         let (mut socket, _) = tokio_tungstenite::connect_async(request)
             .await
             .map_err(|e| unreachable(format!("the control plane refused the stream ({e})")))?;
-        send(&mut socket, json!({ "type": "connection_init", "payload": {} })).await?;
+        send(
+            &mut socket,
+            json!({ "type": "connection_init", "payload": {} }),
+        )
+        .await?;
         loop {
             match next_json(&mut socket).await {
                 Some(msg) if msg["type"] == "connection_ack" => break,
