@@ -192,11 +192,7 @@ async fn relay(mut socket: CpSocket, tx: mpsc::Sender<Value>) {
                     break;
                 }
             }
-            Some("ping") => {
-                if send(&mut socket, json!({ "type": "pong" })).await.is_err() {
-                    break;
-                }
-            }
+            Some("ping") if send(&mut socket, json!({ "type": "pong" })).await.is_err() => break,
             Some("error") => {
                 tracing::warn!(payload = %message["payload"], "the control plane refused the object subscription");
                 break;
