@@ -414,3 +414,92 @@ async fn set_yaml(client: &fantoccini::Client, yaml: &str) {
         .await
         .expect("set the YAML");
 }
+
+const ACCOUNT: &str = "kind: AwsAccount\nmetadata: {name: main}\nspec: {accountId: \"123456789012\", roleArn: \"arn:aws:iam::123456789012:role/qleet\", defaultRegion: eu-west-1}\n";
+
+/// A page as the server renders it for `who`.
+async fn page(app: &TestApp, who: &Session, path: &str) -> String {
+    app.http
+        .get(format!("{}{path}", app.url))
+        .header("cookie", format!("qleet_session={}", who.cookie))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html")
+}
+
+#[tokio::test]
+async fn planning_and_applying_work_without_javascript_and_viewers_only_plan() {
+    use crate::browser::{Driver, click, fill, text_of};
+
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let id = ready_control_plane(&app, &alice, "acme", "prod").await;
+    let base = format!("/orgs/acme/control-planes/{id}");
+
+    let driver = Driver::start().await;
+    let client = driver.browser(false).await;
+    client
+        .goto(&format!("{}/signin", app.url))
+        .await
+        .expect("open sign-in");
+    fill(&client, "#signin-dev-email", "alice@example.test").await;
+    click(&client, "#signin-dev-submit").await;
+    text_of(&client, "#signed-in-as").await;
+    client
+        .goto(&format!("{}{base}/apply", app.url))
+        .await
+        .expect("apply page");
+    fill(&client, "#apply-yaml", ACCOUNT).await;
+    click(&client, "#apply-plan").await;
+    assert_eq!(
+        text_of(&client, "#plan-summary").await,
+        "1 to create, 0 to update, 0 to delete, 0 unchanged"
+    );
+    // Planning wrote nothing.
+    let before = page(&app, &alice, &format!("{base}/objects")).await;
+    assert!(before.contains("objects-empty"), "{before}");
+    click(&client, "#apply-submit").await;
+    text_of(&client, "tr.object-row[data-key='AwsAccount/main']").await;
+    let url = client.current_url().await.expect("url");
+    assert!(url.path().ends_with("/objects"), "{url}");
+    client.close().await.expect("close");
+
+    // A viewer sees the objects and may plan, but is offered neither applying nor deleting.
+    let viewer = app
+        .add_member(&alice, "acme", "viewer@example.test", "VIEWER")
+        .await;
+    let list = page(&app, &viewer, &format!("{base}/objects")).await;
+    assert!(list.contains("AwsAccount/main"), "{list}");
+    assert!(!list.contains("objects-apply"));
+    let plan = page(
+        &app,
+        &viewer,
+        &format!("{base}/apply?yaml={}", url_encode(ACCOUNT)),
+    )
+    .await;
+    assert!(
+        plan.contains("0 to create, 0 to update, 0 to delete, 1 unchanged"),
+        "{plan}"
+    );
+    let changed = ACCOUNT.replace("eu-west-1", "eu-central-1");
+    let plan = page(
+        &app,
+        &viewer,
+        &format!("{base}/apply?yaml={}", url_encode(&changed)),
+    )
+    .await;
+    assert!(plan.contains("1 to update"), "{plan}");
+    assert!(plan.contains("Viewers can plan but not apply"), "{plan}");
+    assert!(!plan.contains("apply-submit"));
+    let object = page(&app, &viewer, &format!("{base}/objects/AwsAccount/main")).await;
+    assert!(object.contains("object-spec"), "{object}");
+    assert!(!object.contains("object-delete-submit"));
+}
+
+fn url_encode(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
