@@ -8,7 +8,7 @@ use leptos_router::hooks::use_params_map;
 use serde_json::Value;
 
 use super::{
-    DeleteObject, ObjectDetail, ObjectEvent, ObjectRef, Phase, get_object,
+    DeleteObject, ObjectChange, ObjectDetail, ObjectEvent, ObjectRef, Phase, get_object,
     live::{current, watch_objects},
     object_link, use_cp_id,
     yaml::to_yaml,
@@ -42,8 +42,13 @@ pub fn ObjectPage() -> impl IntoView {
         },
         |(cp, kind, name, _, _)| get_object(cp, kind, name),
     );
+    // What the loaded object said, so that only real news reloads the page (the stream
+    // repeats the current state on every (re)connection).
+    let shown = StoredValue::new(None::<ObjectChange>);
     let live = watch_objects(ctx.slug, cp, move |change| {
-        if kind.with_untracked(|k| *k == change.kind) && name.with_untracked(|n| *n == change.name)
+        let ours = kind.with_untracked(|k| *k == change.kind)
+            && name.with_untracked(|n| *n == change.name);
+        if ours && shown.with_value(|shown| !shown.as_ref().is_some_and(|s| same_state(s, change)))
         {
             reload.update(|n| *n += 1);
         }
@@ -59,6 +64,7 @@ pub fn ObjectPage() -> impl IntoView {
                     Ok(object) => object,
                     Err(error) => return Some(view! { <ErrorBox error/> }.into_any()),
                 };
+                shown.set_value(Some(object.snapshot()));
                 let (slug, id) = (org.slug.clone(), cp.get_untracked());
                 let deletion = if org.viewer_role.is_admin() {
                     delete_section(&object, &slug, &id, &csrf, delete)
@@ -181,6 +187,15 @@ fn documents(object: &ObjectDetail) -> AnyView {
         </section>
     }
     .into_any()
+}
+
+/// Whether two states of an object would show the same (times aside).
+fn same_state(a: &ObjectChange, b: &ObjectChange) -> bool {
+    a.phase == b.phase
+        && a.message == b.message
+        && a.generation == b.generation
+        && a.observed_generation == b.observed_generation
+        && a.deleted == b.deleted
 }
 
 /// How an output value reads: its text, and whether it is a secret reference (whose value is
@@ -414,6 +429,30 @@ fn delete_section(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_repeated_state_is_no_news() {
+        let a = ObjectChange {
+            kind: "Workload".into(),
+            name: "web".into(),
+            phase: Phase("READY".into()),
+            message: None,
+            generation: 2,
+            observed_generation: 2,
+            deleted: false,
+            at: "2026-01-01T00:00:00Z".into(),
+        };
+        let later = ObjectChange {
+            at: "2026-01-01T00:00:05Z".into(),
+            ..a.clone()
+        };
+        assert!(same_state(&a, &later));
+        let failed = ObjectChange {
+            phase: Phase("FAILED".into()),
+            ..a.clone()
+        };
+        assert!(!same_state(&a, &failed));
+    }
 
     #[test]
     fn secret_outputs_show_only_their_reference() {
