@@ -75,6 +75,15 @@ pub struct ControlPlaneArgs {
         default_value = "json"
     )]
     pub log_format: LogFormat,
+    /// Benchmarks only: ignore LISTEN/NOTIFY and poll for work every this many milliseconds
+    /// (the baseline the notification-driven reconciler is compared with).
+    #[arg(
+        long,
+        env = "QLEET_CP_POLL_MS",
+        value_name = "QLEET_CP_POLL_MS",
+        hide = true
+    )]
+    pub poll_ms: Option<u64>,
     /// Testing only: abort the process at this named point (crash-safety tests).
     #[arg(
         long,
@@ -104,6 +113,8 @@ pub struct ControlPlaneConfig {
     pub log_format: LogFormat,
     /// Testing only: the named point where the process aborts on purpose.
     pub crash_at: Option<String>,
+    /// Benchmarks only: poll every this long instead of waking on notifications.
+    pub poll_interval: Option<std::time::Duration>,
 }
 
 impl ControlPlaneConfig {
@@ -137,6 +148,7 @@ impl ControlPlaneConfig {
             auth,
             log_format: args.log_format,
             crash_at: args.crash_at,
+            poll_interval: args.poll_ms.map(std::time::Duration::from_millis),
         })
     }
 }

@@ -2,6 +2,7 @@
 //! organisations with members, roles and invitations, the audit log, the GraphQL API and the
 //! server-rendered web UI, served by one axum application over the management database.
 
+pub mod agents;
 pub mod audit;
 pub mod config;
 pub mod control_plane;

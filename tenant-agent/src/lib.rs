@@ -1,7 +1,121 @@
-//! The Qleet tenant agent: runs in a customer's cloud account, dials out to its control plane,
-//! assumes the customer's IAM role and does the cloud and Kubernetes work the control plane queues.
-//!
-//! Only the crate exists so far; the protocol and the work arrive with the agent issue.
+//! The Qleet tenant agent: runs in a customer's cloud account, dials out to its control plane
+//! (never listens), registers once with a one-time token, leases tasks, assumes the customer's
+//! IAM role with the control plane's ExternalId, does the AWS and Kubernetes work idempotently
+//! and reports status and non-secret outputs. Secret values stay in the customer's account.
+
+pub mod agent;
+pub mod aws;
+pub mod client;
+pub mod config;
+pub mod k8s;
+pub mod state;
+pub mod task;
+
+use std::future::Future;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+use crate::client::Client;
+use crate::config::Config;
 
 /// The agent's version, reported to the control plane on every heartbeat.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the agent could not start or stopped: a one-line reason for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("registration failed: {0}")]
+    Register(client::ClientError),
+    #[error(transparent)]
+    Agent(#[from] agent::AgentError),
+}
+
+/// Finds the agent's identity: a credential given directly, the state file, or a registration
+/// with the one-time token (whose result is saved to the state file).
+pub async fn identity(config: &Config) -> Result<(Url, SecretString), StartError> {
+    if let Some(credential) = &config.credential {
+        let url = config
+            .url
+            .clone()
+            .ok_or_else(|| StartError::Config("--url is needed with --credential".into()))?;
+        if !credential
+            .expose_secret()
+            .starts_with(qleet_protocol::CREDENTIAL_PREFIX)
+        {
+            tracing::warn!(
+                "the credential does not look like an agent credential (qleet_agent_...)"
+            );
+        }
+        return Ok((url, credential.clone()));
+    }
+    if let Some(saved) = state::load(&config.state_file)? {
+        let saved_url = config::parse_url(&saved.url).map_err(StartError::Config)?;
+        if let Some(url) = &config.url
+            && url != &saved_url
+        {
+            return Err(StartError::Config(format!(
+                "{} belongs to {saved_url}, not {url}; use another --state-file to register elsewhere",
+                config.state_file.display()
+            )));
+        }
+        if config.token.is_some() {
+            tracing::info!(agent = %saved.agent_id, "already registered; the token is not used");
+        }
+        return Ok((saved_url, saved.credential));
+    }
+    let url = config.url.clone().ok_or_else(|| {
+        StartError::Config(format!(
+            "not registered yet ({} does not exist): pass --url and --token",
+            config.state_file.display()
+        ))
+    })?;
+    let token = config.token.as_ref().ok_or_else(|| {
+        StartError::Config(format!(
+            "not registered yet ({} does not exist): pass --token with a registration token",
+            config.state_file.display()
+        ))
+    })?;
+    let client = Client::new(url.clone(), None).map_err(StartError::Register)?;
+    let registered = client
+        .register(token, &config.name)
+        .await
+        .map_err(StartError::Register)?;
+    let saved = state::State {
+        url: url.to_string(),
+        agent_id: registered.agent_id,
+        control_plane: Some(registered.control_plane),
+        credential: SecretString::from(registered.credential),
+    };
+    state::save(&config.state_file, &saved)?;
+    tracing::info!(agent = %saved.agent_id, state_file = %config.state_file.display(), "registered");
+    Ok((url, saved.credential))
+}
+
+/// Starts the agent with `config` and runs it until `shutdown` resolves.
+pub async fn start(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), StartError> {
+    let clusters = k8s::Clusters::new(config.clusters.clone(), config.kubeconfig.as_deref())
+        .map_err(StartError::Config)?;
+    let (url, credential) = identity(&config).await?;
+    let client = Client::new(url, Some(credential)).map_err(StartError::Register)?;
+    let ctx = task::Context {
+        aws: aws::Aws::load().await,
+        clusters,
+        helm: config.helm.clone(),
+    };
+    let settings = agent::Settings {
+        concurrency: config.concurrency,
+        lease_seconds: config.lease_seconds,
+        wait_seconds: config.wait_seconds,
+        shutdown_grace: config.shutdown_grace,
+    };
+    agent::run(client, ctx, settings, shutdown).await?;
+    Ok(())
+}

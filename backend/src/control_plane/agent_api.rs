@@ -17,21 +17,73 @@ use crate::orgs::Role;
 
 pub(super) fn router() -> Router<CpState> {
     Router::new()
+        .route("/agent/v1/register", post(register))
+        .route("/agent/v1/heartbeat", post(heartbeat))
         .route("/agent/v1/tasks/lease", post(lease))
         .route("/agent/v1/tasks/{id}/renew", post(renew))
         .route("/agent/v1/tasks/{id}/release", post(release))
         .route("/agent/v1/tasks/{id}/report", post(report))
 }
 
-fn authorise(state: &CpState, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Who is calling the agent API.
+enum AgentCaller {
+    /// A registered agent, by its credential.
+    Agent(Uuid),
+    /// An organisation admin through the gateway, or the standalone admin token (tests,
+    /// scripted agents).
+    Admin,
+}
+
+async fn authorise(state: &CpState, headers: &HeaderMap) -> Result<AgentCaller, ApiError> {
+    let bearer = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(credential) = bearer.filter(|b| b.starts_with(qleet_protocol::CREDENTIAL_PREFIX)) {
+        return crate::agents::authenticate(&state.pool, credential)
+            .await
+            .map(AgentCaller::Agent);
+    }
     let caller = authenticate(&state.config, headers)?;
     if caller.role().at_least(Role::Admin) {
-        Ok(())
+        Ok(AgentCaller::Admin)
     } else {
         Err(ApiError::forbidden(
             "the agent API needs an agent credential or the admin role",
         ))
     }
+}
+
+async fn register(State(state): State<CpState>, bytes: axum::body::Bytes) -> Response {
+    answer(
+        async {
+            let req = body(&bytes)?;
+            crate::agents::register(&state.pool, state.config.id, req).await
+        }
+        .await,
+    )
+}
+
+async fn heartbeat(
+    State(state): State<CpState>,
+    headers: HeaderMap,
+    bytes: axum::body::Bytes,
+) -> Response {
+    answer(
+        async {
+            let AgentCaller::Agent(agent) = authorise(&state, &headers).await? else {
+                return Err(ApiError::forbidden(
+                    "only a registered agent sends heartbeats",
+                ));
+            };
+            let beat: qleet_protocol::Heartbeat = body(&bytes)?;
+            crate::agents::heartbeat(&state.pool, agent, &beat).await?;
+            Ok(qleet_protocol::HeartbeatResponse {
+                interval_seconds: crate::agents::HEARTBEAT_SECS,
+            })
+        }
+        .await,
+    )
 }
 
 /// Parses a JSON body into `T`, answering a readable INVALID_INPUT instead of axum's text.
@@ -57,8 +109,13 @@ async fn lease(
 ) -> Response {
     answer(
         async {
-            authorise(&state, &headers)?;
-            tasks::lease(&state.engine, body(&bytes)?).await
+            let caller = authorise(&state, &headers).await?;
+            let req: tasks::LeaseRequest = body(&bytes)?;
+            let agent = match caller {
+                AgentCaller::Agent(id) => id.to_string(),
+                AgentCaller::Admin => req.agent.clone().unwrap_or_default(),
+            };
+            tasks::lease(&state.engine, &agent, req).await
         }
         .await,
     )
@@ -72,7 +129,7 @@ async fn renew(
 ) -> Response {
     answer(
         async {
-            authorise(&state, &headers)?;
+            authorise(&state, &headers).await?;
             let until = tasks::renew(&state.pool, task_id(&id)?, body(&bytes)?).await?;
             Ok(serde_json::json!({ "leaseExpiresAt": until }))
         }
@@ -88,7 +145,7 @@ async fn release(
 ) -> Response {
     answer(
         async {
-            authorise(&state, &headers)?;
+            authorise(&state, &headers).await?;
             tasks::release(&state.pool, task_id(&id)?, body(&bytes)?).await?;
             Ok(serde_json::json!({ "released": true }))
         }
@@ -104,7 +161,7 @@ async fn report(
 ) -> Response {
     answer(
         async {
-            authorise(&state, &headers)?;
+            authorise(&state, &headers).await?;
             tasks::report(&state.pool, task_id(&id)?, body(&bytes)?).await
         }
         .await,

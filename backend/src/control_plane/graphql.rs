@@ -15,19 +15,31 @@ use uuid::Uuid;
 use super::{Caller, CpState, authenticate, subject_kind};
 use crate::orgs::Role;
 
+use crate::agents::graphql::{AgentsMutation, AgentsQuery};
 use crate::objects::graphql::{ObjectsMutation, ObjectsQuery, ObjectsSubscription};
 use crate::objects::reconcile::Engine;
 
 pub type ControlPlaneSchema = Schema<Query, Mutation, Subscription>;
 
 #[derive(MergedObject, Default)]
-pub struct Query(CpQuery, ObjectsQuery);
+pub struct Query(CpQuery, ObjectsQuery, AgentsQuery);
 
 #[derive(MergedObject, Default)]
-pub struct Mutation(ObjectsMutation);
+pub struct Mutation(ObjectsMutation, AgentsMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct Subscription(CpSubscription, ObjectsSubscription);
+
+/// The control plane's GraphQL schema in SDL (committed as `backend/control-plane.graphql`).
+pub fn sdl() -> String {
+    Schema::build(
+        Query::default(),
+        Mutation::default(),
+        Subscription::default(),
+    )
+    .finish()
+    .sdl()
+}
 
 pub fn schema(engine: &Engine) -> ControlPlaneSchema {
     Schema::build(
@@ -43,7 +55,8 @@ pub fn schema(engine: &Engine) -> ControlPlaneSchema {
     .finish()
 }
 
-struct ControlPlaneId(Uuid);
+/// This control plane's id, in the schema's data.
+pub struct ControlPlaneId(pub Uuid);
 
 #[derive(Default)]
 pub struct CpQuery;

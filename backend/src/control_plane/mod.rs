@@ -26,7 +26,7 @@ use crate::error::ApiError;
 use crate::internal_token::{Claims, SubjectKind};
 use crate::orgs::Role;
 
-pub use graphql::ControlPlaneSchema;
+pub use graphql::{ControlPlaneId, ControlPlaneSchema, sdl};
 
 use crate::objects::reconcile::Engine;
 
@@ -94,7 +94,8 @@ impl Application {
         crate::objects::reconcile::release_claims(&pool)
             .await
             .context("releasing claims of an earlier run")?;
-        let engine = Engine::new(pool.clone(), config.id);
+        let mut engine = Engine::new(pool.clone(), config.id);
+        engine.poll_interval = config.poll_interval;
         let config = Arc::new(config);
         let state = CpState {
             schema: graphql::schema(&engine),

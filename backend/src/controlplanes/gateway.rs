@@ -231,10 +231,35 @@ pub(crate) async fn resolve(
         .await?
         .ok_or_else(|| ApiError::NotFound("control plane".into()))?;
     let role = role_in(state, &principal, &cp).await?;
+    let endpoint = reach(state, &cp).await?;
+    let (sub_kind, sub) = match &principal {
+        Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
+        Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
+    };
+    let token = services.keys.signer.mint(
+        sub_kind,
+        sub,
+        cp.org_id,
+        cp.id,
+        role,
+        chrono::Duration::seconds(TOKEN_TTL_SECS),
+    );
+    Ok(Upstream {
+        cp,
+        endpoint,
+        token,
+    })
+}
+
+/// Wakes the control plane if it hibernates and answers where it listens, or why it cannot
+/// be reached.
+async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> {
+    let services = &state.controlplanes;
+    let id = cp.id;
     let status = Status::parse(&cp.status)?;
     match status {
         Status::Ready => {}
-        Status::Hibernated => lifecycle::wake(&state.pool, services, &cp).await?,
+        Status::Hibernated => lifecycle::wake(&state.pool, services, cp).await?,
         other => return Err(not_ready(other)),
     }
     let endpoint = match services
@@ -258,19 +283,6 @@ pub(crate) async fn resolve(
             }
         }
     };
-    let (sub_kind, sub) = match &principal {
-        Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
-        Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
-    };
-    let token = services.keys.signer.mint(
-        sub_kind,
-        sub,
-        cp.org_id,
-        cp.id,
-        role,
-        chrono::Duration::seconds(TOKEN_TTL_SECS),
-    );
-    // Recorded at most every few seconds: it feeds hibernation, not billing.
     sqlx::query(
         "update control_planes set last_request_at = now()
          where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
@@ -278,11 +290,18 @@ pub(crate) async fn resolve(
     .bind(cp.id)
     .execute(&state.pool)
     .await?;
-    Ok(Upstream {
-        cp,
-        endpoint: endpoint.0,
-        token,
-    })
+    Ok(endpoint.0)
+}
+
+/// Whether a request is the tenant agent's own (registration, or an agent credential): the
+/// control plane checks those itself, so the gateway passes them through unchanged.
+fn is_agent_call(rest: &str, headers: &HeaderMap) -> bool {
+    let bearer_is_agent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|b| b.starts_with(qleet_protocol::CREDENTIAL_PREFIX));
+    rest.starts_with("agent/v1/") && (rest == "agent/v1/register" || bearer_is_agent)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -296,17 +315,35 @@ async fn forward_inner(
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let Upstream {
-        endpoint, token, ..
-    } = resolve(state, id, &headers).await?;
+    let (endpoint, authorization) = if is_agent_call(rest, &headers) {
+        let cp_id: Uuid = id
+            .parse()
+            .map_err(|_| ApiError::NotFound("control plane".into()))?;
+        let cp = super::get_by_id(&state.pool, cp_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound("control plane".into()))?;
+        let endpoint = reach(state, &cp).await?;
+        (endpoint, headers.get(header::AUTHORIZATION).cloned())
+    } else {
+        let Upstream {
+            endpoint, token, ..
+        } = resolve(state, id, &headers).await?;
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(crate::error::internal)?;
+        (endpoint, Some(bearer))
+    };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
     let mut upstream = state
         .http
         .request(method, format!("{endpoint}/{rest}{query}"))
-        .timeout(UPSTREAM_TIMEOUT)
-        .bearer_auth(token)
+        // Long-polling agents wait up to 30 s for work.
+        .timeout(UPSTREAM_TIMEOUT + Duration::from_secs(5))
         .header("x-request-id", crate::telemetry::current_request_id())
         .body(body);
+    if let Some(authorization) = authorization {
+        upstream = upstream.header(header::AUTHORIZATION, authorization);
+    }
     for name in [header::CONTENT_TYPE, header::ACCEPT] {
         if let Some(v) = headers.get(&name) {
             upstream = upstream.header(name, v);

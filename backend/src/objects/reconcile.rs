@@ -33,6 +33,8 @@ pub struct Engine {
     pub changes: broadcast::Sender<Value>,
     /// How long a worker's claim on a queue row lasts before another may take it.
     pub claim_for: Duration,
+    /// Benchmark baseline: ignore notifications and look for work at this interval.
+    pub poll_interval: Option<Duration>,
 }
 
 impl Engine {
@@ -44,6 +46,7 @@ impl Engine {
             task_wake: Arc::new(Notify::new()),
             changes: broadcast::channel(1024).0,
             claim_for: Duration::from_secs(30),
+            poll_interval: None,
         }
     }
 }
@@ -714,14 +717,11 @@ async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::R
                 row.id,
                 false,
                 "OutputsChanged",
-                &format!(
-                    "{}",
-                    names
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+                &names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             )
             .await?;
         }

@@ -582,7 +582,7 @@ mod tests {
 
     #[test]
     fn cloud_names_are_deterministic_and_bounded() {
-        let key = ObjKey::new("ObjectStorageBucket", &"a".repeat(63));
+        let key = ObjKey::new("ObjectStorageBucket", "a".repeat(63));
         let id = Uuid::new_v4();
         let outputs = BTreeMap::new();
         let input = Input {

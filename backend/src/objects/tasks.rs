@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -15,84 +14,39 @@ use super::reconcile::{Engine, backoff};
 use super::store;
 use crate::error::ApiError;
 
-/// `POST /agent/v1/tasks/lease`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LeaseRequest {
-    /// Who is asking (the agent's id); recorded on the lease.
-    pub agent: String,
-    /// At most this many tasks (1 to 50; default 1).
-    #[serde(default)]
-    pub max: Option<u32>,
-    /// Wait up to this long for work when there is none (0 to 30 s; default 0).
-    #[serde(default)]
-    pub wait_seconds: Option<u32>,
-    /// How long the lease lasts unless renewed (10 to 600 s; default 60).
-    #[serde(default)]
-    pub lease_seconds: Option<u32>,
+pub use qleet_protocol::{
+    LeaseRef, LeaseRequest, LeaseResponse, LeasedTask, ReportRequest, ReportResponse, TaskResult,
+};
+
+#[derive(sqlx::FromRow)]
+struct LeasedRow {
+    id: Uuid,
+    operation: String,
+    object_id: Uuid,
+    object_kind: String,
+    object_name: String,
+    generation: i64,
+    payload: Value,
+    lease_id: Uuid,
+    lease_expires_at: chrono::DateTime<chrono::Utc>,
+    attempt: i32,
 }
 
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-pub struct LeasedTask {
-    pub id: Uuid,
-    /// `ensure` (make the resource match the payload) or `delete` (remove what was made).
-    pub operation: String,
-    pub object_id: Uuid,
-    pub object_kind: String,
-    pub object_name: String,
-    pub generation: i64,
-    pub payload: Value,
-    pub lease_id: Uuid,
-    pub lease_expires_at: chrono::DateTime<chrono::Utc>,
-    pub attempt: i32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct LeaseResponse {
-    pub tasks: Vec<LeasedTask>,
-}
-
-/// `POST /agent/v1/tasks/{id}/renew` and `/release`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RenewRequest {
-    pub lease_id: Uuid,
-    #[serde(default)]
-    pub lease_seconds: Option<u32>,
-}
-
-/// `POST /agent/v1/tasks/{id}/report`
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct ReportRequest {
-    pub lease_id: Uuid,
-    pub result: TaskResult,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum TaskResult {
-    Succeeded {
-        #[serde(default)]
-        outputs: Map<String, Value>,
-    },
-    Failed {
-        /// The provider's error code, e.g. `AccessDenied`.
-        code: String,
-        message: String,
-        /// Worth trying again later (throttling, a transient outage).
-        #[serde(default)]
-        retryable: bool,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReportResponse {
-    pub accepted: bool,
-    /// Why a report was not used (e.g. newer inputs superseded the task).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+impl From<LeasedRow> for LeasedTask {
+    fn from(r: LeasedRow) -> Self {
+        LeasedTask {
+            id: r.id,
+            operation: r.operation,
+            object_id: r.object_id,
+            object_kind: r.object_kind,
+            object_name: r.object_name,
+            generation: r.generation,
+            payload: r.payload,
+            lease_id: r.lease_id,
+            lease_expires_at: r.lease_expires_at,
+            attempt: r.attempt,
+        }
+    }
 }
 
 fn lease_lost() -> ApiError {
@@ -103,8 +57,12 @@ fn lease_lost() -> ApiError {
 }
 
 /// Leases up to `max` due tasks, waiting up to `wait_seconds` for one to appear.
-pub async fn lease(engine: &Engine, req: LeaseRequest) -> Result<LeaseResponse, ApiError> {
-    if req.agent.is_empty() || req.agent.len() > 200 {
+pub async fn lease(
+    engine: &Engine,
+    agent: &str,
+    req: LeaseRequest,
+) -> Result<LeaseResponse, ApiError> {
+    if agent.is_empty() || agent.len() > 200 {
         return Err(ApiError::invalid("agent", "must be 1 to 200 characters"));
     }
     let max = req.max.unwrap_or(1).clamp(1, 50);
@@ -115,15 +73,19 @@ pub async fn lease(engine: &Engine, req: LeaseRequest) -> Result<LeaseResponse, 
         let notified = engine.task_wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tasks = take(&engine.pool, &req.agent, max, lease_secs).await?;
+        let tasks = take(&engine.pool, agent, max, lease_secs).await?;
         if !tasks.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(LeaseResponse { tasks });
         }
         // Also look again now and then: a lease may expire without any notification.
         let nap = deadline
             .saturating_duration_since(tokio::time::Instant::now())
-            .min(Duration::from_secs(2));
-        let _ = tokio::time::timeout(nap, notified).await;
+            .min(engine.poll_interval.unwrap_or(Duration::from_secs(2)));
+        if engine.poll_interval.is_some() {
+            tokio::time::sleep(nap).await;
+        } else {
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
     }
 }
 
@@ -133,7 +95,7 @@ async fn take(
     max: u32,
     lease_secs: u32,
 ) -> Result<Vec<LeasedTask>, ApiError> {
-    let tasks = sqlx::query_as(
+    let tasks: Vec<LeasedRow> = sqlx::query_as(
         "with due as (
              select id from agent_tasks
              where (state = 'queued' and not_before <= now())
@@ -154,14 +116,14 @@ async fn take(
     .bind(f64::from(lease_secs))
     .fetch_all(pool)
     .await?;
-    Ok(tasks)
+    Ok(tasks.into_iter().map(LeasedTask::from).collect())
 }
 
 /// Extends a lease the caller still holds.
 pub async fn renew(
     pool: &PgPool,
     task: Uuid,
-    req: RenewRequest,
+    req: LeaseRef,
 ) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     let secs = req.lease_seconds.unwrap_or(60).clamp(10, 600);
     let until: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
@@ -178,7 +140,7 @@ pub async fn renew(
 }
 
 /// Gives a task back unfinished (an agent shutting down), so another agent takes it now.
-pub async fn release(pool: &PgPool, task: Uuid, req: RenewRequest) -> Result<(), ApiError> {
+pub async fn release(pool: &PgPool, task: Uuid, req: LeaseRef) -> Result<(), ApiError> {
     let done = sqlx::query(
         "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null,
            lease_expires_at = null, not_before = now()

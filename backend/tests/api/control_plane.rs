@@ -27,6 +27,7 @@ async fn start(id: Uuid, db: &str, auth: ControlPlaneAuth) -> anyhow::Result<Con
         auth,
         log_format: LogFormat::Pretty,
         crash_at: None,
+        poll_interval: None,
     };
     let app = qleet::control_plane::Application::build(config, listener).await?;
     let (tx, rx) = tokio::sync::oneshot::channel();

@@ -14,7 +14,7 @@ const CREATE: &str =
     "mutation($o: String!, $n: String!) { createControlPlane(org: $o, name: $n) { id status } }";
 const STATUS: &str = "query($o: String!, $id: UUID!) { organization(slug: $o) { controlPlane(id: $id) { status statusReason events { from to message } } } }";
 
-async fn create(app: &TestApp, who: &Session, org: &str, name: &str) -> Uuid {
+pub(crate) async fn create(app: &TestApp, who: &Session, org: &str, name: &str) -> Uuid {
     let data = app
         .gql_ok(Auth::Session(who), CREATE, json!({ "o": org, "n": name }))
         .await;
@@ -32,7 +32,13 @@ async fn status(app: &TestApp, who: &Session, org: &str, id: Uuid) -> Value {
 }
 
 /// Polls until the control plane reaches `want` (60 s at most).
-async fn wait_for(app: &TestApp, who: &Session, org: &str, id: Uuid, want: &str) -> Value {
+pub(crate) async fn wait_for(
+    app: &TestApp,
+    who: &Session,
+    org: &str,
+    id: Uuid,
+    want: &str,
+) -> Value {
     for _ in 0..600 {
         let cp = status(app, who, org, id).await;
         if cp["status"] == want {

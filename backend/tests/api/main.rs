@@ -1,5 +1,6 @@
 //! Integration tests of the management plane, one binary, a module per area.
 
+mod agents;
 mod audit;
 mod browser;
 mod control_plane;

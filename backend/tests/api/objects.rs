@@ -20,7 +20,7 @@ const ADMIN: &str = "test-admin-token-0123456789abcdef0123456789";
 pub struct Cp {
     pub url: String,
     pub db: String,
-    http: reqwest::Client,
+    pub http: reqwest::Client,
     _shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -43,6 +43,7 @@ impl Cp {
             },
             log_format: LogFormat::Pretty,
             crash_at: None,
+            poll_interval: None,
         };
         let app = qleet::control_plane::Application::build(config, listener)
             .await
@@ -548,8 +549,6 @@ async fn a_stale_report_is_ignored_and_a_lost_lease_is_refused() {
     let (code, body) = cp.report(&account, json!({"succeeded": {}})).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["accepted"], false, "{body}");
-    let superseded = Some(body);
-    let body = superseded.expect("the report was superseded");
     assert!(
         body["reason"]
             .as_str()
@@ -1115,4 +1114,233 @@ async fn converge(cp: &Cp, point: &str, work: &[Value]) {
         0,
         "{point}: nothing left to do"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Through the management gateway: roles and tenant isolation for every new query and endpoint.
+
+pub async fn via_gateway(
+    app: &crate::support::TestApp,
+    auth: crate::support::Auth<'_>,
+    cp: Uuid,
+    path: &str,
+    body: Value,
+) -> (u16, Value) {
+    let mut req = app
+        .http
+        .post(format!("{}/cp/{cp}/{path}", app.url))
+        .json(&body);
+    match auth {
+        crate::support::Auth::Session(s) => {
+            req = req
+                .header("cookie", format!("qleet_session={}", s.cookie))
+                .header("origin", &app.url)
+        }
+        crate::support::Auth::Token(t) => req = req.bearer_auth(t),
+        crate::support::Auth::Anonymous => {}
+    }
+    let resp = req.send().await.expect("gateway");
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_the_gateway() {
+    use crate::support::Auth;
+    let app = crate::support::spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let viewer = app
+        .add_member(&alice, "acme", "vera@example.test", "VIEWER")
+        .await;
+    let member = app
+        .add_member(&alice, "acme", "max@example.test", "MEMBER")
+        .await;
+    let bob = app.sign_in("bob@example.test").await;
+    app.create_org(&bob, "bobco").await;
+    let bob_token = app.create_token(&bob, "bobco", "OWNER").await;
+    let cp = crate::controlplanes::create(&app, &alice, "acme", "prod").await;
+    crate::controlplanes::wait_for(&app, &alice, "acme", cp, "READY").await;
+
+    let apply = |dry: bool| json!({"query": "mutation($y: String!, $d: Boolean!) { apply(yaml: $y, dryRun: $d) { applied summary { create } } }", "variables": {"y": APP, "d": dry}});
+    let (code, body) = via_gateway(&app, Auth::Session(&member), cp, "graphql", apply(false)).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["data"]["apply"]["summary"]["create"], 5, "{body}");
+
+    let reads = [
+        json!({"query": "{ objects { kind name phase } }"}),
+        json!({"query": "{ object(kind: \"AwsAccount\", name: \"main\") { outputs } }"}),
+        json!({"query": "{ graph { nodes { kind name } edges { from { name } to { name } } } }"}),
+    ];
+    for q in &reads {
+        // Members of the organisation, down to viewers, read.
+        let (code, body) =
+            via_gateway(&app, Auth::Session(&viewer), cp, "graphql", q.clone()).await;
+        assert_eq!(code, 200);
+        assert!(body.get("errors").is_none(), "{body}");
+        // Another organisation's member and token: as if the control plane did not exist.
+        for auth in [Auth::Session(&bob), Auth::Token(&bob_token)] {
+            let (code, body) = via_gateway(&app, auth, cp, "graphql", q.clone()).await;
+            assert_eq!(code, 404, "{body}");
+            assert_eq!(body["error"]["code"], "NOT_FOUND");
+        }
+        let (code, _) = via_gateway(&app, Auth::Anonymous, cp, "graphql", q.clone()).await;
+        assert_eq!(code, 401);
+    }
+    // Viewers may plan but not apply or delete.
+    let (_, body) = via_gateway(&app, Auth::Session(&viewer), cp, "graphql", apply(true)).await;
+    assert_eq!(body["data"]["apply"]["applied"], false, "{body}");
+    let (_, body) = via_gateway(&app, Auth::Session(&viewer), cp, "graphql", apply(false)).await;
+    assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
+    let delete =
+        json!({"query": "mutation { delete(kind: \"Workload\", name: \"web\") { applied } }"});
+    let (_, body) = via_gateway(&app, Auth::Session(&viewer), cp, "graphql", delete.clone()).await;
+    assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
+    for auth in [Auth::Session(&bob), Auth::Token(&bob_token)] {
+        let (code, _) = via_gateway(&app, auth, cp, "graphql", apply(false)).await;
+        assert_eq!(code, 404);
+        let (code, _) = via_gateway(&app, auth, cp, "graphql", delete.clone()).await;
+        assert_eq!(code, 404);
+    }
+
+    // The agent API: the organisation's admins (until agents have credentials); nobody else.
+    let lease = json!({"agent": "a1", "max": 10, "waitSeconds": 5});
+    for auth in [Auth::Session(&bob), Auth::Token(&bob_token)] {
+        let (code, _) = via_gateway(&app, auth, cp, "agent/v1/tasks/lease", lease.clone()).await;
+        assert_eq!(code, 404);
+    }
+    let (code, body) = via_gateway(
+        &app,
+        Auth::Session(&member),
+        cp,
+        "agent/v1/tasks/lease",
+        lease.clone(),
+    )
+    .await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("FORBIDDEN")),
+        "{body}"
+    );
+    let (code, body) = via_gateway(
+        &app,
+        Auth::Session(&alice),
+        cp,
+        "agent/v1/tasks/lease",
+        lease.clone(),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let task = body["tasks"][0].clone();
+    assert!(task["id"].is_string(), "{body}");
+    // Bob cannot report on Alice's task even knowing its id and lease.
+    let report = json!({"leaseId": task["leaseId"], "result": {"succeeded": {"outputs": outputs_for(&task)}}});
+    let path = format!(
+        "agent/v1/tasks/{}/report",
+        task["id"].as_str().unwrap_or_default()
+    );
+    let (code, _) = via_gateway(&app, Auth::Token(&bob_token), cp, &path, report.clone()).await;
+    assert_eq!(code, 404);
+    let (code, body) = via_gateway(&app, Auth::Session(&alice), cp, &path, report).await;
+    assert_eq!(
+        (code, body["accepted"].as_bool()),
+        (200, Some(true)),
+        "{body}"
+    );
+    // Bob's own control plane has none of Alice's objects.
+    let theirs = crate::controlplanes::create(&app, &bob, "bobco", "prod").await;
+    crate::controlplanes::wait_for(&app, &bob, "bobco", theirs, "READY").await;
+    let (_, body) = via_gateway(
+        &app,
+        Auth::Token(&bob_token),
+        theirs,
+        "graphql",
+        reads[0].clone(),
+    )
+    .await;
+    assert_eq!(body["data"]["objects"], json!([]), "{body}");
+}
+
+#[tokio::test]
+async fn object_status_changes_stream_to_subscribers() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+    let cp = Cp::start().await;
+    let mut request = format!("{}/graphql/ws", cp.url.replacen("http", "ws", 1))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN}").parse().expect("header"),
+    );
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    socket
+        .send(Message::text(
+            json!({"type": "connection_init"}).to_string(),
+        ))
+        .await
+        .expect("init");
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut subscribed = false;
+    // Follow the bucket only: Pending → Waiting → Provisioning → Ready.
+    while !seen.iter().any(|(_, p)| p == "READY") {
+        let msg = tokio::time::timeout(Duration::from_secs(30), socket.next())
+            .await
+            .expect("a message in time")
+            .expect("open")
+            .expect("frame");
+        let Message::Text(text) = msg else { continue };
+        let value: Value = serde_json::from_str(text.as_str()).expect("json");
+        match value["type"].as_str() {
+            Some("connection_ack") => {
+                socket
+                    .send(Message::text(
+                        json!({"id": "1", "type": "subscribe", "payload": {"query":
+                            "subscription { objectChanges(kind: \"ObjectStorageBucket\") { kind name phase message deleted } }"}})
+                        .to_string(),
+                    ))
+                    .await
+                    .expect("subscribe");
+                subscribed = true;
+                // Give the subscription a moment to be registered, then make changes.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                cp.apply_ok(APP).await;
+                tokio::spawn({
+                    let cp = Cp {
+                        url: cp.url.clone(),
+                        db: cp.db.clone(),
+                        http: reqwest::Client::new(),
+                        _shutdown: None,
+                    };
+                    async move {
+                        drain(&cp, 5).await;
+                    }
+                });
+            }
+            Some("next") => {
+                let c = &value["payload"]["data"]["objectChanges"];
+                assert_eq!(c["kind"], "ObjectStorageBucket", "{value}");
+                seen.push((
+                    c["name"].as_str().unwrap_or_default().to_owned(),
+                    c["phase"].as_str().unwrap_or_default().to_owned(),
+                ));
+            }
+            other => panic!("unexpected {other:?}: {value}"),
+        }
+    }
+    assert!(subscribed);
+    let phases: Vec<&str> = seen.iter().map(|(_, p)| p.as_str()).collect();
+    assert!(
+        phases.contains(&"WAITING") && phases.contains(&"PROVISIONING"),
+        "{phases:?}"
+    );
+    assert!(seen.iter().all(|(n, _)| n == "assets"));
 }

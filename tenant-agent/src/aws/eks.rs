@@ -1,0 +1,290 @@
+//! EKS clusters and their node group: created (or adopted by name), waited for until active,
+//! reported by endpoint and certificate authority; deleted node group first.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::SdkConfig;
+use aws_sdk_eks::types::{Cluster, ClusterStatus, NodegroupScalingConfig, VpcConfigRequest};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{Account, error_code, sdk_error};
+use crate::task::{Payload, TaskError};
+
+const POLL: Duration = Duration::from_secs(20);
+const WAIT_ROUNDS: u32 = 120;
+
+/// `payload.resource.eks`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EksSpec {
+    pub cluster_name: String,
+    pub version: String,
+    pub node_group: NodeGroup,
+    /// The cluster's service role (default: `qleet-eks-cluster` in the account).
+    #[serde(default)]
+    pub cluster_role_arn: Option<String>,
+    /// The nodes' role (default: `qleet-eks-node` in the account).
+    #[serde(default)]
+    pub node_role_arn: Option<String>,
+    /// Subnets for the control plane's network interfaces and the nodes.
+    #[serde(default)]
+    pub subnet_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeGroup {
+    #[serde(default = "default_instance_type")]
+    pub instance_type: String,
+    pub min: i32,
+    pub max: i32,
+    pub desired: i32,
+}
+
+fn default_instance_type() -> String {
+    "t3.medium".into()
+}
+
+pub struct Eks {
+    client: aws_sdk_eks::Client,
+}
+
+fn nodegroup_name(cluster: &str) -> String {
+    format!("{cluster}-nodes")
+}
+
+fn role(account: &Account, explicit: Option<&String>, name: &str) -> String {
+    explicit.cloned().unwrap_or_else(|| {
+        let partition_and_account = account
+            .role_arn
+            .split(":role/")
+            .next()
+            .unwrap_or("arn:aws:iam::000000000000");
+        format!("{partition_and_account}:role/{name}")
+    })
+}
+
+impl Eks {
+    pub fn new(cfg: &SdkConfig) -> Eks {
+        Eks {
+            client: aws_sdk_eks::Client::new(cfg),
+        }
+    }
+
+    async fn describe(&self, name: &str) -> Result<Option<Cluster>, TaskError> {
+        match self.client.describe_cluster().name(name).send().await {
+            Ok(out) => Ok(out.cluster().cloned()),
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(sdk_error("eks:DescribeCluster", e)),
+        }
+    }
+
+    pub async fn ensure(
+        &self,
+        spec: &EksSpec,
+        payload: &Payload,
+        account: &Account,
+    ) -> Result<Map<String, Value>, TaskError> {
+        let name = spec.cluster_name.as_str();
+        let tags: HashMap<String, String> = payload.tags().into_iter().collect();
+        match self.describe(name).await? {
+            Some(c) => check_ours(c.tags(), payload, name)?,
+            None => {
+                let created = self
+                    .client
+                    .create_cluster()
+                    .name(name)
+                    .version(&spec.version)
+                    .role_arn(role(
+                        account,
+                        spec.cluster_role_arn.as_ref(),
+                        "qleet-eks-cluster",
+                    ))
+                    .resources_vpc_config(
+                        VpcConfigRequest::builder()
+                            .set_subnet_ids(Some(spec.subnet_ids.clone()))
+                            .endpoint_public_access(true)
+                            .endpoint_private_access(true)
+                            .build(),
+                    )
+                    // Idempotent: the same token makes a retried create a no-op.
+                    .client_request_token(format!("qleet-{}", payload.object.id.simple()))
+                    .set_tags(Some(tags.clone()))
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(e) if error_code(&e) == Some("ResourceInUseException") => {}
+                    Err(e) => return Err(sdk_error("eks:CreateCluster", e)),
+                }
+            }
+        }
+        let cluster = self.wait_active(name).await?;
+
+        let ng = nodegroup_name(name);
+        let scaling = NodegroupScalingConfig::builder()
+            .min_size(spec.node_group.min)
+            .max_size(spec.node_group.max)
+            .desired_size(spec.node_group.desired)
+            .build();
+        match self
+            .client
+            .describe_nodegroup()
+            .cluster_name(name)
+            .nodegroup_name(&ng)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let current = out.nodegroup().and_then(|n| n.scaling_config());
+                let same = current.is_some_and(|c| {
+                    c.min_size() == Some(spec.node_group.min)
+                        && c.max_size() == Some(spec.node_group.max)
+                        && c.desired_size() == Some(spec.node_group.desired)
+                });
+                if !same {
+                    self.client
+                        .update_nodegroup_config()
+                        .cluster_name(name)
+                        .nodegroup_name(&ng)
+                        .scaling_config(scaling)
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("eks:UpdateNodegroupConfig", e))?;
+                }
+            }
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {
+                let created = self
+                    .client
+                    .create_nodegroup()
+                    .cluster_name(name)
+                    .nodegroup_name(&ng)
+                    .scaling_config(scaling)
+                    .instance_types(&spec.node_group.instance_type)
+                    .node_role(role(account, spec.node_role_arn.as_ref(), "qleet-eks-node"))
+                    .set_subnets(Some(spec.subnet_ids.clone()))
+                    .client_request_token(format!("qleet-ng-{}", payload.object.id.simple()))
+                    .set_tags(Some(tags))
+                    .send()
+                    .await;
+                match created {
+                    Ok(_) => {}
+                    Err(e) if error_code(&e) == Some("ResourceInUseException") => {}
+                    Err(e) => return Err(sdk_error("eks:CreateNodegroup", e)),
+                }
+            }
+            Err(e) => return Err(sdk_error("eks:DescribeNodegroup", e)),
+        }
+
+        let mut out = Map::new();
+        out.insert(
+            "endpoint".into(),
+            json!(cluster.endpoint().unwrap_or_default()),
+        );
+        out.insert("clusterName".into(), json!(name));
+        out.insert(
+            "certificateAuthority".into(),
+            json!(
+                cluster
+                    .certificate_authority()
+                    .and_then(|c| c.data())
+                    .unwrap_or_default()
+            ),
+        );
+        Ok(out)
+    }
+
+    async fn wait_active(&self, name: &str) -> Result<Cluster, TaskError> {
+        for _ in 0..WAIT_ROUNDS {
+            let c = self.describe(name).await?.ok_or_else(|| {
+                TaskError::retryable("ResourceNotFoundException", format!("{name} disappeared"))
+            })?;
+            match c.status() {
+                Some(ClusterStatus::Active) if c.endpoint().is_some() => return Ok(c),
+                Some(ClusterStatus::Failed) => {
+                    return Err(TaskError::permanent(
+                        "ClusterFailed",
+                        format!("EKS cluster {name} is FAILED"),
+                    ));
+                }
+                _ => {}
+            }
+            tracing::info!(cluster = name, "waiting for the EKS cluster to be active");
+            tokio::time::sleep(POLL).await;
+        }
+        Err(TaskError::retryable(
+            "ClusterNotReady",
+            format!("{name} is still not active"),
+        ))
+    }
+
+    /// Deletes the node group, waits for it to go, then deletes the cluster.
+    pub async fn delete(&self, spec: &EksSpec, payload: &Payload) -> Result<(), TaskError> {
+        let name = spec.cluster_name.as_str();
+        let Some(cluster) = self.describe(name).await? else {
+            return Ok(());
+        };
+        check_ours(cluster.tags(), payload, name)?;
+        let ng = nodegroup_name(name);
+        match self
+            .client
+            .delete_nodegroup()
+            .cluster_name(name)
+            .nodegroup_name(&ng)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {}
+            Err(e) if error_code(&e) == Some("ResourceInUseException") => {}
+            Err(e) => return Err(sdk_error("eks:DeleteNodegroup", e)),
+        }
+        let mut gone = false;
+        for _ in 0..WAIT_ROUNDS {
+            match self
+                .client
+                .describe_nodegroup()
+                .cluster_name(name)
+                .nodegroup_name(&ng)
+                .send()
+                .await
+            {
+                Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {
+                    gone = true;
+                    break;
+                }
+                Err(e) => return Err(sdk_error("eks:DescribeNodegroup", e)),
+                Ok(_) => tokio::time::sleep(POLL).await,
+            }
+        }
+        if !gone {
+            return Err(TaskError::retryable(
+                "NodegroupStillDeleting",
+                format!("{ng} is still being deleted"),
+            ));
+        }
+        match self.client.delete_cluster().name(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) => Err(sdk_error("eks:DeleteCluster", e)),
+        }
+    }
+}
+
+fn check_ours(
+    tags: Option<&HashMap<String, String>>,
+    payload: &Payload,
+    name: &str,
+) -> Result<(), TaskError> {
+    let id = payload.object.id.to_string();
+    if tags.and_then(|t| t.get("qleet:object-id")) == Some(&id) {
+        Ok(())
+    } else {
+        Err(TaskError::permanent(
+            "ClusterNotOurs",
+            format!("EKS cluster `{name}` exists but is not tagged as this object's"),
+        ))
+    }
+}

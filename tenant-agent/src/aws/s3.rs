@@ -1,0 +1,299 @@
+//! S3 buckets: created (or adopted when an earlier try made it), tagged, versioned, public
+//! access blocked, encrypted by default; emptied and deleted.
+
+use aws_config::SdkConfig;
+use aws_sdk_s3::types::{
+    BucketLocationConstraint, BucketVersioningStatus, CreateBucketConfiguration, Delete,
+    ObjectIdentifier, PublicAccessBlockConfiguration, ServerSideEncryption,
+    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
+    Tag, Tagging, VersioningConfiguration,
+};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::{error_code, sdk_error};
+use crate::task::{Payload, TaskError};
+
+/// `payload.resource.bucket`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BucketSpec {
+    pub name: String,
+    #[serde(default)]
+    pub versioning: bool,
+    #[serde(default = "yes")]
+    pub block_public_access: bool,
+    #[serde(default)]
+    pub encryption: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub struct S3 {
+    client: aws_sdk_s3::Client,
+    endpoint: Option<String>,
+}
+
+/// Whether the bucket exists, and whether it is this object's.
+enum Found {
+    Missing,
+    Ours(Vec<Tag>),
+    NotOurs,
+}
+
+impl S3 {
+    pub fn new(cfg: &SdkConfig, endpoint_override: Option<&str>) -> S3 {
+        let mut b = aws_sdk_s3::config::Builder::from(cfg);
+        // An endpoint override (moto, MinIO, a VPC endpoint by IP) has no per-bucket host names.
+        if endpoint_override.is_some() {
+            b = b.force_path_style(true);
+        }
+        S3 {
+            client: aws_sdk_s3::Client::from_conf(b.build()),
+            endpoint: endpoint_override.map(str::to_owned),
+        }
+    }
+
+    async fn find(&self, name: &str, payload: &Payload) -> Result<Found, TaskError> {
+        match self.client.head_bucket().bucket(name).send().await {
+            Ok(_) => {}
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => {
+                return Ok(Found::Missing);
+            }
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                return Ok(Found::NotOurs);
+            }
+            Err(e) => return Err(sdk_error("s3:HeadBucket", e)),
+        }
+        let tags = match self.client.get_bucket_tagging().bucket(name).send().await {
+            Ok(t) => t.tag_set().to_vec(),
+            Err(e) if error_code(&e) == Some("NoSuchTagSet") => Vec::new(),
+            Err(e) => return Err(sdk_error("s3:GetBucketTagging", e)),
+        };
+        let id = payload.object.id.to_string();
+        let ours = tags
+            .iter()
+            .any(|t| t.key() == "qleet:object-id" && t.value() == id);
+        Ok(if ours {
+            Found::Ours(tags)
+        } else {
+            Found::NotOurs
+        })
+    }
+
+    /// Makes the bucket match `spec`; answers its outputs.
+    pub async fn ensure(
+        &self,
+        spec: &BucketSpec,
+        payload: &Payload,
+        region: &str,
+    ) -> Result<Map<String, Value>, TaskError> {
+        let name = spec.name.as_str();
+        let existing = match self.find(name, payload).await? {
+            Found::NotOurs => return Err(not_ours(name)),
+            Found::Ours(tags) => tags,
+            Found::Missing => {
+                let mut req = self.client.create_bucket().bucket(name);
+                // us-east-1 is the one region that takes no location constraint.
+                if region != "us-east-1" {
+                    req = req.create_bucket_configuration(
+                        CreateBucketConfiguration::builder()
+                            .location_constraint(BucketLocationConstraint::from(region))
+                            .build(),
+                    );
+                }
+                match req.send().await {
+                    Ok(_) => {}
+                    // A concurrent or earlier try of ours; the tags below settle it.
+                    Err(e) if error_code(&e) == Some("BucketAlreadyOwnedByYou") => {}
+                    Err(e) if error_code(&e) == Some("BucketAlreadyExists") => {
+                        return Err(not_ours(name));
+                    }
+                    Err(e) => return Err(sdk_error("s3:CreateBucket", e)),
+                }
+                Vec::new()
+            }
+        };
+
+        // Our tags over whatever else the customer tagged it with.
+        let mut tags: Vec<Tag> = existing
+            .into_iter()
+            .filter(|t| !payload.tags.contains_key(t.key()))
+            .collect();
+        for (k, v) in payload.tags() {
+            tags.push(
+                Tag::builder()
+                    .key(k)
+                    .value(v)
+                    .build()
+                    .map_err(|e| TaskError::permanent("InvalidTag", e.to_string()))?,
+            );
+        }
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(tags))
+            .build()
+            .map_err(|e| TaskError::permanent("InvalidTag", e.to_string()))?;
+        self.client
+            .put_bucket_tagging()
+            .bucket(name)
+            .tagging(tagging)
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3:PutBucketTagging", e))?;
+
+        let b = spec.block_public_access;
+        self.client
+            .put_public_access_block()
+            .bucket(name)
+            .public_access_block_configuration(
+                PublicAccessBlockConfiguration::builder()
+                    .block_public_acls(b)
+                    .ignore_public_acls(b)
+                    .block_public_policy(b)
+                    .restrict_public_buckets(b)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3:PutPublicAccessBlock", e))?;
+
+        let current = self
+            .client
+            .get_bucket_versioning()
+            .bucket(name)
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3:GetBucketVersioning", e))?;
+        let want = if spec.versioning {
+            Some(BucketVersioningStatus::Enabled)
+        } else if current.status() == Some(&BucketVersioningStatus::Enabled) {
+            // Versioning can only be suspended, never turned back off.
+            Some(BucketVersioningStatus::Suspended)
+        } else {
+            None
+        };
+        if let Some(status) = want.filter(|w| current.status() != Some(w)) {
+            self.client
+                .put_bucket_versioning()
+                .bucket(name)
+                .versioning_configuration(VersioningConfiguration::builder().status(status).build())
+                .send()
+                .await
+                .map_err(|e| sdk_error("s3:PutBucketVersioning", e))?;
+        }
+
+        let algorithm = match spec.encryption.as_deref() {
+            None | Some("AES256") => ServerSideEncryption::Aes256,
+            Some("aws:kms") => ServerSideEncryption::AwsKms,
+            Some(other) => {
+                return Err(TaskError::permanent(
+                    "InvalidPayload",
+                    format!("bucket encryption `{other}` is not AES256 or aws:kms"),
+                ));
+            }
+        };
+        let sse = ServerSideEncryptionConfiguration::builder()
+            .rules(
+                ServerSideEncryptionRule::builder()
+                    .apply_server_side_encryption_by_default(
+                        ServerSideEncryptionByDefault::builder()
+                            .sse_algorithm(algorithm)
+                            .build()
+                            .map_err(|e| TaskError::permanent("InvalidPayload", e.to_string()))?,
+                    )
+                    .build(),
+            )
+            .build()
+            .map_err(|e| TaskError::permanent("InvalidPayload", e.to_string()))?;
+        self.client
+            .put_bucket_encryption()
+            .bucket(name)
+            .server_side_encryption_configuration(sse)
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3:PutBucketEncryption", e))?;
+
+        let endpoint = match &self.endpoint {
+            Some(e) => e.trim_end_matches('/').to_owned(),
+            None => format!("https://s3.{region}.amazonaws.com"),
+        };
+        let mut out = Map::new();
+        out.insert("name".into(), json!(name));
+        out.insert("arn".into(), json!(format!("arn:aws:s3:::{name}")));
+        out.insert("region".into(), json!(region));
+        out.insert("endpoint".into(), json!(endpoint));
+        Ok(out)
+    }
+
+    /// Empties the bucket (every version and delete marker) and deletes it. A bucket that is
+    /// already gone is fine; one that is not this object's is left alone.
+    pub async fn delete(&self, name: &str, payload: &Payload) -> Result<(), TaskError> {
+        match self.find(name, payload).await? {
+            Found::Missing => return Ok(()),
+            Found::NotOurs => return Err(not_ours(name)),
+            Found::Ours(_) => {}
+        }
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(name)
+                .max_keys(1000)
+                .send()
+                .await
+                .map_err(|e| sdk_error("s3:ListObjectVersions", e))?;
+            let mut ids = Vec::new();
+            for v in page.versions() {
+                if let Some(key) = v.key() {
+                    ids.push((key.to_owned(), v.version_id().map(str::to_owned)));
+                }
+            }
+            for m in page.delete_markers() {
+                if let Some(key) = m.key() {
+                    ids.push((key.to_owned(), m.version_id().map(str::to_owned)));
+                }
+            }
+            if ids.is_empty() {
+                break;
+            }
+            let objects = ids
+                .into_iter()
+                .map(|(k, v)| {
+                    ObjectIdentifier::builder()
+                        .key(k)
+                        .set_version_id(v)
+                        .build()
+                        .map_err(|e| TaskError::permanent("InvalidRequest", e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| TaskError::permanent("InvalidRequest", e.to_string()))?;
+            self.client
+                .delete_objects()
+                .bucket(name)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| sdk_error("s3:DeleteObjects", e))?;
+        }
+        match self.client.delete_bucket().bucket(name).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if error_code(&e) == Some("NoSuchBucket") => Ok(()),
+            Err(e) => Err(sdk_error("s3:DeleteBucket", e)),
+        }
+    }
+}
+
+fn not_ours(name: &str) -> TaskError {
+    TaskError::permanent(
+        "BucketNotOurs",
+        format!(
+            "bucket `{name}` exists but is not tagged as this object's (qleet:object-id); Qleet will not adopt or touch it"
+        ),
+    )
+}

@@ -1,0 +1,521 @@
+//! Kubernetes work: a rendered Workload (or Gateway, DomainName, Observability) applied to its
+//! runtime with server-side apply (field manager `qleet-agent`), every object labelled with the
+//! Qleet object's id, what the new revision dropped pruned, secret references materialised into
+//! a Secret from the customer's Secrets Manager first, Helm charts rendered by `helm template`.
+//!
+//! Pruning uses an inventory ConfigMap (`qleet-inventory-<object id>`) in the workload's
+//! namespace listing what the last apply made; an object is deleted only when it is in the
+//! inventory, not in the new revision, and still carries this object's label.
+
+pub mod clusters;
+pub mod helm;
+mod kinds;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine as _;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+pub use clusters::Clusters;
+
+use crate::aws::{Account, Actor};
+use crate::task::{Context, Payload, TaskError};
+
+/// The field manager of every apply.
+pub const FIELD_MANAGER: &str = "qleet-agent";
+/// The label naming the Qleet object an object belongs to.
+pub const OBJECT_LABEL: &str = "qleet.dev/object-id";
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "qleet");
+
+/// `payload.resource` of a Workload-like kind.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplySpec {
+    /// The runtime's outputs (`clusterName`, `endpoint`, ...).
+    pub runtime: Value,
+    pub namespace: String,
+    #[serde(default)]
+    pub manifests: Vec<Value>,
+    #[serde(default)]
+    pub helm: Option<Helm>,
+    #[serde(default)]
+    pub secrets: Vec<SecretBinding>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Helm {
+    #[serde(default)]
+    pub releases: Vec<helm::Release>,
+}
+
+/// One key of a Kubernetes Secret the agent fills from a secret in the customer's account.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretBinding {
+    /// The Kubernetes Secret's name.
+    pub name: String,
+    pub key: String,
+    /// The `secretRef` output: `{provider, arn, region, roleArn, externalId}`.
+    pub from: SecretRef,
+    /// The account to read it with, when the control plane sends it apart from the reference.
+    #[serde(default)]
+    pub account: Option<Account>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    #[serde(default)]
+    pub provider: Option<String>,
+    pub arn: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    #[serde(default)]
+    pub external_id: Option<String>,
+}
+
+/// One entry of the inventory.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectKey {
+    pub api_version: String,
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+}
+
+/// A Kubernetes API error as a task error.
+pub fn kube_error(action: &str, e: kube::Error) -> TaskError {
+    match e {
+        kube::Error::Api(s) => {
+            let code = s.code;
+            let reason = if s.reason.is_empty() {
+                format!("Http{code}")
+            } else {
+                s.reason.clone()
+            };
+            TaskError {
+                code: reason,
+                message: format!("{action}: {}", s.message),
+                retryable: code >= 500 || code == 429 || code == 409,
+            }
+        }
+        other => TaskError::retryable(
+            "KubernetesUnreachable",
+            format!("{action}: {}", crate::client::error_chain(&other)),
+        ),
+    }
+}
+
+fn split_api_version(api_version: &str) -> (&str, &str) {
+    match api_version.split_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version),
+    }
+}
+
+/// Resolves a kind to its API resource and scope: the built-in kinds from a table, anything
+/// else (custom resources) through discovery.
+async fn resolve(
+    client: &kube::Client,
+    cache: &mut BTreeMap<(String, String), (ApiResource, bool)>,
+    api_version: &str,
+    kind: &str,
+) -> Result<(ApiResource, bool), TaskError> {
+    let key = (api_version.to_owned(), kind.to_owned());
+    if let Some(hit) = cache.get(&key) {
+        return Ok(hit.clone());
+    }
+    let found = match kinds::known(api_version, kind) {
+        Some(k) => k,
+        None => {
+            let (group, version) = split_api_version(api_version);
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let (ar, caps) =
+                kube::discovery::pinned_kind(client, &gvk)
+                    .await
+                    .map_err(|e| match e {
+                        kube::Error::Discovery(_) => TaskError::permanent(
+                            "UnknownKind",
+                            format!("the cluster does not serve {api_version} {kind}"),
+                        ),
+                        other => kube_error(&format!("discovering {api_version} {kind}"), other),
+                    })?;
+            (ar, matches!(caps.scope, kube::discovery::Scope::Namespaced))
+        }
+    };
+    cache.insert(key, found.clone());
+    Ok(found)
+}
+
+fn api(client: &kube::Client, ar: &ApiResource, namespace: Option<&str>) -> Api<DynamicObject> {
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
+        None => Api::all_with(client.clone(), ar),
+    }
+}
+
+fn apply_params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER)
+        .force()
+        .validation_strict()
+}
+
+fn inventory_name(payload: &Payload) -> String {
+    format!("qleet-inventory-{}", payload.object.id)
+}
+
+/// Puts `doc` in `namespace` when its kind is namespaced and it names none, adds the Qleet
+/// labels, and answers its inventory key.
+fn prepare(
+    doc: &mut Value,
+    namespaced: bool,
+    namespace: &str,
+    object_id: &str,
+) -> Result<ObjectKey, TaskError> {
+    let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+    let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+    let meta = doc
+        .get_mut("metadata")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| {
+            TaskError::permanent("InvalidManifest", format!("{kind} without metadata"))
+        })?;
+    let name = meta
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| TaskError::permanent("InvalidManifest", format!("{kind} without a name")))?
+        .to_owned();
+    let ns = if namespaced {
+        let ns = meta
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or(namespace)
+            .to_owned();
+        meta.insert("namespace".into(), json!(ns));
+        Some(ns)
+    } else {
+        meta.remove("namespace");
+        None
+    };
+    let labels = meta
+        .entry("labels")
+        .or_insert_with(|| json!({}))
+        .as_object_mut()
+        .ok_or_else(|| {
+            TaskError::permanent(
+                "InvalidManifest",
+                format!("{kind}/{name}: labels is not a map"),
+            )
+        })?;
+    labels.insert(OBJECT_LABEL.into(), json!(object_id));
+    labels.insert(MANAGED_BY.0.into(), json!(MANAGED_BY.1));
+    Ok(ObjectKey {
+        api_version,
+        kind,
+        namespace: ns,
+        name,
+    })
+}
+
+/// Reads the secrets the workload needs from the customer's account and answers them as
+/// Secret manifests (one per name).
+async fn materialise_secrets(
+    ctx: &Context,
+    spec: &ApplySpec,
+    actor: &Actor,
+) -> Result<Vec<Value>, TaskError> {
+    let mut by_name: BTreeMap<&str, Map<String, Value>> = BTreeMap::new();
+    for b in &spec.secrets {
+        if b.from.provider.as_deref().unwrap_or("aws-secretsmanager") != "aws-secretsmanager" {
+            return Err(TaskError::permanent(
+                "UnknownSecretProvider",
+                format!(
+                    "secret provider `{}` is not supported",
+                    b.from.provider.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        let account = match &b.account {
+            Some(a) => a.clone(),
+            None => Account {
+                account_id: None,
+                role_arn: b.from.role_arn.clone().ok_or_else(|| {
+                    TaskError::permanent(
+                        "InvalidPayload",
+                        format!("secret `{}` names no role to read it with", b.name),
+                    )
+                })?,
+                external_id: b.from.external_id.clone(),
+                region: b
+                    .from
+                    .region
+                    .clone()
+                    .or_else(|| b.from.arn.split(':').nth(3).map(str::to_owned))
+                    .unwrap_or_default(),
+            },
+        };
+        let cfg = ctx.aws.session(&account, actor).await?;
+        let value = crate::aws::secrets::Secrets::new(&cfg)
+            .read(&b.from.arn)
+            .await?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(value.expose_secret());
+        by_name
+            .entry(b.name.as_str())
+            .or_default()
+            .insert(b.key.clone(), json!(encoded));
+    }
+    Ok(by_name
+        .into_iter()
+        .map(|(name, data)| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": { "name": name, "namespace": spec.namespace },
+                "type": "Opaque",
+                "data": data,
+            })
+        })
+        .collect())
+}
+
+/// The cluster a payload's runtime names.
+fn cluster_name(spec: &ApplySpec) -> Result<&str, TaskError> {
+    spec.runtime
+        .get("clusterName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| TaskError::permanent("InvalidPayload", "the runtime has no clusterName"))
+}
+
+/// The namespaces the apply writes to: the workload's and every Helm release's.
+fn namespaces(spec: &ApplySpec) -> BTreeSet<String> {
+    let mut out = BTreeSet::from([spec.namespace.clone()]);
+    if let Some(h) = &spec.helm {
+        out.extend(h.releases.iter().map(|r| r.namespace.clone()));
+    }
+    out
+}
+
+async fn read_inventory(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<BTreeSet<ObjectKey>, TaskError> {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), namespace);
+    let cm = cms
+        .get_opt(name)
+        .await
+        .map_err(|e| kube_error("reading the inventory", e))?;
+    let Some(text) = cm
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get("objects"))
+    else {
+        return Ok(BTreeSet::new());
+    };
+    serde_json::from_str(text)
+        .map_err(|e| TaskError::permanent("InvalidInventory", format!("{namespace}/{name}: {e}")))
+}
+
+async fn write_inventory(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    object_id: &str,
+    keys: &BTreeSet<ObjectKey>,
+) -> Result<(), TaskError> {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), namespace);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": { OBJECT_LABEL: object_id, MANAGED_BY.0: MANAGED_BY.1 },
+        },
+        "data": { "objects": serde_json::to_string(keys).unwrap_or_else(|_| "[]".into()) },
+    });
+    cms.patch(name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| kube_error("writing the inventory", e))?;
+    Ok(())
+}
+
+/// Deletes `key` if it still carries this object's label.
+async fn delete_if_ours(
+    client: &kube::Client,
+    cache: &mut BTreeMap<(String, String), (ApiResource, bool)>,
+    key: &ObjectKey,
+    object_id: &str,
+) -> Result<(), TaskError> {
+    let (ar, _) = match resolve(client, cache, &key.api_version, &key.kind).await {
+        Ok(r) => r,
+        // A kind the cluster no longer serves has nothing left to delete.
+        Err(e) if e.code == "UnknownKind" => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let api = api(client, &ar, key.namespace.as_deref());
+    let what = format!("{} {}", key.kind, key.name);
+    let Some(current) = api
+        .get_opt(&key.name)
+        .await
+        .map_err(|e| kube_error(&format!("reading {what}"), e))?
+    else {
+        return Ok(());
+    };
+    if current
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OBJECT_LABEL))
+        .map(String::as_str)
+        != Some(object_id)
+    {
+        tracing::warn!(object = %what, "not pruned: no longer labelled as this object's");
+        return Ok(());
+    }
+    match api.delete(&key.name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_error(&format!("deleting {what}"), e)),
+    }
+}
+
+/// Applies the payload to its cluster and prunes what the new revision dropped.
+pub async fn ensure(
+    ctx: &Context,
+    spec: &ApplySpec,
+    payload: &Payload,
+    actor: &Actor,
+) -> Result<Map<String, Value>, TaskError> {
+    let client = ctx.clusters.client(cluster_name(spec)?).await?;
+    let object_id = payload.object.id.to_string();
+
+    // Everything is rendered (and every secret read) before anything is written.
+    let mut docs: Vec<(Value, String)> = Vec::new();
+    for m in &spec.manifests {
+        docs.push((m.clone(), spec.namespace.clone()));
+    }
+    if let Some(h) = &spec.helm {
+        for release in &h.releases {
+            for d in helm::template(&ctx.helm, release).await? {
+                docs.push((d, release.namespace.clone()));
+            }
+        }
+    }
+    for s in materialise_secrets(ctx, spec, actor).await? {
+        docs.push((s, spec.namespace.clone()));
+    }
+
+    let mut cache = BTreeMap::new();
+    let mut prepared = Vec::new();
+    let mut keys = BTreeSet::new();
+    for (mut doc, ns) in docs {
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        if api_version.is_empty() || kind.is_empty() {
+            return Err(TaskError::permanent(
+                "InvalidManifest",
+                "a manifest without apiVersion or kind",
+            ));
+        }
+        let (ar, namespaced) = resolve(&client, &mut cache, &api_version, &kind).await?;
+        let key = prepare(&mut doc, namespaced, &ns, &object_id)?;
+        if !keys.insert(key.clone()) {
+            return Err(TaskError::permanent(
+                "DuplicateManifest",
+                format!("{kind} {} appears twice", key.name),
+            ));
+        }
+        prepared.push((ar, key, doc));
+    }
+
+    // Namespaces first; they carry no object label, so no workload's prune ever deletes one.
+    for ns in namespaces(spec) {
+        let body = json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": { "name": ns, "labels": { MANAGED_BY.0: MANAGED_BY.1 } },
+        });
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        nss.patch(&ns, &apply_params(), &Patch::Apply(&body))
+            .await
+            .map_err(|e| kube_error(&format!("applying Namespace {ns}"), e))?;
+    }
+
+    let inventory = inventory_name(payload);
+    let before = read_inventory(&client, &spec.namespace, &inventory).await?;
+    // Record the union first: a crash mid-apply still leaves every object findable.
+    let union: BTreeSet<ObjectKey> = before.union(&keys).cloned().collect();
+    if union != before {
+        write_inventory(&client, &spec.namespace, &inventory, &object_id, &union).await?;
+    }
+
+    let mut deployments = Vec::new();
+    for (ar, key, doc) in &prepared {
+        api(&client, ar, key.namespace.as_deref())
+            .patch(&key.name, &apply_params(), &Patch::Apply(doc))
+            .await
+            .map_err(|e| kube_error(&format!("applying {} {}", key.kind, key.name), e))?;
+        if key.kind == "Deployment" {
+            deployments.push(key.clone());
+        }
+    }
+    for stale in before.difference(&keys) {
+        delete_if_ours(&client, &mut cache, stale, &object_id).await?;
+    }
+    if union != keys {
+        write_inventory(&client, &spec.namespace, &inventory, &object_id, &keys).await?;
+    }
+
+    for d in deployments {
+        let ns = d.namespace.clone().unwrap_or_default();
+        let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
+        match api.get_opt(&d.name).await {
+            Ok(Some(dep)) => {
+                let want = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+                let available = dep
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.available_replicas)
+                    .unwrap_or(0);
+                tracing::info!(
+                    object = %actor.object,
+                    deployment = %format!("{ns}/{}", d.name),
+                    available, want,
+                    "rollout: {available} of {want} replicas available"
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "could not read the rollout status"),
+        }
+    }
+    Ok(Map::new())
+}
+
+/// Deletes everything the last apply made (namespaces stay).
+pub async fn delete(ctx: &Context, spec: &ApplySpec, payload: &Payload) -> Result<(), TaskError> {
+    let client = ctx.clusters.client(cluster_name(spec)?).await?;
+    let object_id = payload.object.id.to_string();
+    let inventory = inventory_name(payload);
+    let before = read_inventory(&client, &spec.namespace, &inventory).await?;
+    let mut cache = BTreeMap::new();
+    for key in &before {
+        delete_if_ours(&client, &mut cache, key, &object_id).await?;
+    }
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, &spec.namespace);
+    match cms.delete(&inventory, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(kube_error("deleting the inventory", e)),
+    }
+}
