@@ -113,7 +113,7 @@ pub fn is_local_path(path: &str) -> bool {
 #[cfg(feature = "ssr")]
 pub(crate) use server::gql_raw;
 #[cfg(feature = "ssr")]
-pub use server::{gql, gql_access};
+pub use server::{cp_gql, gql, gql_access};
 
 #[cfg(feature = "ssr")]
 mod server {
@@ -204,6 +204,28 @@ mod server {
             .graphql(&parts, csrf, query.to_owned(), variables)
             .await;
         decode(response)
+    }
+
+    /// Like [`gql`], but on the tenant control plane `control_plane` (its own schema: objects,
+    /// apply, plans), through the management gateway as the signed-in user.
+    pub async fn cp_gql<T: DeserializeOwned>(
+        control_plane: &str,
+        query: &str,
+        variables: Value,
+        csrf: Option<String>,
+    ) -> Result<T, ServerFnError> {
+        let (backend, parts) = crate::backend::current().map_err(ServerFnError::new)?;
+        let response = backend
+            .0
+            .control_plane_graphql(
+                &parts,
+                csrf,
+                control_plane.to_owned(),
+                query.to_owned(),
+                variables,
+            )
+            .await;
+        decode(response).map_err(ServerFnError::from)
     }
 
     #[derive(Deserialize)]

@@ -17,7 +17,14 @@ use crate::{
         OrgLayout, OrgsPage,
         audit::AuditPage,
         billing::BillingPage,
-        control_planes::{detail::ControlPlanePage, list::ControlPlanesPage},
+        control_planes::{
+            detail::ControlPlanePage,
+            list::ControlPlanesPage,
+            objects::{
+                ControlPlaneLayout, apply::ApplyPage, detail::ObjectPage, graph::GraphPage,
+                list::ObjectsPage,
+            },
+        },
         overview::OrgOverview,
         tokens::TokensPage,
     },
@@ -67,7 +74,13 @@ pub fn App() -> impl IntoView {
                     <ParentRoute path=path!("/orgs/:slug") view=OrgLayout ssr=SsrMode::Async>
                         <Route path=path!("") view=OrgOverview/>
                         <Route path=path!("control-planes") view=ControlPlanesPage/>
-                        <Route path=path!("control-planes/:id") view=ControlPlanePage/>
+                        <ParentRoute path=path!("control-planes/:id") view=ControlPlaneLayout>
+                            <Route path=path!("") view=ControlPlanePage/>
+                            <Route path=path!("objects") view=ObjectsPage/>
+                            <Route path=path!("objects/:kind/:name") view=ObjectPage/>
+                            <Route path=path!("graph") view=GraphPage/>
+                            <Route path=path!("apply") view=ApplyPage/>
+                        </ParentRoute>
                         <Route path=path!("tokens") view=TokensPage/>
                         <Route path=path!("audit") view=AuditPage/>
                         <Route path=path!("billing") view=BillingPage/>

@@ -205,15 +205,21 @@ async fn forward(
 
 /// A request the gateway may pass on: the control plane, where it answers, and the token to
 /// present there.
-struct Upstream {
-    cp: ControlPlane,
-    endpoint: String,
-    token: String,
+pub(crate) struct Upstream {
+    pub(crate) cp: ControlPlane,
+    /// `http://host:port` of the control plane.
+    pub(crate) endpoint: String,
+    /// The minted bearer token for this request.
+    pub(crate) token: String,
 }
 
 /// Authenticates the caller, checks their role in the control plane's organisation, wakes the
 /// control plane if it hibernates, and mints the token for this request.
-async fn resolve(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Upstream, ApiError> {
+pub(crate) async fn resolve(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Upstream, ApiError> {
     let principal = crate::identity::authenticate(&state.pool, headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;

@@ -9,6 +9,7 @@ pub mod graphql;
 pub mod kubernetes;
 pub mod lifecycle;
 pub mod live;
+pub mod object_events;
 pub mod process;
 
 use async_graphql::Enum;
@@ -228,9 +229,11 @@ pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, ApiError> {
     .await?)
 }
 
-/// The gateway and the live-status stream.
+/// The gateway and the live status streams (control planes, objects).
 pub fn router() -> axum::Router<crate::state::AppState> {
-    gateway::router().merge(live::router())
+    gateway::router()
+        .merge(live::router())
+        .merge(object_events::router())
 }
 
 /// Everything the lifecycle needs besides the database.

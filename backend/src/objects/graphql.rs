@@ -396,7 +396,6 @@ impl ObjectsQuery {
     }
 }
 
-
 #[derive(Default)]
 pub struct ObjectsMutation;
 

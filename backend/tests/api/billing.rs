@@ -1055,7 +1055,11 @@ async fn object_and_agent_quotas_follow_the_plan_and_an_upgrade_lifts_them() {
     let alice = app.sign_in("alice@example.test").await;
     app.create_org(&alice, "acme").await;
     let cp = app
-        .gql_ok(Auth::Session(&alice), CREATE_CP, json!({ "o": "acme", "n": "prod" }))
+        .gql_ok(
+            Auth::Session(&alice),
+            CREATE_CP,
+            json!({ "o": "acme", "n": "prod" }),
+        )
         .await["createControlPlane"]["id"]
         .as_str()
         .expect("id")
@@ -1067,35 +1071,84 @@ async fn object_and_agent_quotas_follow_the_plan_and_an_upgrade_lifts_them() {
     let registration = json!({"query": "mutation { createAgentRegistration { token } }"});
 
     // Free: 3 objects. Four are refused whole, naming the limit and the plan that lifts it.
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(4)).await;
-    assert_eq!(error_code(&body).as_deref(), Some("QUOTA_EXCEEDED"), "{body}");
+    let (_, body) =
+        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(4)).await;
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{body}"
+    );
     let ext = &body["errors"][0]["extensions"];
     assert_eq!(
-        (ext["limit"].as_str(), ext["plan"].as_str(), ext["upgradeTo"].as_str(), ext["max"].as_u64()),
+        (
+            ext["limit"].as_str(),
+            ext["plan"].as_str(),
+            ext["upgradeTo"].as_str(),
+            ext["max"].as_u64()
+        ),
         (Some("objects"), Some("free"), Some("team"), Some(3)),
         "{body}"
     );
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", objects.clone()).await;
+    let (_, body) =
+        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", objects.clone())
+            .await;
     assert_eq!(body["data"]["objects"], json!([]), "nothing was created");
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(3)).await;
+    let (_, body) =
+        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(3)).await;
     assert_eq!(body["data"]["apply"]["summary"]["create"], 3, "{body}");
 
     // Free: 1 agent. A second registration is refused while the first agent is active.
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", registration.clone()).await;
-    let token = body["data"]["createAgentRegistration"]["token"].as_str().expect("token").to_owned();
-    let (code, body) = crate::objects::via_gateway(&app, Auth::Anonymous, cp, "agent/v1/register", json!({"token": token, "name": "a1", "version": "1"})).await;
+    let (_, body) = crate::objects::via_gateway(
+        &app,
+        Auth::Session(&alice),
+        cp,
+        "graphql",
+        registration.clone(),
+    )
+    .await;
+    let token = body["data"]["createAgentRegistration"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let (code, body) = crate::objects::via_gateway(
+        &app,
+        Auth::Anonymous,
+        cp,
+        "agent/v1/register",
+        json!({"token": token, "name": "a1", "version": "1"}),
+    )
+    .await;
     assert_eq!(code, 200, "{body}");
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", registration.clone()).await;
-    assert_eq!(error_code(&body).as_deref(), Some("QUOTA_EXCEEDED"), "{body}");
+    let (_, body) = crate::objects::via_gateway(
+        &app,
+        Auth::Session(&alice),
+        cp,
+        "graphql",
+        registration.clone(),
+    )
+    .await;
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{body}"
+    );
     assert_eq!(body["errors"][0]["extensions"]["limit"], "agents");
 
     // Team lifts both.
     let customer = customer_in_localstripe(&app, &ls, &alice, "acme").await;
     ls.subscribe(&customer, "price_team").await;
-    wait_billing(&app, &alice, "acme", "the Team plan", |b| b["plan"]["id"] == "team").await;
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(4)).await;
+    wait_billing(&app, &alice, "acme", "the Team plan", |b| {
+        b["plan"]["id"] == "team"
+    })
+    .await;
+    let (_, body) =
+        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(4)).await;
     assert_eq!(body["data"]["apply"]["summary"]["create"], 1, "{body}");
-    let (_, body) = crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", registration).await;
-    assert!(body["data"]["createAgentRegistration"]["token"].is_string(), "{body}");
+    let (_, body) =
+        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", registration).await;
+    assert!(
+        body["data"]["createAgentRegistration"]["token"].is_string(),
+        "{body}"
+    );
     app.stop().await;
 }

@@ -11,13 +11,13 @@ use crate::oidc::app_with_provider;
 use crate::support::{TestApp, spawn_app};
 
 /// A chromedriver on a free loopback port, killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     _child: Child,
     url: String,
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")
             .local_addr()
@@ -43,7 +43,7 @@ impl Driver {
         panic!("chromedriver did not answer on {url}");
     }
 
-    async fn browser(&self, javascript: bool) -> Client {
+    pub(crate) async fn browser(&self, javascript: bool) -> Client {
         let binary = std::env::var("QLEET_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         let profile =
             std::env::temp_dir().join(format!("qleet-chromium-{}", uuid::Uuid::new_v4().simple()));
@@ -69,7 +69,7 @@ impl Driver {
     }
 }
 
-async fn text_of(client: &Client, css: &str) -> String {
+pub(crate) async fn text_of(client: &Client, css: &str) -> String {
     let el = client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -79,7 +79,7 @@ async fn text_of(client: &Client, css: &str) -> String {
     el.text().await.expect("text")
 }
 
-async fn fill(client: &Client, css: &str, value: &str) {
+pub(crate) async fn fill(client: &Client, css: &str, value: &str) {
     let el = client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -90,7 +90,7 @@ async fn fill(client: &Client, css: &str, value: &str) {
     el.send_keys(value).await.expect("type");
 }
 
-async fn click(client: &Client, css: &str) {
+pub(crate) async fn click(client: &Client, css: &str) {
     client
         .wait()
         .at_most(Duration::from_secs(20))
@@ -113,7 +113,7 @@ async fn owner_of(app: &TestApp, slug: &str) -> Option<String> {
     .expect("query")
 }
 
-async fn create_org_in_browser(client: &Client, slug: &str, name: &str) {
+pub(crate) async fn create_org_in_browser(client: &Client, slug: &str, name: &str) {
     fill(client, "#create-org-slug", slug).await;
     fill(client, "#create-org-name", name).await;
     click(client, "#create-org-submit").await;
@@ -193,7 +193,7 @@ async fn sign_in_and_create_organization_work_without_javascript() {
 }
 
 /// Waits until `css` has attribute `data-status` equal to `want` (live updates, no reload).
-async fn wait_status(client: &Client, css: &str, want: &str) {
+pub(crate) async fn wait_status(client: &Client, css: &str, want: &str) {
     for _ in 0..600 {
         if let Ok(el) = client.find(Locator::Css(css)).await
             && el.attr("data-status").await.ok().flatten().as_deref() == Some(want)

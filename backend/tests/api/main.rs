@@ -10,6 +10,7 @@ mod dev_cli;
 mod health;
 mod kubernetes;
 mod objects;
+mod objects_ui;
 mod oidc;
 mod orgs;
 mod roles;

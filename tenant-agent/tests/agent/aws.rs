@@ -8,8 +8,7 @@ use qleet_protocol::TaskResult;
 use serde_json::{Map, Value, json};
 
 use crate::support::{
-    Moto, POLICY_SETUP_CALLS, REGION, ROLE_ARN, Recorder, TaskBuilder, account, context,
-    iam_setup,
+    Moto, POLICY_SETUP_CALLS, REGION, ROLE_ARN, Recorder, TaskBuilder, account, context, iam_setup,
 };
 
 fn succeeded(r: TaskResult) -> Map<String, Value> {
@@ -82,8 +81,14 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
             .unwrap_or_else(|| panic!("no session tag {key} in {form:?}"));
         a.field(&format!("{idx}.Value"))
     };
-    assert_eq!(tag("qleet:control-plane"), Some(b.control_plane.to_string()));
-    assert_eq!(tag("qleet:object"), Some("ObjectStorageBucket/assets".into()));
+    assert_eq!(
+        tag("qleet:control-plane"),
+        Some(b.control_plane.to_string())
+    );
+    assert_eq!(
+        tag("qleet:object"),
+        Some("ObjectStorageBucket/assets".into())
+    );
 
     // The bucket, as moto has it.
     let s3 = aws_sdk_s3::Client::from_conf(
@@ -97,16 +102,25 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
         .send()
         .await
         .expect("tags");
-    let tags: Vec<(&str, &str)> = tags.tag_set().iter().map(|t| (t.key(), t.value())).collect();
+    let tags: Vec<(&str, &str)> = tags
+        .tag_set()
+        .iter()
+        .map(|t| (t.key(), t.value()))
+        .collect();
     assert!(tags.contains(&("qleet:managed", "true")), "{tags:?}");
-    assert!(tags.contains(&("qleet:object-id", &b.object_id.to_string())), "{tags:?}");
+    assert!(
+        tags.contains(&("qleet:object-id", &b.object_id.to_string())),
+        "{tags:?}"
+    );
     let pab = s3
         .get_public_access_block()
         .bucket(&name)
         .send()
         .await
         .expect("public access block");
-    let pab = pab.public_access_block_configuration().expect("configuration");
+    let pab = pab
+        .public_access_block_configuration()
+        .expect("configuration");
     assert_eq!(
         (
             pab.block_public_acls(),
@@ -140,7 +154,11 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
     // bucket, and the cached session is reused (no second AssumeRole).
     let again = b.task("ensure", bucket_resource(&b, Some("qleet-ext-123"), true));
     succeeded(task::run(&ctx, &again).await);
-    assert_eq!(proxy.s3_calls("PUT", &format!("/{name}"), ""), 1, "one CreateBucket");
+    assert_eq!(
+        proxy.s3_calls("PUT", &format!("/{name}"), ""),
+        1,
+        "one CreateBucket"
+    );
     let buckets = s3.list_buckets().send().await.expect("list");
     assert_eq!(buckets.buckets().len(), 1);
     assert_eq!(proxy.calls("AssumeRole").len(), 1, "the session is cached");
@@ -162,9 +180,22 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
         .expect("put");
     let del = b.task("delete", bucket_resource(&b, Some("qleet-ext-123"), true));
     succeeded(task::run(&ctx, &del).await);
-    assert!(s3.list_buckets().send().await.expect("list").buckets().is_empty());
+    assert!(
+        s3.list_buckets()
+            .send()
+            .await
+            .expect("list")
+            .buckets()
+            .is_empty()
+    );
     // Deleting what is gone is fine.
-    succeeded(task::run(&ctx, &b.task("delete", bucket_resource(&b, Some("qleet-ext-123"), true))).await);
+    succeeded(
+        task::run(
+            &ctx,
+            &b.task("delete", bucket_resource(&b, Some("qleet-ext-123"), true)),
+        )
+        .await,
+    );
 }
 
 #[tokio::test]
@@ -188,13 +219,30 @@ async fn a_bucket_of_the_same_name_that_is_not_ours_is_neither_adopted_nor_delet
         .await
         .expect("someone else's bucket");
     let (code, _, retryable) = failed(
-        task::run(&ctx, &b.task("ensure", bucket_resource(&b, Some("x"), false))).await,
+        task::run(
+            &ctx,
+            &b.task("ensure", bucket_resource(&b, Some("x"), false)),
+        )
+        .await,
     );
     assert_eq!((code.as_str(), retryable), ("BucketNotOurs", false));
-    let (code, _, _) =
-        failed(task::run(&ctx, &b.task("delete", bucket_resource(&b, Some("x"), false))).await);
+    let (code, _, _) = failed(
+        task::run(
+            &ctx,
+            &b.task("delete", bucket_resource(&b, Some("x"), false)),
+        )
+        .await,
+    );
     assert_eq!(code, "BucketNotOurs");
-    assert_eq!(s3.list_buckets().send().await.expect("list").buckets().len(), 1);
+    assert_eq!(
+        s3.list_buckets()
+            .send()
+            .await
+            .expect("list")
+            .buckets()
+            .len(),
+        1
+    );
 }
 
 fn database_resource(b: &TaskBuilder) -> Value {
@@ -238,7 +286,10 @@ async fn a_database_password_is_made_in_secrets_manager_and_only_its_arn_is_repo
         .expect("the password is in Secrets Manager");
     let password = secret.secret_string().expect("text").to_owned();
     assert!(password.len() >= 32, "a long generated password");
-    assert!(!report.contains(&password), "the password never appears in a report");
+    assert!(
+        !report.contains(&password),
+        "the password never appears in a report"
+    );
 
     assert!(
         outputs["host"].as_str().expect("host").starts_with(&id),
@@ -260,7 +311,8 @@ async fn a_database_password_is_made_in_secrets_manager_and_only_its_arn_is_repo
         described
             .tags()
             .iter()
-            .any(|t| t.key() == Some("qleet:object-id") && t.value() == Some(&b.object_id.to_string()))
+            .any(|t| t.key() == Some("qleet:object-id")
+                && t.value() == Some(&b.object_id.to_string()))
     );
     let rds = aws_sdk_rds::Client::new(&sdk);
     let instances = rds.describe_db_instances().send().await.expect("describe");
@@ -269,7 +321,11 @@ async fn a_database_password_is_made_in_secrets_manager_and_only_its_arn_is_repo
     assert_eq!(i.db_instance_identifier(), Some(id.as_str()));
     assert_eq!(i.master_username(), Some("app"));
     assert_eq!(i.db_name(), Some("db"));
-    assert!(i.tag_list().iter().any(|t| t.key() == Some("qleet:managed")));
+    assert!(
+        i.tag_list()
+            .iter()
+            .any(|t| t.key() == Some("qleet:managed"))
+    );
 
     // A retry adopts the instance and keeps the password.
     let again = succeeded(task::run(&ctx, &b.task("ensure", database_resource(&b))).await);
@@ -289,7 +345,13 @@ async fn a_database_password_is_made_in_secrets_manager_and_only_its_arn_is_repo
     succeeded(task::run(&ctx, &b.task("delete", database_resource(&b))).await);
     let instances = rds.describe_db_instances().send().await.expect("describe");
     assert!(instances.db_instances().is_empty());
-    assert!(sm.describe_secret().secret_id(&secret_name).send().await.is_err());
+    assert!(
+        sm.describe_secret()
+            .secret_id(&secret_name)
+            .send()
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -299,7 +361,10 @@ async fn a_wrong_external_id_fails_the_task_with_access_denied_from_aws() {
     let ctx = context(moto.agent_aws(&moto.url, &key, &secret).await);
     let b = TaskBuilder::new("ObjectStorageBucket", "assets");
 
-    let wrong = b.task("ensure", bucket_resource(&b, Some("qleet-a-wrong-one"), false));
+    let wrong = b.task(
+        "ensure",
+        bucket_resource(&b, Some("qleet-a-wrong-one"), false),
+    );
     let (code, message, retryable) = failed(task::run(&ctx, &wrong).await);
     assert_eq!(code, "AccessDenied", "{message}");
     assert!(message.starts_with("sts:AssumeRole: "), "{message}");
@@ -307,11 +372,17 @@ async fn a_wrong_external_id_fails_the_task_with_access_denied_from_aws() {
 
     // The same account check through its AwsAccount object fails the same way.
     let acct = TaskBuilder::new("AwsAccount", "main");
-    let t = acct.task("ensure", json!({ "account": account(Some("qleet-a-wrong-one")) }));
+    let t = acct.task(
+        "ensure",
+        json!({ "account": account(Some("qleet-a-wrong-one")) }),
+    );
     assert_eq!(failed(task::run(&ctx, &t).await).0, "AccessDenied");
 
     // With the right one, policy checking lets the work through.
-    let right = b.task("ensure", bucket_resource(&b, Some("qleet-the-right-one"), false));
+    let right = b.task(
+        "ensure",
+        bucket_resource(&b, Some("qleet-the-right-one"), false),
+    );
     succeeded(task::run(&ctx, &right).await);
 }
 
@@ -346,8 +417,18 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
     });
     let outputs = succeeded(task::run(&ctx, &b.task("ensure", resource.clone())).await);
     assert_eq!(outputs["clusterName"], b.cloud_name());
-    assert!(outputs["endpoint"].as_str().expect("endpoint").starts_with("https://"));
-    assert!(!outputs["certificateAuthority"].as_str().expect("ca").is_empty());
+    assert!(
+        outputs["endpoint"]
+            .as_str()
+            .expect("endpoint")
+            .starts_with("https://")
+    );
+    assert!(
+        !outputs["certificateAuthority"]
+            .as_str()
+            .expect("ca")
+            .is_empty()
+    );
     let eks = aws_sdk_eks::Client::new(&moto.sdk("test", "test").await);
     let ng = eks
         .describe_nodegroup()
@@ -356,11 +437,29 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
         .send()
         .await
         .expect("node group");
-    let scaling = ng.nodegroup().and_then(|n| n.scaling_config()).expect("scaling");
+    let scaling = ng
+        .nodegroup()
+        .and_then(|n| n.scaling_config())
+        .expect("scaling");
     assert_eq!(scaling.desired_size(), Some(2));
     // Again: adopted, not duplicated.
     succeeded(task::run(&ctx, &b.task("ensure", resource.clone())).await);
-    assert_eq!(eks.list_clusters().send().await.expect("list").clusters().len(), 1);
+    assert_eq!(
+        eks.list_clusters()
+            .send()
+            .await
+            .expect("list")
+            .clusters()
+            .len(),
+        1
+    );
     succeeded(task::run(&ctx, &b.task("delete", resource)).await);
-    assert!(eks.list_clusters().send().await.expect("list").clusters().is_empty());
+    assert!(
+        eks.list_clusters()
+            .send()
+            .await
+            .expect("list")
+            .clusters()
+            .is_empty()
+    );
 }

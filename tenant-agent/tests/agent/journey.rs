@@ -190,8 +190,8 @@ async fn a_registered_agent_completes_the_example_app_in_moto_and_on_the_cluster
         .register(&SecretString::from(token), "test-agent")
         .await
         .expect("register");
-    let client = Client::new(base, Some(SecretString::from(registered.credential)))
-        .expect("client");
+    let client =
+        Client::new(base, Some(SecretString::from(registered.credential))).expect("client");
     let (kube, api) = ApiServer::start();
     let ctx = Context {
         aws: moto.agent_aws(&moto.url, "ambient", "ambient").await,
@@ -235,8 +235,11 @@ async fn a_registered_agent_completes_the_example_app_in_moto_and_on_the_cluster
         .send()
         .await
         .expect("tags");
-    assert!(tags.tag_set().iter().any(|t| t.key() == "qleet:object"
-        && t.value() == "ObjectStorageBucket/assets"));
+    assert!(
+        tags.tag_set()
+            .iter()
+            .any(|t| t.key() == "qleet:object" && t.value() == "ObjectStorageBucket/assets")
+    );
     let pab = s3
         .get_public_access_block()
         .bucket(&bucket_name)
@@ -262,7 +265,10 @@ async fn a_registered_agent_completes_the_example_app_in_moto_and_on_the_cluster
         .secret_string()
         .expect("text")
         .to_owned();
-    assert!(!db.to_string().contains(&password), "Qleet never holds the password");
+    assert!(
+        !db.to_string().contains(&password),
+        "Qleet never holds the password"
+    );
     let rds = aws_sdk_rds::Client::new(&sdk);
     assert_eq!(
         rds.describe_db_instances()
@@ -286,7 +292,10 @@ async fn a_registered_agent_completes_the_example_app_in_moto_and_on_the_cluster
         format!("--database=postgres://{host}:5432/db")
     );
     let env = container["env"].as_array().expect("env");
-    assert!(env.contains(&json!({"name": "BUCKET", "value": bucket_name})), "{env:?}");
+    assert!(
+        env.contains(&json!({"name": "BUCKET", "value": bucket_name})),
+        "{env:?}"
+    );
     let secret = api
         .get("/api/v1/namespaces/shop/secrets/web-qleet-secrets")
         .expect("secret applied");
@@ -371,8 +380,16 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     assert_eq!(mode, 0o600);
     let saved: Value =
         serde_json::from_str(&std::fs::read_to_string(&state).expect("read")).expect("json");
-    assert!(saved["credential"].as_str().expect("credential").starts_with("qleet_agent_"));
-    assert!(terminate(&mut agent).await.success(), "SIGTERM is a clean stop");
+    assert!(
+        saved["credential"]
+            .as_str()
+            .expect("credential")
+            .starts_with("qleet_agent_")
+    );
+    assert!(
+        terminate(&mut agent).await.success(),
+        "SIGTERM is a clean stop"
+    );
 
     // The agent shows up with its version.
     let agents = cp.gql("{ agents { name version } }", json!({})).await;
@@ -393,13 +410,19 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     assert!(!reused.status.success());
     let stderr = String::from_utf8_lossy(&reused.stderr);
     let last = stderr.lines().last().unwrap_or_default();
-    assert!(last.starts_with("qleet-agent: registration failed"), "{stderr}");
+    assert!(
+        last.starts_with("qleet-agent: registration failed"),
+        "{stderr}"
+    );
     assert!(!other_state.exists());
 
     // A state file others may read is refused.
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    let open = agent_command(&cp, &moto, &state).output().await.expect("run");
+    let open = agent_command(&cp, &moto, &state)
+        .output()
+        .await
+        .expect("run");
     assert_eq!(open.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&open.stderr).contains("chmod 600"));
     std::fs::remove_dir_all(&dir).expect("cleanup");

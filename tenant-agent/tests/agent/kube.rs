@@ -239,10 +239,15 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
         "key": "DB_PASSWORD",
         "from": { "provider": "aws-secretsmanager", "arn": arn, "region": REGION, "roleArn": ROLE_ARN, "externalId": "x" },
     }]);
-    let t = w.task("ensure", workload(vec![deployment(), config_map("settings")], secrets));
+    let t = w.task(
+        "ensure",
+        workload(vec![deployment(), config_map("settings")], secrets),
+    );
     let result = task::run(&ctx, &t).await;
     assert!(
-        !serde_json::to_string(&result).expect("json").contains("s3cret-value"),
+        !serde_json::to_string(&result)
+            .expect("json")
+            .contains("s3cret-value"),
         "the secret value is not reported"
     );
     expect_ok(result);
@@ -253,7 +258,10 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
         .filter(|s| s.method == "PATCH")
         .collect();
     let order: Vec<&str> = applies.iter().map(|s| s.path.as_str()).collect();
-    let inventory = format!("/api/v1/namespaces/shop/configmaps/qleet-inventory-{}", w.object_id);
+    let inventory = format!(
+        "/api/v1/namespaces/shop/configmaps/qleet-inventory-{}",
+        w.object_id
+    );
     assert_eq!(
         order,
         [
@@ -269,7 +277,11 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
         q.sort();
         assert_eq!(
             q,
-            ["fieldManager=qleet-agent", "fieldValidation=Strict", "force=true"],
+            [
+                "fieldManager=qleet-agent",
+                "fieldValidation=Strict",
+                "force=true"
+            ],
             "{}",
             s.path
         );
@@ -291,18 +303,27 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
 
     let dep: Deployment = strictly(&applies[3].body);
     assert_eq!(
-        dep.metadata.labels.unwrap_or_default().get("qleet.dev/object-id"),
+        dep.metadata
+            .labels
+            .unwrap_or_default()
+            .get("qleet.dev/object-id"),
         Some(&id)
     );
     let _: ConfigMap = strictly(&applies[4].body);
     let ns: Namespace = strictly(&applies[0].body);
     assert!(
-        !ns.metadata.labels.unwrap_or_default().contains_key("qleet.dev/object-id"),
+        !ns.metadata
+            .labels
+            .unwrap_or_default()
+            .contains_key("qleet.dev/object-id"),
         "a namespace is never the object's, so never pruned"
     );
     let inv: ConfigMap = strictly(&applies[1].body);
     let listed: Value = serde_json::from_str(
-        inv.data.unwrap_or_default().get("objects").expect("objects"),
+        inv.data
+            .unwrap_or_default()
+            .get("objects")
+            .expect("objects"),
     )
     .expect("inventory json");
     assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed}");
@@ -331,7 +352,10 @@ async fn a_new_revision_prunes_what_it_dropped_but_only_objects_still_labelled_a
     let second = w.task("ensure", workload(vec![deployment()], json!([])));
     expect_ok(task::run(&ctx, &second).await);
     assert_eq!(api.deleted(), ["/api/v1/namespaces/shop/configmaps/extra"]);
-    assert!(api.get("/api/v1/namespaces/shop/configmaps/settings").is_some());
+    assert!(
+        api.get("/api/v1/namespaces/shop/configmaps/settings")
+            .is_some()
+    );
     let inventory = api
         .get(&format!(
             "/api/v1/namespaces/shop/configmaps/qleet-inventory-{}",
@@ -397,7 +421,10 @@ async fn helm_charts_are_rendered_by_the_helm_cli_and_applied_like_manifests() {
     assert_eq!(applied.len(), 1);
     let cm: ConfigMap = strictly(&applied[0].body);
     assert_eq!(
-        cm.metadata.labels.unwrap_or_default().get("qleet.dev/object-id"),
+        cm.metadata
+            .labels
+            .unwrap_or_default()
+            .get("qleet.dev/object-id"),
         Some(&w.object_id.to_string())
     );
 
@@ -417,7 +444,12 @@ async fn an_existing_cluster_is_checked_by_its_name_and_an_unknown_one_is_refuse
     let moto = Moto::start().await;
     let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
     let r = TaskBuilder::new("KubernetesRuntime", "prod");
-    match task::run(&ctx, &r.task("ensure", json!({ "existing": { "cluster": "prod-1" } }))).await {
+    match task::run(
+        &ctx,
+        &r.task("ensure", json!({ "existing": { "cluster": "prod-1" } })),
+    )
+    .await
+    {
         TaskResult::Succeeded { outputs } => assert_eq!(
             Value::Object(outputs),
             json!({ "endpoint": "https://k8s.test", "clusterName": "prod-1" })
@@ -425,7 +457,11 @@ async fn an_existing_cluster_is_checked_by_its_name_and_an_unknown_one_is_refuse
         other => panic!("{other:?}"),
     }
     assert_eq!(api.requests()[0].path, "/version");
-    match task::run(&ctx, &r.task("ensure", json!({ "existing": { "cluster": "staging" } }))).await
+    match task::run(
+        &ctx,
+        &r.task("ensure", json!({ "existing": { "cluster": "staging" } })),
+    )
+    .await
     {
         TaskResult::Failed {
             code,

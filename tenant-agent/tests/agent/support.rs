@@ -282,7 +282,8 @@ impl Recorder {
                     let bytes = resp.bytes().await.expect("moto body");
                     let mut out = http::Response::builder().status(status);
                     for (k, v) in &resp_headers {
-                        if k != http::header::CONTENT_LENGTH && k != http::header::TRANSFER_ENCODING {
+                        if k != http::header::CONTENT_LENGTH && k != http::header::TRANSFER_ENCODING
+                        {
                             out = out.header(k, v);
                         }
                     }
@@ -350,7 +351,11 @@ impl TaskBuilder {
 
     /// `qleet-NAME-ID8`, as the control plane names cloud resources.
     pub fn cloud_name(&self) -> String {
-        format!("qleet-{}-{}", self.name, &self.object_id.simple().to_string()[..8])
+        format!(
+            "qleet-{}-{}",
+            self.name,
+            &self.object_id.simple().to_string()[..8]
+        )
     }
 
     pub fn tags(&self) -> Value {

@@ -7,7 +7,7 @@ use leptos_router::hooks::use_params_map;
 
 use super::{
     ControlPlane, ControlPlaneEvent, DeleteControlPlane, ResumeControlPlane, Status, StatusUpdate,
-    SuspendControlPlane, control_plane_events, detail_path, get_control_plane, list_path,
+    SuspendControlPlane, control_plane_events, detail_path, get_control_plane,
     live::{latest, watch_statuses},
     status_badge,
 };
@@ -48,9 +48,6 @@ pub fn ControlPlanePage() -> impl IntoView {
 
     view! {
         <Title text="Control plane · Qleet"/>
-        <p class="breadcrumb">
-            <a href=move || list_path(&ctx.slug.get())>"← All control planes"</a>
-        </p>
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
                 let (csrf, org) = tab_basics(session, ctx).await?;

@@ -51,7 +51,9 @@ pub fn watch_statuses(slug: Memo<String>, on_update: impl Fn(&StatusUpdate) + 's
                 }
             };
             let url = format!("{}/events", super::list_path(&slug));
-            if let Some(stream) = stream::Stream::open(&url, move |update| apply(update), on_open) {
+            if let Some(stream) =
+                stream::Stream::open(&url, move |update: StatusUpdate| apply(update), on_open)
+            {
                 // Closed when the page goes away or the organisation changes.
                 let stream = send_wrapper::SendWrapper::new(stream);
                 on_cleanup(move || drop(stream));
@@ -84,7 +86,7 @@ fn merge(map: &mut HashMap<String, StatusUpdate>, update: &StatusUpdate) -> bool
 }
 
 /// Whether time `a` is known to be before time `b` (unreadable times are never older).
-fn is_older(a: &str, b: &str) -> bool {
+pub(crate) fn is_older(a: &str, b: &str) -> bool {
     matches!((instant(a), instant(b)), (Some(a), Some(b)) if a < b)
 }
 
@@ -159,12 +161,12 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
     era * 146_097 + day_of_era - 719_468
 }
 
+/// An `EventSource` whose `data:` lines are JSON values; shared with the object pages.
 #[cfg(feature = "hydrate")]
-mod stream {
+pub(crate) mod stream {
+    use serde::de::DeserializeOwned;
     use wasm_bindgen::{JsCast, closure::Closure};
     use web_sys::{EventSource, MessageEvent};
-
-    use super::StatusUpdate;
 
     /// An open `EventSource` and its handlers; closed when dropped.
     pub struct Stream {
@@ -176,9 +178,9 @@ mod stream {
     impl Stream {
         /// Opens `url`; `on_update` hears each decoded `data:` line, `on_open` each
         /// (re)connection. The browser reconnects by itself after network errors.
-        pub fn open(
+        pub fn open<T: DeserializeOwned + 'static>(
             url: &str,
-            on_update: impl Fn(StatusUpdate) + 'static,
+            on_update: impl Fn(T) + 'static,
             on_open: impl Fn() + 'static,
         ) -> Option<Stream> {
             let source = EventSource::new(url).ok()?;
@@ -186,11 +188,9 @@ mod stream {
                 let Some(text) = event.data().as_string() else {
                     return;
                 };
-                match serde_json::from_str::<StatusUpdate>(&text) {
+                match serde_json::from_str::<T>(&text) {
                     Ok(update) => on_update(update),
-                    Err(error) => {
-                        leptos::logging::warn!("ignoring a control-plane status event ({error})")
-                    }
+                    Err(error) => leptos::logging::warn!("ignoring a live event ({error})"),
                 }
             });
             source.set_onmessage(Some(on_message.as_ref().unchecked_ref()));

@@ -7,6 +7,7 @@
 pub mod detail;
 pub mod list;
 pub mod live;
+pub mod objects;
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};
