@@ -8,7 +8,7 @@
 #      lease loops: time to converge, objects/s, CPU, the control plane's peak RSS.
 # Every run starts `qleet control-plane` on a fresh database of the PostgreSQL server at
 # QLEET_BENCH_DATABASE_URL (an admin URL; default the local one) and drops it afterwards.
-# QLEET_BENCH_ROUNDS (3) rounds. Prints a Markdown section on stdout; progress goes to stderr.
+# QLEET_BENCH_ROUNDS (5) rounds. Prints a Markdown section on stdout; progress goes to stderr.
 source "$(dirname "$0")/lib.sh"
 
 export QLEET_BENCH_DATABASE_URL=${QLEET_BENCH_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}
@@ -20,5 +20,5 @@ esac
 [ -n "${QLEET_BENCH_SKIP_BUILD:-}" ] ||
   cargo build --release -p qleet --bin qleet --example bench_orchestration >&2
 export QLEET_BENCH_BIN="$TARGET/release/qleet"
-say "orchestration benchmark: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git'), ${QLEET_BENCH_ROUNDS:-3} rounds"
+say "orchestration benchmark: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo 'no git'), ${QLEET_BENCH_ROUNDS:-5} rounds"
 "$TARGET/release/examples/bench_orchestration"

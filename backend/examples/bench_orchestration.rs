@@ -41,7 +41,7 @@ struct Args {
     )]
     admin_url: String,
     /// Rounds; each round runs chain (notify), chain (polling) and wide, on fresh databases.
-    #[arg(long, env = "QLEET_BENCH_ROUNDS", default_value_t = 3)]
+    #[arg(long, env = "QLEET_BENCH_ROUNDS", default_value_t = 5)]
     rounds: usize,
     /// Workloads in the chain (hops).
     #[arg(long, env = "QLEET_BENCH_CHAIN", default_value_t = 50)]

@@ -54,6 +54,14 @@ impl Caller {
         }
     }
 
+    /// Who this is, for records: `user:<id>`, `token:<id>` or `admin`.
+    pub fn actor(&self) -> String {
+        match self {
+            Caller::Gateway(c) => format!("{}:{}", subject_kind(c.sub_kind), c.sub),
+            Caller::Admin => "admin".to_owned(),
+        }
+    }
+
     pub fn role(&self) -> Role {
         match self {
             Caller::Gateway(claims) => claims.role,

@@ -59,6 +59,8 @@ pub struct Request {
     /// Delete top-level objects the manifests do not mention.
     pub prune: bool,
     pub dry_run: bool,
+    /// Who asks ("user:<id>", "token:<id>", "admin"), recorded on what changes.
+    pub actor: Option<String>,
     /// The organisation plan's limits, when they apply.
     pub limits: Option<crate::internal_token::Limits>,
 }
@@ -207,7 +209,14 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
         });
     }
 
-    write(&mut tx, &current, &world, &changes).await?;
+    write(
+        &mut tx,
+        &current,
+        &world,
+        &changes,
+        request.actor.as_deref(),
+    )
+    .await?;
     store::crash_point("apply-before-commit");
     tx.commit().await?;
     Ok(Plan {
@@ -639,6 +648,7 @@ async fn write(
     current: &BTreeMap<ObjKey, ObjectRow>,
     world: &World,
     changes: &[PlannedChange],
+    actor: Option<&str>,
 ) -> Result<(), ApiError> {
     let mut ids: BTreeMap<ObjKey, Uuid> = current.iter().map(|(k, r)| (k.clone(), r.id)).collect();
     for c in changes {
@@ -658,8 +668,8 @@ async fn write(
                 let owner = p.owner.as_ref().map(|o| ids[o]);
                 let outputs = initial_outputs(&c.key);
                 sqlx::query(
-                    "insert into objects (id, kind, name, spec, outputs, owner_id)
-                     values ($1, $2, $3, $4, $5, $6)",
+                    "insert into objects (id, kind, name, spec, outputs, owner_id, changed_by)
+                     values ($1, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(id)
                 .bind(&c.key.kind)
@@ -667,6 +677,7 @@ async fn write(
                 .bind(&p.spec)
                 .bind(&outputs)
                 .bind(owner)
+                .bind(actor)
                 .execute(&mut *conn)
                 .await?;
                 store::event(&mut *conn, id, false, "Created", "declared by apply").await?;
@@ -675,11 +686,13 @@ async fn write(
             ChangeAction::Update => {
                 let p = &world[&c.key];
                 sqlx::query(
-                    "update objects set spec = $2, generation = generation + 1, updated_at = now()
+                    "update objects set spec = $2, generation = generation + 1, updated_at = now(),
+                       changed_by = $3
                      where id = $1",
                 )
                 .bind(id)
                 .bind(&p.spec)
+                .bind(actor)
                 .execute(&mut *conn)
                 .await?;
                 let fields: Vec<&str> = c.diffs.iter().map(|d| d.path.as_str()).collect();

@@ -421,6 +421,7 @@ impl ObjectsMutation {
                 prune,
                 dry_run,
                 limits: caller(ctx).limits().cloned(),
+                actor: Some(caller(ctx).actor()),
             },
         )
         .await
@@ -444,6 +445,7 @@ impl ObjectsMutation {
             ctx.data_unchecked::<PgPool>(),
             Request {
                 deletions: vec![key],
+                actor: Some(caller(ctx).actor()),
                 ..Request::default()
             },
         )

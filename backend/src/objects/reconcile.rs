@@ -390,6 +390,7 @@ async fn managed(
         spec: &row.spec,
         outputs: &outputs,
         own_outputs: &row.outputs,
+        changed_by: row.changed_by.as_deref(),
     };
     let desired = match render::desired(builtin, &input) {
         Ok(d) => d,

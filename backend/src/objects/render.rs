@@ -30,6 +30,8 @@ pub struct Input<'a> {
     pub outputs: &'a BTreeMap<ObjKey, Value>,
     /// Outputs it already has (keeps the generated ExternalId).
     pub own_outputs: &'a Value,
+    /// Who last changed it, passed to AWS as the role session's SourceIdentity.
+    pub changed_by: Option<&'a str>,
 }
 
 impl Input<'_> {
@@ -364,6 +366,16 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
         "tags": input.tags(),
         "resource": resource,
     });
+    let mut payload = payload;
+    if let Some(who) = input.changed_by {
+        // SourceIdentity allows 2-64 characters of [\w+=,.@-]: `user:<uuid>` → `qleet-user-<uuid>`.
+        let identity: String = format!("qleet-{}", who.replace(':', "-"))
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "+=,.@-_".contains(*c))
+            .take(64)
+            .collect();
+        payload["sourceIdentity"] = json!(identity);
+    }
     Ok(Desired { payload, computed })
 }
 
@@ -546,6 +558,7 @@ mod tests {
             spec: &spec,
             outputs: &outputs,
             own_outputs: &json!({}),
+            changed_by: None,
         };
         let d = desired(Builtin::Workload, &input).expect("render");
         let deployment = &d.payload["resource"]["manifests"][0];
@@ -592,6 +605,7 @@ mod tests {
             spec: &Value::Null,
             outputs: &outputs,
             own_outputs: &json!({}),
+            changed_by: None,
         };
         let name = input.cloud_name(63);
         assert_eq!(name.len(), 63);

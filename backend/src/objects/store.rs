@@ -52,12 +52,14 @@ pub struct ObjectRow {
     pub conditions: Value,
     pub owner_id: Option<Uuid>,
     pub deletion_requested_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub changed_by: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub const OBJECT_COLUMNS: &str = "id, kind, name, spec, status, outputs, rendered, generation, \
-    observed_generation, conditions, owner_id, deletion_requested_at, created_at, updated_at";
+    observed_generation, conditions, owner_id, deletion_requested_at, changed_by, created_at, \
+    updated_at";
 
 impl ObjectRow {
     pub fn key(&self) -> ObjKey {

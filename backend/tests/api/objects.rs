@@ -1235,6 +1235,11 @@ async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_
     assert_eq!(code, 200, "{body}");
     let task = body["tasks"][0].clone();
     assert!(task["id"].is_string(), "{body}");
+    // Who applied travels with the work, for the customer's CloudTrail (AWS SourceIdentity).
+    let who = task["payload"]["sourceIdentity"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(who.starts_with("qleet-user-") && who.len() <= 64, "{task}");
     // Bob cannot report on Alice's task even knowing its id and lease.
     let report = json!({"leaseId": task["leaseId"], "result": {"succeeded": {"outputs": outputs_for(&task)}}});
     let path = format!(
