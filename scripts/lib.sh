@@ -79,3 +79,21 @@ ensure_localstripe() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check "localstripe==$LOCALSTRIPE_VERSION"
   touch "$venv/.localstripe-$LOCALSTRIPE_VERSION"
 }
+
+# moto (an AWS emulator for the tenant agent's tests) in a Python venv at target/moto-venv,
+# where tenant-agent/tests look for it (QLEET_MOTO_SERVER overrides).
+MOTO_VERSION=5.2.5
+ensure_moto() {
+  local venv="$ROOT/target/moto-venv"
+  if [ -x "$venv/bin/moto_server" ] && [ -f "$venv/.moto-$MOTO_VERSION" ]; then return 0; fi
+  command -v python3 >/dev/null || ensure_apt python3 python3
+  if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    ensure_apt python3-venv /nonexistent
+  fi
+  say "installing moto $MOTO_VERSION into target/moto-venv"
+  rm -rf "$venv"
+  mkdir -p "$ROOT/target"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+  touch "$venv/.moto-$MOTO_VERSION"
+}

@@ -9,6 +9,7 @@ ensure_apt chromium chromium /usr/bin/chromium
 ensure_apt chromium-driver chromedriver
 ensure_node_deps
 ensure_localstripe
+ensure_moto
 ensure_wasm_tools
 
 # PostgreSQL for the tests: the machine's own on 127.0.0.1:5432 if it lets `postgres` in without

@@ -78,7 +78,7 @@ pub struct Aws {
 
 /// The HTTPS client every AWS SDK client uses: rustls with ring (no aws-lc build), proxies from
 /// `HTTPS_PROXY`/`NO_PROXY`.
-fn http_client() -> SharedHttpClient {
+pub fn http_client() -> SharedHttpClient {
     HttpBuilder::new().build_with_connector_fn(|settings, components| {
         let mut conn =
             ConnectorBuilder::default().tls_provider(tls::Provider::Rustls(CryptoMode::Ring));
@@ -284,8 +284,30 @@ where
     let status = err.raw_response().map(|r| r.status().as_u16());
     match &err {
         SdkError::ServiceError(_) => {
-            let code = err.code().unwrap_or("Unknown").to_owned();
-            let message = err.message().unwrap_or("no message").to_owned();
+            // An error envelope the SDK does not parse (moto wraps STS errors in `<Errors>`)
+            // still names its code and message in the body.
+            let body = err
+                .raw_response()
+                .and_then(|r| r.body().bytes())
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let code = err
+                .code()
+                .map(str::to_owned)
+                .or_else(|| xml_text(&body, "Code"))
+                .unwrap_or_else(|| "Unknown".to_owned());
+            let message = match err
+                .message()
+                .map(str::to_owned)
+                .or_else(|| xml_text(&body, "Message"))
+            {
+                Some(m) => m,
+                None => format!(
+                    "HTTP {}: {}",
+                    status.map(|s| s.to_string()).unwrap_or_default(),
+                    crate::client::error_chain(&err)
+                ),
+            };
             let retryable =
                 TRANSIENT_CODES.contains(&code.as_str()) || status.is_some_and(|s| s >= 500);
             TaskError {
@@ -306,6 +328,15 @@ where
             format!("{action}: {}", crate::client::error_chain(&err)),
         ),
     }
+}
+
+/// The text of the first `<tag>` element of an XML error body.
+pub(crate) fn xml_text(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find(&format!("</{tag}>"))? + start;
+    let text = body[start..end].trim();
+    (!text.is_empty()).then(|| text.to_owned())
 }
 
 /// The code of an SDK error, when the service answered one.
@@ -332,5 +363,9 @@ mod tests {
         );
         assert_eq!(source_identity("x"), None);
         assert_eq!(source_identity(&"a".repeat(100)).map(|s| s.len()), Some(64));
+        let body = "<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>no</Message></Error></Errors></ErrorResponse>";
+        assert_eq!(xml_text(body, "Code").as_deref(), Some("AccessDenied"));
+        assert_eq!(xml_text(body, "Message").as_deref(), Some("no"));
+        assert_eq!(xml_text(body, "Type"), None);
     }
 }

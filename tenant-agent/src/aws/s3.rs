@@ -159,22 +159,36 @@ impl S3 {
             .await
             .map_err(|e| sdk_error("s3:PutPublicAccessBlock", e))?;
 
-        let current = self
+        let current = match self
             .client
             .get_bucket_versioning()
             .bucket(name)
             .send()
             .await
-            .map_err(|e| sdk_error("s3:GetBucketVersioning", e))?;
+        {
+            Ok(v) => v.status().cloned(),
+            // Some S3-compatible servers (moto) answer under another root element, which the
+            // SDK refuses: read the status from the body (none: never versioned).
+            Err(e)
+                if error_code(&e).is_none()
+                    && matches!(e, aws_sdk_s3::error::SdkError::ServiceError(_)) =>
+            {
+                e.raw_response()
+                    .and_then(|r| r.body().bytes())
+                    .and_then(|b| super::xml_text(&String::from_utf8_lossy(b), "Status"))
+                    .map(|s| BucketVersioningStatus::from(s.as_str()))
+            }
+            Err(e) => return Err(sdk_error("s3:GetBucketVersioning", e)),
+        };
         let want = if spec.versioning {
             Some(BucketVersioningStatus::Enabled)
-        } else if current.status() == Some(&BucketVersioningStatus::Enabled) {
+        } else if current == Some(BucketVersioningStatus::Enabled) {
             // Versioning can only be suspended, never turned back off.
             Some(BucketVersioningStatus::Suspended)
         } else {
             None
         };
-        if let Some(status) = want.filter(|w| current.status() != Some(w)) {
+        if let Some(status) = want.filter(|w| current.as_ref() != Some(w)) {
             self.client
                 .put_bucket_versioning()
                 .bucket(name)

@@ -2,7 +2,7 @@
 //! task and session tags; buckets and databases are created, configured, adopted on retry and
 //! deleted; secret values never leave the account; AWS errors are surfaced with their code.
 
-use aws_sdk_s3::types::{BucketVersioningStatus, ServerSideEncryption};
+use aws_sdk_s3::types::ServerSideEncryption;
 use qleet_agent::task;
 use qleet_protocol::TaskResult;
 use serde_json::{Map, Value, json};
@@ -48,7 +48,8 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
     let proxy = Recorder::start(&moto.url).await;
     let ctx = context(moto.agent_aws(&proxy.url, "ambient", "ambient").await);
     let b = TaskBuilder::new("ObjectStorageBucket", "assets");
-    let t = b.task("ensure", bucket_resource(&b, Some("qleet-ext-123"), true));
+    let mut t = b.task("ensure", bucket_resource(&b, Some("qleet-ext-123"), true));
+    t.payload["sourceIdentity"] = json!("qleet-user-alice");
 
     let outputs = succeeded(task::run(&ctx, &t).await);
     let name = b.cloud_name();
@@ -71,6 +72,10 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
     assert_eq!(
         a.field("RoleSessionName"),
         Some(format!("qleet-{}", t.id.simple()))
+    );
+    assert_eq!(
+        a.field("SourceIdentity").as_deref(),
+        Some("qleet-user-alice")
     );
     let form = a.form();
     let tag = |key: &str| {
@@ -130,13 +135,17 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
         ),
         (Some(true), Some(true), Some(true), Some(true))
     );
-    let v = s3
-        .get_bucket_versioning()
-        .bucket(&name)
-        .send()
+    // Moto answers GetBucketVersioning under a root element the SDK refuses; read it raw.
+    let versioning = reqwest::get(format!("{}/{name}?versioning", moto.url))
         .await
-        .expect("versioning");
-    assert_eq!(v.status(), Some(&BucketVersioningStatus::Enabled));
+        .expect("versioning")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        versioning.contains("<Status>Enabled</Status>"),
+        "{versioning}"
+    );
     let enc = s3
         .get_bucket_encryption()
         .bucket(&name)
@@ -152,12 +161,18 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
 
     // A retried task (its first report was lost) adopts the bucket: no second create, one
     // bucket, and the cached session is reused (no second AssumeRole).
-    let again = b.task("ensure", bucket_resource(&b, Some("qleet-ext-123"), true));
+    let mut again = b.task("ensure", bucket_resource(&b, Some("qleet-ext-123"), true));
+    again.payload["sourceIdentity"] = json!("qleet-user-alice");
     succeeded(task::run(&ctx, &again).await);
+    let seen: Vec<String> = proxy
+        .requests()
+        .iter()
+        .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+        .collect();
     assert_eq!(
-        proxy.s3_calls("PUT", &format!("/{name}"), ""),
+        proxy.s3_calls("PUT", &format!("/{name}/"), ""),
         1,
-        "one CreateBucket"
+        "one CreateBucket: {seen:?}"
     );
     let buckets = s3.list_buckets().send().await.expect("list");
     assert_eq!(buckets.buckets().len(), 1);

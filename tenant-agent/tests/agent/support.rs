@@ -100,6 +100,7 @@ impl Moto {
 
 fn loader(endpoint: &str, key: &str, secret: &str) -> aws_config::ConfigLoader {
     aws_config::defaults(BehaviorVersion::latest())
+        .http_client(qleet_agent::aws::http_client())
         .endpoint_url(endpoint)
         .region(Region::new(REGION))
         .credentials_provider(Credentials::new(key, secret, None, None, "test"))
@@ -322,11 +323,11 @@ impl Recorder {
             .collect()
     }
 
-    /// S3 calls: method and path.
-    pub fn s3_calls(&self, method: &str, path: &str, query_has: &str) -> usize {
+    /// S3 calls: method, path and exact query (`""` for CreateBucket's `PUT /bucket/`).
+    pub fn s3_calls(&self, method: &str, path: &str, query: &str) -> usize {
         self.requests()
             .iter()
-            .filter(|r| r.method == method && r.path == path && r.query.contains(query_has))
+            .filter(|r| r.method == method && r.path == path && r.query == query)
             .count()
     }
 }
