@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::kube::ApiServer;
-use crate::support::{Moto, fresh_database};
+use crate::support::{Moto, Recorder, fresh_database};
 
 const ADMIN: &str = "test-admin-token-0123456789abcdef0123456789";
 
@@ -395,11 +395,23 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     let agents = cp.gql("{ agents { name version } }", json!({})).await;
     assert_eq!(agents["agents"][0]["version"], qleet_agent::VERSION);
 
-    // Later runs use the state file; the token is not needed (nor usable) again.
-    let mut again = agent_command(&cp, &moto, &state).spawn().expect("restart");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Later runs use the state file; the token is not needed (nor usable) again. This one
+    // goes through an HTTP proxy (the control plane here is plain http, so HTTP_PROXY; HTTPS
+    // URLs take HTTPS_PROXY the same way).
+    let proxy = Recorder::start(&cp.url).await;
+    let mut again = agent_command(&cp, &moto, &state)
+        .env("HTTP_PROXY", &proxy.url)
+        .spawn()
+        .expect("restart");
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(again.try_wait().expect("status").is_none(), "still running");
     assert!(terminate(&mut again).await.success());
+    let through_proxy: Vec<String> = proxy.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        through_proxy.contains(&"/agent/v1/heartbeat".to_owned())
+            && through_proxy.contains(&"/agent/v1/tasks/lease".to_owned()),
+        "{through_proxy:?}"
+    );
 
     let other_state = dir.join("second.json");
     let reused = agent_command(&cp, &moto, &other_state)
