@@ -151,7 +151,13 @@ impl Application {
         // The reconciler: one LISTEN connection and a few workers; they stop with the server.
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crate::objects::reconcile::listen(self.engine.clone()));
-        for _ in 0..RECONCILE_WORKERS {
+        // The polling baseline (benchmarks) is one loop, as a polling controller would be.
+        let workers = if self.engine.poll_interval.is_some() {
+            1
+        } else {
+            RECONCILE_WORKERS
+        };
+        for _ in 0..workers {
             background.spawn(crate::objects::reconcile::worker(self.engine.clone()));
         }
         let served = axum::serve(self.listener, self.router)

@@ -728,14 +728,44 @@ async fn write(
             ChangeAction::Unchanged => {}
         }
     }
-    // Dependency edges of everything created or updated.
+    // Dependency edges of everything created or updated. An object whose dependencies are not
+    // all Ready yet is marked Waiting instead of queued: each of them queues it when it becomes
+    // Ready, so an apply of a large graph does not fill the queue with work that can only wait.
+    let created: BTreeSet<&ObjKey> = changes
+        .iter()
+        .filter(|c| c.action == ChangeAction::Create)
+        .map(|c| &c.key)
+        .collect();
+    let mut waiting: Vec<Uuid> = Vec::new();
     for c in changes {
         if !matches!(c.action, ChangeAction::Create | ChangeAction::Update) {
             continue;
         }
         let id = ids[&c.key];
-        let targets: BTreeSet<Uuid> = references(&c.key, &world[&c.key].spec)
-            .map_err(invalid)?
+        let found = references(&c.key, &world[&c.key].spec).map_err(invalid)?;
+        let unready: BTreeSet<String> = found
+            .iter()
+            .filter(|r| {
+                created.contains(&r.target)
+                    || current
+                        .get(&r.target)
+                        .is_none_or(|row| row.phase() != super::store::Phase::Ready)
+            })
+            .map(|r| r.target.to_string())
+            .collect();
+        if !unready.is_empty() {
+            let names: Vec<String> = unready.into_iter().collect();
+            sqlx::query(
+                "update objects set status = jsonb_build_object('phase', 'Waiting', 'message', $2::text)
+                 where id = $1",
+            )
+            .bind(id)
+            .bind(format!("waiting for {}", names.join(", ")))
+            .execute(&mut *conn)
+            .await?;
+            waiting.push(id);
+        }
+        let targets: BTreeSet<Uuid> = found
             .into_iter()
             .filter_map(|r| ids.get(&r.target).copied())
             .collect();
@@ -758,6 +788,7 @@ async fn write(
         .filter_map(|c| c.owner.as_ref().and_then(|o| ids.get(o).copied()))
         .collect();
     touched.extend(owners);
+    touched.retain(|id| !waiting.contains(id));
     store::enqueue(&mut *conn, &touched).await?;
     Ok(())
 }

@@ -213,21 +213,24 @@ async fn reconcile_claimed(engine: &Engine, id: Uuid, seq: i64) -> anyhow::Resul
         reconcile(&mut tx, engine, &row).await?;
     }
     store::crash_point("reconcile-before-commit");
+    tx.commit().await?;
+    store::crash_point("reconcile-after-commit");
+    // Done with this request, unless it was renewed meanwhile. Outside the reconcile's
+    // transaction, so that transaction locks no queue row but its dependents' (in id order):
+    // a crash before this line only means one more, idempotent, reconcile.
     let done = sqlx::query("delete from reconcile_queue where object_id = $1 and seq = $2")
         .bind(id)
         .bind(seq)
-        .execute(&mut *tx)
+        .execute(&engine.pool)
         .await?
         .rows_affected();
     if done == 0 {
         // Asked again while we worked: leave the request, claimable at once.
         sqlx::query("update reconcile_queue set claimed_until = null where object_id = $1")
             .bind(id)
-            .execute(&mut *tx)
+            .execute(&engine.pool)
             .await?;
     }
-    tx.commit().await?;
-    store::crash_point("reconcile-after-commit");
     Ok(())
 }
 

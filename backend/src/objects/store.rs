@@ -71,14 +71,15 @@ impl ObjectRow {
 }
 
 /// Asks for `ids` to be reconciled, in the caller's transaction: the change and the request
-/// commit together or not at all. Wakes the workers at commit.
+/// commit together or not at all. Wakes the workers at commit. Rows are locked in id order,
+/// so concurrent enqueuers cannot deadlock on each other.
 pub async fn enqueue(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> {
     if ids.is_empty() {
         return Ok(());
     }
     sqlx::query(
         "insert into reconcile_queue (object_id)
-         select id from objects where id = any($1)
+         select id from objects where id = any($1) order by id
          on conflict (object_id) do update
            set seq = reconcile_queue.seq + 1,
                not_before = least(reconcile_queue.not_before, now()),

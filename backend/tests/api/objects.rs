@@ -917,7 +917,14 @@ async fn deletion_goes_in_reverse_dependency_order_and_waits_for_cleanup() {
         BTreeSet::from(["Workload/web".to_owned()])
     );
     assert_eq!(first[0]["operation"], "delete");
-    let db = cp.object("RelationalDatabase", "db").await;
+    let mut db = cp.object("RelationalDatabase", "db").await;
+    for _ in 0..300 {
+        if db["message"] != "deletion requested" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        db = cp.object("RelationalDatabase", "db").await;
+    }
     assert_eq!(db["phase"], "DELETING");
     assert_eq!(db["message"], "waiting for dependents to go: Workload/web");
     cp.report(&first[0], json!({"succeeded": {}})).await;
