@@ -7,7 +7,7 @@ use leptos_meta::Title;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::{Access, format_time},
+    api::{Access, format_time, url_encode},
     components::{CsrfField, ErrorBox, Loading, Notice, Refresh, Submit, action_error, mutation},
     identity::use_session,
     orgs::{OrgContext, tab_basics},
@@ -323,21 +323,32 @@ fn billing_view(
     }
 }
 
-/// The past-due banner on every organisation page, for owners and admins.
+/// The past-due banner on every organisation page, for owners and admins (lower roles are not
+/// asked; the backend would not tell them either).
+///
+/// [`OrgLayout`](super::OrgLayout) creates it in its own body, never inside a `Suspend`: the
+/// server and the hydrating browser must create resources and `Transition`s in the same order,
+/// as both number them in creation order and the browser finds each resource's server-sent value
+/// by that number. Created after an `.await`, the banner's resource was numbered when the
+/// organisation arrived — before the tab page's resources in the browser, after them (or
+/// several times) on the server — so the page read the wrong values, hydration failed and the
+/// page stayed dead (no live status).
 #[component]
-pub fn PastDueBanner(slug: String) -> impl IntoView {
+pub fn PastDueBanner() -> impl IntoView {
+    let ctx = expect_context::<OrgContext>();
     let alert = Resource::new(
-        {
-            let slug = slug.clone();
-            move || (slug.clone(), Refresh::generation())
+        move || (ctx.slug.get(), Refresh::generation()),
+        move |(slug, _)| async move {
+            match ctx.org.await {
+                Ok(org) if org.viewer_role.is_admin() => billing_alert(slug).await,
+                _ => Ok(None),
+            }
         },
-        |(slug, _)| billing_alert(slug),
     );
-    let href = format!("/orgs/{slug}/billing");
     view! {
         <Transition>
             {move || {
-                let href = href.clone();
+                let href = format!("/orgs/{}/billing", url_encode(&ctx.slug.get_untracked()));
                 Suspend::new(async move {
                     let alert = alert.await.ok().flatten()?;
                     let when = alert.suspend_after.as_deref().map(format_time);

@@ -204,10 +204,6 @@ pub fn OrgLayout() -> impl IntoView {
                                         view! { <A href=format!("{base}/billing")>"Billing"</A> }
                                     })}
                             </nav>
-                            {org
-                                .viewer_role
-                                .is_admin()
-                                .then(|| view! { <billing::PastDueBanner slug=org.slug.clone()/> })}
                         }
                             .into_any()
                     }
@@ -215,6 +211,9 @@ pub fn OrgLayout() -> impl IntoView {
                 }
             })}
         </Transition>
+        // Not inside the Suspend above: nothing that creates resources or Transitions may be,
+        // or server and browser number them differently (see `PastDueBanner`).
+        <billing::PastDueBanner/>
         // Outside the Transition so a reload of the title keeps the tab's state (e.g. a new
         // token shown once). The tab hides itself when the organisation failed to load.
         <Outlet/>
