@@ -98,7 +98,7 @@ pub async fn billing_alert(org: String) -> Result<Option<PastDue>, ServerFnError
         suspend_after: Option<String>,
         suspended: bool,
     }
-    let query = "query BillingAlert($org: String!) { organization(slug: $org) \
+    let query = "query PastDueResource($org: String!) { organization(slug: $org) \
                  { billing { pastDue suspendAfter suspended } } }";
     match crate::api::gql_raw::<Data>(query, serde_json::json!({ "org": org }), None).await {
         Ok(data) => {
@@ -323,21 +323,28 @@ fn billing_view(
     }
 }
 
-/// The past-due banner on every organisation page, for owners and admins.
-#[component]
-pub fn PastDueBanner(slug: String) -> impl IntoView {
-    let alert = Resource::new(
-        {
-            let slug = slug.clone();
-            move || (slug.clone(), Refresh::generation())
-        },
+/// What the past-due banner shows (`None` for lower roles, who are not told).
+pub type PastDueResource = Resource<Result<Option<PastDue>, ServerFnError>>;
+
+/// The banner's resource for the organisation named by `slug`.
+pub fn billing_alert_resource(slug: Memo<String>) -> PastDueResource {
+    Resource::new(
+        move || (slug.get(), Refresh::generation()),
         |(slug, _)| billing_alert(slug),
-    );
-    let href = format!("/orgs/{slug}/billing");
+    )
+}
+
+/// The past-due banner on every organisation page, for owners and admins.
+///
+/// [`super::OrgLayout`] creates it, and its resource, beside (not inside) its own suspended
+/// view: the server and the hydrating browser must create resources and transitions in the
+/// same order, or the browser reads another resource's data and the page fails to hydrate.
+#[component]
+pub fn PastDueBanner(slug: Memo<String>, alert: PastDueResource) -> impl IntoView {
     view! {
         <Transition>
             {move || {
-                let href = href.clone();
+                let href = format!("/orgs/{}/billing", slug.get());
                 Suspend::new(async move {
                     let alert = alert.await.ok().flatten()?;
                     let when = alert.suspend_after.as_deref().map(format_time);

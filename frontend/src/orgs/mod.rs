@@ -175,6 +175,7 @@ pub fn OrgLayout() -> impl IntoView {
         |(slug, _)| get_organization(slug),
     );
     provide_context(OrgContext { slug, org });
+    let alert = billing::billing_alert_resource(slug);
 
     view! {
         <Title text="Organisation · Qleet"/>
@@ -204,10 +205,6 @@ pub fn OrgLayout() -> impl IntoView {
                                         view! { <A href=format!("{base}/billing")>"Billing"</A> }
                                     })}
                             </nav>
-                            {org
-                                .viewer_role
-                                .is_admin()
-                                .then(|| view! { <billing::PastDueBanner slug=org.slug.clone()/> })}
                         }
                             .into_any()
                     }
@@ -215,6 +212,9 @@ pub fn OrgLayout() -> impl IntoView {
                 }
             })}
         </Transition>
+        // Outside the Transition, like the page below, so that resources and transitions are
+        // created in the same order on the server and while hydrating (see PastDueBanner).
+        <billing::PastDueBanner slug alert/>
         // Outside the Transition so a reload of the title keeps the tab's state (e.g. a new
         // token shown once). The tab hides itself when the organisation failed to load.
         <Outlet/>

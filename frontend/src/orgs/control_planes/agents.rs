@@ -501,8 +501,13 @@ mod flash {
 type AgentLive = RwSignal<HashMap<String, Agent>>;
 
 /// Re-reads the agents every [`POLL_SECONDS`] while the page lives (in the browser only);
-/// `on_new` hears when an agent appears that the loaded list does not show.
-fn poll_agents(cp: Memo<String>, on_poll: impl Fn(&[Agent]) + 'static) -> AgentLive {
+/// `on_poll` hears each answer. `polling` turns true once that has started (the page then
+/// says `data-live="true"`).
+fn poll_agents(
+    cp: Memo<String>,
+    polling: RwSignal<bool>,
+    on_poll: impl Fn(&[Agent]) + 'static,
+) -> AgentLive {
     let live: AgentLive = RwSignal::new(HashMap::new());
     #[cfg(feature = "hydrate")]
     {
@@ -523,12 +528,13 @@ fn poll_agents(cp: Memo<String>, on_poll: impl Fn(&[Agent]) + 'static) -> AgentL
             if let Ok(handle) =
                 set_interval_with_handle(tick, std::time::Duration::from_secs(POLL_SECONDS))
             {
+                polling.set(true);
                 on_cleanup(move || handle.clear());
             }
         });
     }
     #[cfg(not(feature = "hydrate"))]
-    let _ = (cp, on_poll);
+    let _ = (cp, polling, on_poll);
     live
 }
 
@@ -551,7 +557,8 @@ pub fn AgentsPage() -> impl IntoView {
         |(slug, cp, _)| agent_install_info(slug, cp),
     );
     let shown = StoredValue::new(Vec::<String>::new());
-    let live = poll_agents(cp, move |agents| {
+    let polling = RwSignal::new(false);
+    let live = poll_agents(cp, polling, move |agents| {
         let known = shown.with_value(|ids| agents.iter().all(|a| ids.contains(&a.id)));
         if !known {
             reload.update(|n| *n += 1);
@@ -576,7 +583,8 @@ pub fn AgentsPage() -> impl IntoView {
                 };
                 let add = if admin {
                     let flashed = flashed.await.ok().flatten();
-                    add_section(&slug, &id, &csrf, create, flashed, install.await)
+                    let install = install.await;
+                    add_section(&slug, &id, &csrf, create, flashed, install)
                 } else {
                     view! {
                         <section class="card">
@@ -587,7 +595,11 @@ pub fn AgentsPage() -> impl IntoView {
                 };
                 Some(
                     view! {
-                        <section class="card">
+                        <section
+                            class="card"
+                            id="agents-card"
+                            data-live=move || polling.get().then_some("true")
+                        >
                             <div class="card-head">
                                 <h2>"Agents"</h2>
                                 <a
@@ -625,8 +637,7 @@ fn agent_table(
     if agents.is_empty() {
         return view! {
             <p class="muted" id="agents-empty">
-                "No agents yet."
-                {admin.then_some(" Add one below.")}
+                {if admin { "No agents yet. Add one below." } else { "No agents yet." }}
             </p>
         }
         .into_any();
@@ -655,7 +666,7 @@ fn agent_table(
             let action = if admin && !agent.status.is_revoked() {
                 revoke_form(&agent, cp, csrf, revoke)
             } else if let Some(at) = &agent.revoked_at {
-                view! { <span class="muted">"Revoked " {format_time(at)}</span> }.into_any()
+                view! { <span class="muted">{format!("Revoked {}", format_time(at))}</span> }.into_any()
             } else {
                 ().into_any()
             };
@@ -819,13 +830,23 @@ fn instructions(registration: &Registration, info: &InstallInfo) -> AnyView {
             />
             <p class="hint">"Agent URL: " <code id="agent-url">{info.agent_url.clone()}</code></p>
         </div>
-        <h3>"Install"</h3>
+        {install_ways(url, token, account_id)}
+    }
+    .into_any()
+}
+
+/// The commands for each way to install, in pieces of few siblings (see [`account_section`]).
+fn install_ways(url: &str, token: &str, account_id: Option<&str>) -> AnyView {
+    let binary = view! {
         <h4>"On a host (binary)"</h4>
         <p class="hint">
             "The agent keeps its credential in the state file (mode 0600); AWS credentials come from the host (instance profile, environment or "
             <code>"~/.aws"</code> ")."
         </p>
         {copy_block("agent-install-binary", binary_command(url, token))}
+    }
+    .into_any();
+    let helm = view! {
         <h4>"On Kubernetes (Helm)"</h4>
         <p class="hint">
             "The chart in " <code>"deploy/agent/helm"</code>
@@ -834,9 +855,19 @@ fn instructions(registration: &Registration, info: &InstallInfo) -> AnyView {
             " is the IAM role the pod itself runs as (IRSA); that role assumes the one below."
         </p>
         {copy_block("agent-install-helm", helm_command(url, token, account_id))}
+    }
+    .into_any();
+    let docker = view! {
         <h4>"As a container"</h4>
         <p class="hint">"AWS credentials from the environment (or the instance's role)."</p>
         {copy_block("agent-install-docker", docker_command(url, token))}
+    }
+    .into_any();
+    view! {
+        <h3>"Install"</h3>
+        {binary}
+        {helm}
+        {docker}
     }
     .into_any()
 }
@@ -873,61 +904,82 @@ fn account_section(account: &AccountInstall) -> AnyView {
     let Some(external_id) = account.external_id.clone() else {
         return view! {
             <div class="agent-account" data-account=name.clone()>
-                <h4>"AwsAccount/" {name.clone()}</h4>
+                <h4>{format!("AwsAccount/{name}")}</h4>
                 <p class="muted">"Its ExternalId has not been generated yet; reload in a moment."</p>
             </div>
         }
         .into_any();
     };
     let template = account.cloud_formation_template.clone().unwrap_or_default();
-    let download = (!template.is_empty()).then(|| {
-        view! {
-            <a
-                class="button secondary agent-template-download"
-                download=template_file(&name)
-                href=data_url("application/json", &template)
-            >
-                "Download " {template_file(&name)}
-            </a>
-        }
-    });
-    let trust = account.trust_policy.clone().map(|policy| {
-        let pretty = serde_json::from_str::<serde_json::Value>(&policy)
-            .ok()
-            .and_then(|v| serde_json::to_string_pretty(&v).ok())
-            .unwrap_or(policy);
-        view! {
-            <details>
-                <summary>"Trust policy"</summary>
-                <pre class="example"><code class="agent-trust-policy">{pretty}</code></pre>
-            </details>
-        }
-    });
+    let download = view! {
+        <a
+            class="button secondary agent-template-download"
+            download=template_file(&name)
+            href=data_url("application/json", &template)
+        >
+            {format!("Download {}", template_file(&name))}
+        </a>
+    }
+    .into_any();
+    let policy = account.trust_policy.clone().unwrap_or_default();
+    let pretty = serde_json::from_str::<serde_json::Value>(&policy)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or(policy);
+    let trust = view! {
+        <details>
+            <summary>"Trust policy"</summary>
+            <pre class="example">
+                <code class="agent-trust-policy">{pretty}</code>
+            </pre>
+        </details>
+    }
+    .into_any();
+    // Few children per `view!`: a longer list of siblings here failed to hydrate (Leptos 0.8),
+    // so the section is built from smaller pieces.
+    let facts = view! {
+        <h4>{format!("AwsAccount/{name}")}</h4>
+        <dl class="facts">
+            <dt>"ExternalId"</dt>
+            <dd>
+                <code class="agent-external-id">{external_id.clone()}</code>
+            </dd>
+            <dt>"Role"</dt>
+            <dd>
+                <code>{account.role_arn.clone().unwrap_or_default()}</code>
+            </dd>
+        </dl>
+        {trust}
+    }
+    .into_any();
+    let generated = view! {
+        <p>"Create the role with the generated CloudFormation template (ExternalId included):"</p>
+        {download}
+        <details>
+            <summary>"Template"</summary>
+            <pre class="example">
+                <code class="agent-template">{template}</code>
+            </pre>
+        </details>
+    }
+    .into_any();
+    let commands = view! {
+        <pre class="example">
+            <code class="agent-cfn-deploy">{cloudformation_command(account)}</code>
+        </pre>
+        <p class="hint">"Or with the parameterised template shipped in deploy/agent:"</p>
+        <pre class="example">
+            <code class="agent-cfn-params">
+                {cloudformation_params_command(account, &external_id)}
+            </code>
+        </pre>
+    }
+    .into_any();
     view! {
         <div class="agent-account" data-account=name.clone()>
-            <h4>"AwsAccount/" {name.clone()}</h4>
-            <dl class="facts">
-                <dt>"ExternalId"</dt>
-                <dd>
-                    <code class="agent-external-id">{external_id.clone()}</code>
-                </dd>
-                <dt>"Role"</dt>
-                <dd>
-                    <code>{account.role_arn.clone().unwrap_or_default()}</code>
-                </dd>
-            </dl>
-            {trust}
-            <p>"Create the role with the generated CloudFormation template (ExternalId included):"</p>
-            {download}
-            <details>
-                <summary>"Template"</summary>
-                <pre class="example"><code class="agent-template">{template}</code></pre>
-            </details>
-            <pre class="example"><code class="agent-cfn-deploy">{cloudformation_command(account)}</code></pre>
-            <p class="hint">"Or with the parameterised template shipped in deploy/agent:"</p>
-            <pre class="example">
-                <code class="agent-cfn-params">{cloudformation_params_command(account, &external_id)}</code>
-            </pre>
+            {facts}
+            {generated}
+            {commands}
         </div>
     }
     .into_any()
