@@ -18,6 +18,7 @@ use crate::{
         audit::AuditPage,
         billing::BillingPage,
         control_planes::{
+            agents::AgentsPage,
             detail::ControlPlanePage,
             list::ControlPlanesPage,
             objects::{
@@ -80,6 +81,7 @@ pub fn App() -> impl IntoView {
                             <Route path=path!("objects/:kind/:name") view=ObjectPage/>
                             <Route path=path!("graph") view=GraphPage/>
                             <Route path=path!("apply") view=ApplyPage/>
+                            <Route path=path!("agents") view=AgentsPage/>
                         </ParentRoute>
                         <Route path=path!("tokens") view=TokensPage/>
                         <Route path=path!("audit") view=AuditPage/>

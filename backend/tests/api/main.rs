@@ -1,6 +1,7 @@
 //! Integration tests of the management plane, one binary, a module per area.
 
 mod agents;
+mod agents_ui;
 mod audit;
 mod billing;
 mod browser;

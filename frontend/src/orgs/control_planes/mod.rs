@@ -4,6 +4,7 @@
 //! Pages show the state at load time and a "Refresh" link; once hydrated they follow the
 //! organisation's status stream (see [`live`]).
 
+pub mod agents;
 pub mod detail;
 pub mod list;
 pub mod live;

@@ -1,7 +1,7 @@
 //! A control plane's objects, as its own GraphQL API describes them: the list
 //! (`.../control-planes/:id/objects`), one object (`.../objects/:kind/:name`), the dependency
 //! graph (`.../graph`) and the apply page (`.../apply`), under a frame ([`ControlPlaneLayout`])
-//! that names the control plane and links its pages.
+//! that names the control plane and links its pages (the agents page, [`super::agents`], too).
 //!
 //! Every call goes to the tenant control plane through the management gateway as the signed-in
 //! user ([`crate::api::cp_gql`]); the control plane enforces roles, the pages only hide what a
@@ -348,6 +348,9 @@ pub fn ControlPlaneLayout() -> impl IntoView {
             <A href=move || objects_path(&ctx.slug.get(), &id.get())>"Objects"</A>
             <A href=move || graph_path(&ctx.slug.get(), &id.get())>"Graph"</A>
             <A href=move || apply_path(&ctx.slug.get(), &id.get())>"Apply"</A>
+            <A href=move || {
+                super::agents::agents_path(&ctx.slug.get(), &id.get())
+            }>"Agents"</A>
         </nav>
         <Outlet/>
     }
