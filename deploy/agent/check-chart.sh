@@ -11,7 +11,7 @@ trap 'rm -rf "$out"' EXIT
 
 base=(--namespace qleet-agent --set controlPlaneUrl=https://qleet.example/cp/0b6f2d4e-8c1a-4f3e-9a7b-2c5d8e1f0a93 --set registrationToken=qleet_reg_test)
 helm lint "$chart" "${base[@]}" >/dev/null
-helm template agent "$chart" "${base[@]}" --set serviceAccount.roleArn=arn:aws:iam::123456789012:role/qleet-agent-runner >"$out/secret.yaml"
+helm template agent "$chart" "${base[@]}" --set state.mode=secret --set serviceAccount.roleArn=arn:aws:iam::123456789012:role/qleet-agent-runner >"$out/secret.yaml"
 helm template agent "$chart" "${base[@]}" --set state.mode=file --set httpsProxy=http://proxy:3128 >"$out/file.yaml"
 helm template agent "$chart" "${base[@]}" --set rbac.clusterWide=false --set 'rbac.namespaces={shop,web}' >"$out/namespaced.yaml"
 for bad in "--set registrationToken=qleet_reg_x" "--set controlPlaneUrl=https://q/cp/x" "--set controlPlaneUrl=https://q/cp/x --set registrationToken=t --set state.mode=disk"; do
