@@ -213,6 +213,15 @@ pub(crate) struct Upstream {
     pub(crate) token: String,
 }
 
+/// The control plane a `/cp/{id}/...` path names; `NOT_FOUND` for a malformed or unknown id.
+async fn find(state: &AppState, id: &str) -> Result<ControlPlane, ApiError> {
+    let not_found = || ApiError::NotFound("control plane".into());
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    super::get_by_id(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)
+}
+
 /// Authenticates the caller, checks their role in the control plane's organisation, wakes the
 /// control plane if it hibernates, and mints the token for this request.
 pub(crate) async fn resolve(
@@ -223,13 +232,8 @@ pub(crate) async fn resolve(
     let principal = crate::identity::authenticate(&state.pool, headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
-    let id: Uuid = id
-        .parse()
-        .map_err(|_| ApiError::NotFound("control plane".into()))?;
     let services = &state.controlplanes;
-    let cp = super::get_by_id(&state.pool, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("control plane".into()))?;
+    let cp = find(state, id).await?;
     let role = role_in(state, &principal, &cp).await?;
     // The plan's limits travel in the token; one indexed read (none without Stripe).
     let billing = &services.billing;
@@ -273,25 +277,21 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
         Status::Hibernated => lifecycle::wake(&state.pool, services, cp).await?,
         other => return Err(not_ready(other)),
     }
-    let endpoint = match services
-        .driver
-        .status(id)
-        .await
-        .map_err(crate::error::internal)?
-    {
-        RuntimeStatus::Ready(ep) => ep,
-        _ => {
+    let ready = || async {
+        match services.driver.status(id).await {
+            Ok(RuntimeStatus::Ready(ep)) => Ok(Some(ep)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(crate::error::internal(e)),
+        }
+    };
+    let endpoint = match ready().await? {
+        Some(ep) => ep,
+        None => {
             // Restarting (crash, management restart): wait briefly rather than fail.
             lifecycle::wait_ready(services, id).await?;
-            match services
-                .driver
-                .status(id)
-                .await
-                .map_err(crate::error::internal)?
-            {
-                RuntimeStatus::Ready(ep) => ep,
-                _ => return Err(not_ready(Status::Provisioning)),
-            }
+            ready()
+                .await?
+                .ok_or_else(|| not_ready(Status::Provisioning))?
         }
     };
     // Recorded at most every few seconds: it feeds hibernation, not billing.
@@ -328,12 +328,7 @@ async fn forward_inner(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (endpoint, authorization) = if is_agent_call(rest, &headers) {
-        let cp_id: Uuid = id
-            .parse()
-            .map_err(|_| ApiError::NotFound("control plane".into()))?;
-        let cp = super::get_by_id(&state.pool, cp_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound("control plane".into()))?;
+        let cp = find(state, id).await?;
         let endpoint = reach(state, &cp).await?;
         (endpoint, headers.get(header::AUTHORIZATION).cloned())
     } else {
