@@ -245,15 +245,6 @@ pub fn data_url(mime: &str, text: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 // Server functions.
 
-#[cfg(feature = "ssr")]
-fn check_id(id: &str) -> Result<(), ServerFnError> {
-    if super::is_uuid(id) {
-        Ok(())
-    } else {
-        Err(super::no_such_control_plane())
-    }
-}
-
 /// The control plane's agents, newest first, with how long ago each was heard from.
 #[server(endpoint = "cp_agents")]
 pub async fn list_agents(cp: String) -> Result<Vec<Agent>, ServerFnError> {
@@ -261,7 +252,7 @@ pub async fn list_agents(cp: String) -> Result<Vec<Agent>, ServerFnError> {
     struct Data {
         agents: Vec<Agent>,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let query = "query Agents { agents { id name version status lastSeenAt registeredAt running \
                  revokedAt } }";
     let data: Data = crate::api::cp_gql(&cp, query, serde_json::json!({}), None).await?;
@@ -310,7 +301,7 @@ pub async fn agent_install_info(org: String, cp: String) -> Result<InstallInfo, 
         #[serde(default)]
         outputs: serde_json::Value,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let query = "query AgentUrl($slug: String!, $id: UUID!) { organization(slug: $slug) \
                  { controlPlane(id: $id) { endpoint } } }";
     let management: Management =
@@ -360,7 +351,7 @@ pub async fn create_registration(
     struct Data {
         create_agent_registration: Registration,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let query = "mutation Register($ttl: Int!) { createAgentRegistration(ttlMinutes: $ttl) \
                  { token expiresAt controlPlane } }";
     let data: Data = crate::api::cp_gql(
@@ -382,14 +373,14 @@ pub async fn flashed_registration(
     org: String,
     cp: String,
 ) -> Result<Option<Registration>, ServerFnError> {
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     Ok(flash::take(&org, &cp))
 }
 
 /// Revokes an agent: its credential stops working at once.
 #[server(endpoint = "cp_revoke_agent")]
 pub async fn revoke_agent(csrf: String, cp: String, id: String) -> Result<(), ServerFnError> {
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     if !super::is_uuid(&id) {
         return Err(ServerFnError::new("There is no such agent."));
     }

@@ -130,9 +130,16 @@ fn is_uuid(id: &str) -> bool {
             .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-'))
 }
 
-#[cfg_attr(not(feature = "ssr"), allow(dead_code))]
-fn no_such_control_plane() -> ServerFnError {
-    ServerFnError::new("There is no such control plane in this organisation.")
+/// Fails with "not found" unless `id` looks like a control plane id.
+#[cfg(feature = "ssr")]
+fn check_id(id: &str) -> Result<(), ServerFnError> {
+    if is_uuid(id) {
+        Ok(())
+    } else {
+        Err(ServerFnError::new(
+            "There is no such control plane in this organisation.",
+        ))
+    }
 }
 
 #[server(endpoint = "control_planes")]
@@ -188,9 +195,7 @@ pub async fn get_control_plane(org: String, id: String) -> Result<ControlPlane, 
     struct Org {
         control_plane: ControlPlane,
     }
-    if !is_uuid(&id) {
-        return Err(no_such_control_plane());
-    }
+    check_id(&id)?;
     let query = format!(
         "query ControlPlane($slug: String!, $id: UUID!) {{ organization(slug: $slug) \
          {{ controlPlane(id: $id) {{ {FIELDS} }} }} }}"
@@ -219,9 +224,7 @@ pub async fn control_plane_events(
     struct Events {
         events: Vec<ControlPlaneEvent>,
     }
-    if !is_uuid(&id) {
-        return Err(no_such_control_plane());
-    }
+    check_id(&id)?;
     let query = "query ControlPlaneEvents($slug: String!, $id: UUID!) \
                  { organization(slug: $slug) { controlPlane(id: $id) \
                  { events { at from to message } } } }";

@@ -360,16 +360,6 @@ pub fn ControlPlaneLayout() -> impl IntoView {
 const SUMMARY_FIELDS: &str = "kind name phase message generation observedGeneration \
                               owner { kind name phase } deleting updatedAt";
 
-/// Fails with "not found" unless `id` looks like a control plane id.
-#[cfg(feature = "ssr")]
-fn check_id(id: &str) -> Result<(), ServerFnError> {
-    if super::is_uuid(id) {
-        Ok(())
-    } else {
-        Err(super::no_such_control_plane())
-    }
-}
-
 /// The objects of control plane `cp` (of `kind` only, when given and not empty), sorted by
 /// kind and name, and every kind present.
 #[server(endpoint = "cp_objects")]
@@ -386,7 +376,7 @@ pub async fn list_objects(
     struct KindsOnly {
         nodes: Vec<ObjectRef>,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let kind = kind.filter(|kind| !kind.trim().is_empty());
     let query = format!(
         "query Objects($kind: String) {{ objects(kind: $kind) {{ {SUMMARY_FIELDS} }} \
@@ -408,7 +398,7 @@ pub async fn object_states(cp: String) -> Result<Vec<ObjectChange>, ServerFnErro
     struct Data {
         objects: Vec<ObjectSummary>,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let query = format!("query ObjectStates {{ objects {{ {SUMMARY_FIELDS} }} }}");
     let data: Data = crate::api::cp_gql(&cp, &query, serde_json::json!({}), None).await?;
     Ok(data.objects.iter().map(ObjectSummary::snapshot).collect())
@@ -424,7 +414,7 @@ pub async fn get_object(
     struct Data {
         object: Option<ObjectDetail>,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let query = "query Object($kind: String!, $name: String!) { object(kind: $kind, name: $name) \
                  { kind name phase message spec status outputs rendered generation \
                  observedGeneration conditions { type status reason message lastTransitionAt } \
@@ -443,7 +433,7 @@ pub async fn get_graph(cp: String) -> Result<Graph, ServerFnError> {
     struct Data {
         graph: Graph,
     }
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let query = "query Graph { graph { nodes { kind name phase } \
                  edges { from { kind name } to { kind name } } } }";
     let data: Data = crate::api::cp_gql(&cp, query, serde_json::json!({}), None).await?;
@@ -457,7 +447,7 @@ pub async fn get_graph(cp: String) -> Result<Graph, ServerFnError> {
 /// safe only because a dry run changes nothing.
 #[server(endpoint = "cp_plan")]
 pub async fn plan_objects(cp: String, yaml: String, prune: bool) -> Result<Plan, ServerFnError> {
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let (backend, parts) = crate::backend::current().map_err(ServerFnError::new)?;
     let csrf = backend.0.csrf_token(&parts);
     let data: ApplyData = crate::api::cp_gql(
@@ -479,7 +469,7 @@ pub async fn apply_objects(
     yaml: String,
     prune: Option<String>,
 ) -> Result<Plan, ServerFnError> {
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     let prune = prune.is_some_and(|p| matches!(p.as_str(), "true" | "on"));
     let data: ApplyData = crate::api::cp_gql(
         &cp,
@@ -502,7 +492,7 @@ pub async fn delete_object(
     name: String,
     confirm_name: String,
 ) -> Result<(), ServerFnError> {
-    check_id(&cp)?;
+    super::check_id(&cp)?;
     if confirm_name.trim() != name {
         return Err(ServerFnError::new(format!(
             "Type the object's name, {name}, to confirm."
