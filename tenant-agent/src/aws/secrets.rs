@@ -40,25 +40,12 @@ impl Secrets {
     /// Answers the secret `name` if it exists and is this object's; otherwise creates it with
     /// a freshly generated value, tagged like every Qleet resource.
     pub async fn get_or_create(&self, name: &str, payload: &Payload) -> Result<Stored, TaskError> {
-        match self.client.describe_secret().secret_id(name).send().await {
-            Ok(d) => {
-                let id = payload.object.id.to_string();
-                let ours = d
-                    .tags()
-                    .iter()
-                    .any(|t| t.key() == Some("qleet:object-id") && t.value() == Some(&id));
-                if !ours {
-                    return Err(TaskError::permanent(
-                        "SecretNotOurs",
-                        format!("secret `{name}` exists but is not tagged as this object's"),
-                    ));
-                }
-                let arn = d.arn().unwrap_or(name).to_owned();
-                let value = self.read(&arn).await?;
-                return Ok(Stored { arn, value });
-            }
-            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => {}
-            Err(e) => return Err(sdk_error("secretsmanager:DescribeSecret", e)),
+        if let Some(arn) = self
+            .find_ours(name, payload, "exists but is not tagged as this object's")
+            .await?
+        {
+            let value = self.read(&arn).await?;
+            return Ok(Stored { arn, value });
         }
         let value = generate_password();
         let tags: Vec<Tag> = payload
@@ -82,6 +69,34 @@ impl Secrets {
         })
     }
 
+    /// The ARN of the secret `name` when it exists; a `SecretNotOurs` error (secret `name`
+    /// followed by `not_ours`) when it exists without this object's id tag.
+    async fn find_ours(
+        &self,
+        name: &str,
+        payload: &Payload,
+        not_ours: &str,
+    ) -> Result<Option<String>, TaskError> {
+        match self.client.describe_secret().secret_id(name).send().await {
+            Ok(d) => {
+                let id = payload.object.id.to_string();
+                let ours = d
+                    .tags()
+                    .iter()
+                    .any(|t| t.key() == Some("qleet:object-id") && t.value() == Some(&id));
+                if !ours {
+                    return Err(TaskError::permanent(
+                        "SecretNotOurs",
+                        format!("secret `{name}` {not_ours}"),
+                    ));
+                }
+                Ok(Some(d.arn().unwrap_or(name).to_owned()))
+            }
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(sdk_error("secretsmanager:DescribeSecret", e)),
+        }
+    }
+
     /// The current value of a secret (by name or ARN).
     pub async fn read(&self, id: &str) -> Result<SecretString, TaskError> {
         let v = self
@@ -100,22 +115,12 @@ impl Secrets {
 
     /// Deletes the secret at once (no recovery window, so the same name can be made again).
     pub async fn delete(&self, name: &str, payload: &Payload) -> Result<(), TaskError> {
-        match self.client.describe_secret().secret_id(name).send().await {
-            Ok(d) => {
-                let id = payload.object.id.to_string();
-                if !d
-                    .tags()
-                    .iter()
-                    .any(|t| t.key() == Some("qleet:object-id") && t.value() == Some(&id))
-                {
-                    return Err(TaskError::permanent(
-                        "SecretNotOurs",
-                        format!("secret `{name}` is not tagged as this object's; left alone"),
-                    ));
-                }
-            }
-            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => return Ok(()),
-            Err(e) => return Err(sdk_error("secretsmanager:DescribeSecret", e)),
+        if self
+            .find_ours(name, payload, "is not tagged as this object's; left alone")
+            .await?
+            .is_none()
+        {
+            return Ok(());
         }
         match self
             .client
