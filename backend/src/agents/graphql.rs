@@ -12,13 +12,8 @@ use crate::orgs::Role;
 
 fn require_admin<'a>(ctx: &Context<'a>) -> Result<&'a Caller, ApiError> {
     let caller = ctx.data_unchecked::<Caller>();
-    if caller.role().at_least(Role::Admin) {
-        Ok(caller)
-    } else {
-        Err(ApiError::forbidden(
-            "managing agents needs the admin role or higher in the organisation",
-        ))
-    }
+    caller.require(Role::Admin, "managing agents")?;
+    Ok(caller)
 }
 
 #[derive(SimpleObject, sqlx::FromRow)]

@@ -7,12 +7,11 @@ pub mod graphql;
 
 use chrono::{DateTime, Duration, Utc};
 use qleet_protocol::{CREDENTIAL_PREFIX, REGISTRATION_PREFIX, RegisterRequest, RegisterResponse};
-use rand::RngCore as _;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::identity::hash_secret;
+use crate::identity::{hash_secret, random_secret};
 use crate::internal_token::Limits;
 
 /// How often agents are asked to send a heartbeat.
@@ -46,12 +45,6 @@ pub fn status(last_seen: Option<DateTime<Utc>>, revoked: bool, now: DateTime<Utc
     }
 }
 
-fn secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// A new one-time registration token (shown once), valid for `ttl`.
 pub async fn create_registration(
     pool: &PgPool,
@@ -62,7 +55,7 @@ pub async fn create_registration(
     if let Some(limits) = limits {
         limits.check_agents(active_agents(pool).await?)?;
     }
-    let token = format!("{REGISTRATION_PREFIX}{}", secret());
+    let token = format!("{REGISTRATION_PREFIX}{}", random_secret());
     let expires_at: DateTime<Utc> = sqlx::query_scalar(
         "insert into agent_registrations (id, token_hash, created_by, expires_at, limits)
          values ($1, $2, $3, now() + make_interval(secs => $4), $5) returning expires_at",
@@ -125,7 +118,7 @@ pub async fn register(
         limits.check_agents(active as u64)?;
     }
     let id = Uuid::new_v4();
-    let credential = format!("{CREDENTIAL_PREFIX}{}_{}", id.simple(), secret());
+    let credential = format!("{CREDENTIAL_PREFIX}{}_{}", id.simple(), random_secret());
     sqlx::query(
         "insert into agents (id, name, credential_hash, version, registration_id, last_seen_at)
          values ($1, $2, $3, $4, $5, now())",

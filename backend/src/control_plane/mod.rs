@@ -62,6 +62,18 @@ impl Caller {
         }
     }
 
+    /// Ok when the caller holds `role` or higher; else FORBIDDEN saying `what` needs it.
+    pub fn require(&self, role: Role, what: &str) -> Result<(), ApiError> {
+        if self.role().at_least(role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "{what} needs the {} role or higher in the organisation",
+                format!("{role:?}").to_lowercase()
+            )))
+        }
+    }
+
     pub fn role(&self) -> Role {
         match self {
             Caller::Gateway(claims) => claims.role,

@@ -797,10 +797,8 @@ async fn write(
 /// taken from the caller.
 fn initial_outputs(key: &ObjKey) -> Value {
     if key.kind == "AwsAccount" {
-        let mut bytes = [0u8; 20];
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        json!({ "externalId": format!("qleet-{hex}") })
+        let secret = crate::identity::random_secret();
+        json!({ "externalId": format!("qleet-{secret}") })
     } else {
         Value::Object(Map::new())
     }

@@ -121,38 +121,23 @@ fn substitute(v: &Value, instance: &str, params: &Map<String, Value>) -> Result<
 
 fn splice(s: &str, instance: &str, params: &Map<String, Value>) -> Result<String, String> {
     // First, so it may sit inside a reference: `${Kind/${instance.name}-db.host}`.
-    let s = &s.replace("${instance.name}", instance);
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s.as_str();
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
-        let inner = &after[..end];
-        if inner == "instance.name" {
-            out.push_str(instance);
-        } else if let Some(p) = inner.strip_prefix("params.") {
+    let s = s.replace("${instance.name}", instance);
+    super::refs::placeholders(&s, |inner| {
+        if let Some(p) = inner.strip_prefix("params.") {
             match params.get(p) {
-                Some(Value::String(v)) => out.push_str(v),
-                Some(other) => out.push_str(&other.to_string()),
-                None => return Err(format!("`${{params.{p}}}` is not a parameter")),
+                Some(Value::String(v)) => Ok(Some(v.clone())),
+                Some(other) => Ok(Some(other.to_string())),
+                None => Err(format!("`${{params.{p}}}` is not a parameter")),
             }
         } else if let Some(other) = inner.strip_prefix("instance.") {
-            return Err(format!(
+            Err(format!(
                 "`${{instance.{other}}}` is unknown (only instance.name)"
-            ));
+            ))
         } else {
             // An object reference, resolved when the owned object is reconciled.
-            out.push_str("${");
-            out.push_str(inner);
-            out.push('}');
+            Ok(None)
         }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    })
 }
 
 #[cfg(test)]

@@ -22,14 +22,7 @@ fn caller<'a>(ctx: &Context<'a>) -> &'a Caller {
 }
 
 fn require(ctx: &Context<'_>, role: Role) -> Result<(), ApiError> {
-    if caller(ctx).role().at_least(role) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(format!(
-            "this needs the {} role or higher in the organisation",
-            format!("{role:?}").to_lowercase()
-        )))
-    }
+    caller(ctx).require(role, "this")
 }
 
 /// A reference to an object, with its phase.

@@ -262,7 +262,7 @@ async fn reconcile(
     row: &ObjectRow,
 ) -> anyhow::Result<()> {
     if row.deletion_requested_at.is_some() {
-        return finalize_deletion(conn, engine, row).await;
+        return finalize_deletion(conn, row).await;
     }
     let key = row.key();
     let builtin = Builtin::parse(&row.kind);
@@ -361,15 +361,11 @@ async fn managed(
     key: &ObjKey,
     builtin: Builtin,
 ) -> anyhow::Result<Next> {
-    let deps: Vec<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {} from object_edges e join objects o on o.id = e.dependency
+    // `o.*` is every column an `ObjectRow` reads.
+    let deps: Vec<ObjectRow> = sqlx::query_as(
+        "select o.* from object_edges e join objects o on o.id = e.dependency
          where e.dependent = $1 order by o.kind, o.name",
-        OBJECT_COLUMNS
-            .split(", ")
-            .map(|c| format!("o.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    )))
+    )
     .bind(row.id)
     .fetch_all(&mut *conn)
     .await?;
@@ -527,12 +523,7 @@ async fn queue_task(
 
 /// Deletion: after every dependent and owned object is gone, the agent removes what it made;
 /// then the row goes, and the objects it used are told (they may be waiting to be deleted).
-async fn finalize_deletion(
-    conn: &mut PgConnection,
-    engine: &Engine,
-    row: &ObjectRow,
-) -> anyhow::Result<()> {
-    let _ = engine;
+async fn finalize_deletion(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::Result<()> {
     let dependents: Vec<(String, String)> = sqlx::query_as(
         "select o.kind, o.name from object_edges e join objects o on o.id = e.dependent
          where e.dependency = $1 order by o.kind, o.name",

@@ -159,19 +159,42 @@ fn check_output_name(s: &str) -> Result<(), String> {
 /// composition parameters, expanded earlier, and not references.
 pub fn interpolations(s: &str) -> Result<Vec<(ObjKey, String)>, String> {
     let mut found = Vec::new();
+    placeholders(s, |inner| {
+        if !(inner.starts_with("params.") || inner.starts_with("instance.")) {
+            found.push(parse_interpolation(inner)?);
+        }
+        Ok(None)
+    })?;
+    Ok(found)
+}
+
+/// Rewrites each `${...}` in `s` with what `f` answers for its inside (`None` keeps it as it
+/// is). The one scanner for references and composition parameters.
+pub fn placeholders(
+    s: &str,
+    mut f: impl FnMut(&str) -> Result<Option<String>, String>,
+) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let end = after
             .find('}')
             .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
         let inner = &after[..end];
-        if !(inner.starts_with("params.") || inner.starts_with("instance.")) {
-            found.push(parse_interpolation(inner)?);
+        match f(inner)? {
+            Some(v) => out.push_str(&v),
+            None => {
+                out.push_str("${");
+                out.push_str(inner);
+                out.push('}');
+            }
         }
         rest = &after[end + 1..];
     }
-    Ok(found)
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn parse_interpolation(inner: &str) -> Result<(ObjKey, String), String> {
@@ -211,30 +234,16 @@ pub fn render(
 }
 
 fn splice(s: &str, lookup: &dyn Fn(&ObjKey, &str) -> Option<Value>) -> Result<String, String> {
-    if !s.contains("${") {
-        return Ok(s.to_owned());
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("unterminated `${{` in `{s}`"))?;
-        let inner = &after[..end];
+    placeholders(s, |inner| {
         let (target, output) = parse_interpolation(inner)?;
         match lookup(&target, &output) {
-            Some(Value::String(v)) => out.push_str(&v),
-            Some(Value::Number(n)) => out.push_str(&n.to_string()),
-            Some(Value::Bool(b)) => out.push_str(&b.to_string()),
-            Some(_) => return Err(format!("{target}.{output} is not text")),
-            None => return Err(format!("{target} has no output `{output}` yet")),
+            Some(Value::String(v)) => Ok(Some(v)),
+            Some(Value::Number(n)) => Ok(Some(n.to_string())),
+            Some(Value::Bool(b)) => Ok(Some(b.to_string())),
+            Some(_) => Err(format!("{target}.{output} is not text")),
+            None => Err(format!("{target} has no output `{output}` yet")),
         }
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
+    })
 }
 
 #[cfg(test)]
