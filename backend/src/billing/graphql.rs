@@ -94,7 +94,7 @@ async fn load(
 ) -> Result<BillingObject, ApiError> {
     let org_id = access.org.id;
     let mut conn = pool.acquire().await?;
-    let account = super::account(&mut conn, org_id).await?;
+    let account = super::account(&mut *conn, org_id).await?;
     let plan = super::effective_plan(billing, &account);
     let stripe = billing.stripe.is_some();
     let control_planes: i64 = sqlx::query_scalar(
@@ -166,9 +166,7 @@ pub async fn start_checkout(
             format!("the {} plan is not sold through Checkout", target.id),
         )
     })?;
-    let mut conn = pool.acquire().await?;
-    let account = super::account(&mut conn, access.org.id).await?;
-    drop(conn);
+    let account = super::account(pool, access.org.id).await?;
     if account
         .subscription_status
         .as_deref()

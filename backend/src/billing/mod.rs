@@ -67,12 +67,15 @@ pub struct Account {
 const ACCOUNT_COLUMNS: &str =
     "stripe_customer_id, subscription_id, subscription_status, plan, past_due_since";
 
-pub async fn account(conn: &mut PgConnection, org_id: Uuid) -> Result<Account, ApiError> {
+pub async fn account(
+    executor: impl sqlx::PgExecutor<'_>,
+    org_id: Uuid,
+) -> Result<Account, ApiError> {
     Ok(sqlx::query_as::<_, Account>(sqlx::AssertSqlSafe(format!(
         "select {ACCOUNT_COLUMNS} from billing_accounts where org_id = $1"
     )))
     .bind(org_id)
-    .fetch_optional(conn)
+    .fetch_optional(executor)
     .await?
     .unwrap_or_default())
 }
@@ -91,16 +94,17 @@ pub fn effective_plan<'a>(billing: &'a Billing, account: &Account) -> &'a Plan {
         .unwrap_or_else(|| plans.default_plan())
 }
 
-/// The plan of an organisation, read with one indexed query (none without Stripe).
+/// The plan of an organisation, read with one indexed query (none without Stripe). `executor`
+/// is a pool or a connection; a pool is not asked for a connection when there is nothing to read.
 pub async fn plan_of<'a>(
-    conn: &mut PgConnection,
+    executor: impl sqlx::PgExecutor<'_>,
     billing: &'a Billing,
     org_id: Uuid,
 ) -> Result<(&'a Plan, Account), ApiError> {
     if billing.stripe.is_none() {
         return Ok((billing.plans().default_plan(), Account::default()));
     }
-    let account = account(conn, org_id).await?;
+    let account = account(executor, org_id).await?;
     Ok((effective_plan(billing, &account), account))
 }
 

@@ -237,11 +237,8 @@ pub(crate) async fn resolve(
     let role = role_in(state, &principal, &cp).await?;
     // The plan's limits travel in the token; one indexed read (none without Stripe).
     let billing = &services.billing;
-    let limits = {
-        let mut conn = state.pool.acquire().await?;
-        let (plan, _) = crate::billing::plan_of(&mut conn, billing, cp.org_id).await?;
-        crate::billing::limits(billing.plans(), plan)
-    };
+    let (plan, _) = crate::billing::plan_of(&state.pool, billing, cp.org_id).await?;
+    let limits = crate::billing::limits(billing.plans(), plan);
     let endpoint = reach(state, &cp).await?;
     let (sub_kind, sub) = match &principal {
         Principal::User { user_id, .. } => (SubjectKind::User, *user_id),

@@ -289,7 +289,7 @@ pub async fn create(
     .fetch_one(&mut *tx)
     .await?;
     let billing = &services.billing;
-    let (plan, account) = crate::billing::plan_of(&mut tx, billing, access.org.id).await?;
+    let (plan, account) = crate::billing::plan_of(&mut *tx, billing, access.org.id).await?;
     if crate::billing::grace_over(billing, &account) {
         return Err(crate::billing::past_due_error());
     }
