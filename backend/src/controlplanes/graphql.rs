@@ -103,6 +103,29 @@ pub async fn one(
     ControlPlaneObject::new(super::get(pool(ctx), org.0.org.id, id).await.gql()?).gql()
 }
 
+/// A lifecycle request on one control plane, as the calling principal.
+async fn request(
+    ctx: &Context<'_>,
+    org: &str,
+    id: Uuid,
+    request: Request,
+    confirm_name: Option<&str>,
+) -> async_graphql::Result<ControlPlaneObject> {
+    let actor = actor(ctx).gql()?;
+    let cp = super::request(
+        pool(ctx),
+        services(ctx),
+        &actor,
+        org,
+        id,
+        request,
+        confirm_name,
+    )
+    .await
+    .gql()?;
+    ControlPlaneObject::new(cp).gql()
+}
+
 #[derive(Default)]
 pub struct ControlPlaneMutation;
 
@@ -136,19 +159,7 @@ impl ControlPlaneMutation {
         org: String,
         id: Uuid,
     ) -> async_graphql::Result<ControlPlaneObject> {
-        let actor = actor(ctx).gql()?;
-        let cp = super::request(
-            pool(ctx),
-            services(ctx),
-            &actor,
-            &org,
-            id,
-            Request::Suspend,
-            None,
-        )
-        .await
-        .gql()?;
-        ControlPlaneObject::new(cp).gql()
+        request(ctx, &org, id, Request::Suspend, None).await
     }
 
     async fn resume_control_plane(
@@ -157,19 +168,7 @@ impl ControlPlaneMutation {
         org: String,
         id: Uuid,
     ) -> async_graphql::Result<ControlPlaneObject> {
-        let actor = actor(ctx).gql()?;
-        let cp = super::request(
-            pool(ctx),
-            services(ctx),
-            &actor,
-            &org,
-            id,
-            Request::Resume,
-            None,
-        )
-        .await
-        .gql()?;
-        ControlPlaneObject::new(cp).gql()
+        request(ctx, &org, id, Request::Resume, None).await
     }
 
     /// Deletes a control plane: stopped at once, its database dropped after the retention
@@ -181,18 +180,6 @@ impl ControlPlaneMutation {
         id: Uuid,
         confirm_name: String,
     ) -> async_graphql::Result<ControlPlaneObject> {
-        let actor = actor(ctx).gql()?;
-        let cp = super::request(
-            pool(ctx),
-            services(ctx),
-            &actor,
-            &org,
-            id,
-            Request::Delete,
-            Some(&confirm_name),
-        )
-        .await
-        .gql()?;
-        ControlPlaneObject::new(cp).gql()
+        request(ctx, &org, id, Request::Delete, Some(&confirm_name)).await
     }
 }
