@@ -117,6 +117,24 @@ async fn count(app: &TestApp, sql: &str, name: &str) -> i64 {
         .expect("count")
 }
 
+/// How many PostgreSQL databases and roles are named `name` (a control plane's tenant).
+async fn database_and_role(app: &TestApp, name: &str) -> (i64, i64) {
+    (
+        count(
+            app,
+            "select count(*) from pg_database where datname = $1",
+            name,
+        )
+        .await,
+        count(
+            app,
+            "select count(*) from pg_roles where rolname = $1",
+            name,
+        )
+        .await,
+    )
+}
+
 #[tokio::test]
 async fn a_control_plane_is_provisioned_reached_through_the_gateway_and_supervised() {
     let app = spawn_app().await;
@@ -147,24 +165,7 @@ async fn a_control_plane_is_provisioned_reached_through_the_gateway_and_supervis
     );
     // Its own database and role, closed to everyone else.
     let db = format!("qleet_cp_{}", id.simple());
-    assert_eq!(
-        count(
-            &app,
-            "select count(*) from pg_database where datname = $1",
-            &db
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(
-            &app,
-            "select count(*) from pg_roles where rolname = $1",
-            &db
-        )
-        .await,
-        1
-    );
+    assert_eq!(database_and_role(&app, &db).await, (1, 1));
     let password: Vec<u8> =
         sqlx::query_scalar("select db_password_enc from control_planes where id = $1")
             .bind(id)
@@ -267,24 +268,7 @@ async fn a_management_restart_mid_provisioning_still_ends_ready_without_duplicat
     let second = spawn_app_with(configure).await;
     let cp = wait_for(&second, &alice, "acme", id, "READY").await;
     assert!(cp["statusReason"].is_null(), "{cp}");
-    assert_eq!(
-        count(
-            &second,
-            "select count(*) from pg_database where datname = $1",
-            &name
-        )
-        .await,
-        1
-    );
-    assert_eq!(
-        count(
-            &second,
-            "select count(*) from pg_roles where rolname = $1",
-            &name
-        )
-        .await,
-        1
-    );
+    assert_eq!(database_and_role(&second, &name).await, (1, 1));
     let (code, body) = through_gateway(&second, Auth::Session(&alice), id).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(processes_of(id), 1);
@@ -424,24 +408,7 @@ async fn suspend_resume_and_delete_follow_the_lifecycle() {
     .await;
     wait_for(&app, &alice, "acme", id, "DELETED").await;
     let name = format!("qleet_cp_{}", id.simple());
-    assert_eq!(
-        count(
-            &app,
-            "select count(*) from pg_database where datname = $1",
-            &name
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &app,
-            "select count(*) from pg_roles where rolname = $1",
-            &name
-        )
-        .await,
-        0
-    );
+    assert_eq!(database_and_role(&app, &name).await, (0, 0));
     assert_eq!(processes_of(id), 0);
     let (code, _) = through_gateway(&app, Auth::Session(&alice), id).await;
     assert_eq!(code, 503);
@@ -567,24 +534,7 @@ async fn bad_requests_are_refused_and_leave_nothing_half_made() {
     .await;
     wait_for(&app, &alice, "acme", first, "DELETED").await;
     let name = format!("qleet_cp_{}", first.simple());
-    assert_eq!(
-        count(
-            &app,
-            "select count(*) from pg_database where datname = $1",
-            &name
-        )
-        .await,
-        0
-    );
-    assert_eq!(
-        count(
-            &app,
-            "select count(*) from pg_roles where rolname = $1",
-            &name
-        )
-        .await,
-        0
-    );
+    assert_eq!(database_and_role(&app, &name).await, (0, 0));
     assert_eq!(processes_of(first), 0);
     // The organisation cannot be deleted while it has a control plane.
     let body = app
