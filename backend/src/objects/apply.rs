@@ -154,7 +154,7 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
     let current: BTreeMap<ObjKey, ObjectRow> = rows.into_iter().map(|r| (r.key(), r)).collect();
     let by_id: HashMap<Uuid, ObjKey> = current.values().map(|r| (r.id, r.key())).collect();
 
-    let (world, deletions, order) = plan_world(&current, &by_id, &request)?;
+    let (world, deletions, order, found) = plan_world(&current, &by_id, &request)?;
 
     if let Some(limits) = &request.limits {
         // Growing past the limit is refused; shrinking or changing within it never is.
@@ -213,6 +213,7 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
         &mut tx,
         &current,
         &world,
+        &found,
         &changes,
         request.actor.as_deref(),
     )
@@ -231,12 +232,15 @@ fn owner_key(row: &ObjectRow, by_id: &HashMap<Uuid, ObjKey>) -> Option<ObjKey> {
 
 type World = BTreeMap<ObjKey, Planned>;
 
+/// Each planned object's references, found once while checking them.
+type References = BTreeMap<ObjKey, Vec<refs::Reference>>;
+
 /// The objects as they will be, the ones to delete, and the order to show them in.
 fn plan_world(
     current: &BTreeMap<ObjKey, ObjectRow>,
     by_id: &HashMap<Uuid, ObjKey>,
     request: &Request,
-) -> Result<(World, Vec<ObjKey>, Vec<ObjKey>), ApiError> {
+) -> Result<(World, Vec<ObjKey>, Vec<ObjKey>, References), ApiError> {
     let mut world: World = current
         .iter()
         .filter(|(_, r)| r.deletion_requested_at.is_none())
@@ -431,9 +435,9 @@ fn plan_world(
         }
     }
 
-    check_references(&world, &defs, &deletions)?;
+    let found = check_references(&world, &defs, &deletions)?;
     let deletions: Vec<ObjKey> = deletions.into_iter().collect();
-    Ok((world, deletions, order))
+    Ok((world, deletions, order, found))
 }
 
 /// Validates a declared spec for its kind and answers it normalised.
@@ -509,11 +513,12 @@ fn check_references(
     world: &World,
     defs: &BTreeMap<String, (ObjKey, CompositionSpec)>,
     deletions: &BTreeSet<ObjKey>,
-) -> Result<(), ApiError> {
+) -> Result<References, ApiError> {
+    let mut all = References::new();
     let mut edges: BTreeMap<&ObjKey, BTreeSet<ObjKey>> = BTreeMap::new();
     for (key, p) in world {
         let found = references(key, &p.spec).map_err(|e| invalid(format!("{key}: {e}")))?;
-        for r in found {
+        for r in &found {
             let at = format!("{key}: {}", r.path);
             if !world.contains_key(&r.target) {
                 return Err(invalid(if deletions.contains(&r.target) {
@@ -559,8 +564,9 @@ fn check_references(
             if r.target == *key {
                 return Err(invalid(format!("{at}: an object cannot depend on itself")));
             }
-            edges.entry(key).or_default().insert(r.target);
+            edges.entry(key).or_default().insert(r.target.clone());
         }
+        all.insert(key.clone(), found);
     }
     // Depth-first search for a cycle, reporting its path.
     let mut state: BTreeMap<&ObjKey, u8> = BTreeMap::new();
@@ -599,7 +605,7 @@ fn check_references(
             return Err(invalid(format!("dependency cycle: {cycle}")));
         }
     }
-    Ok(())
+    Ok(all)
 }
 
 /// Field-level differences between two specs, paths like `spec.env[0].value`.
@@ -647,6 +653,7 @@ async fn write(
     conn: &mut PgConnection,
     current: &BTreeMap<ObjKey, ObjectRow>,
     world: &World,
+    found: &References,
     changes: &[PlannedChange],
     actor: Option<&str>,
 ) -> Result<(), ApiError> {
@@ -742,7 +749,7 @@ async fn write(
             continue;
         }
         let id = ids[&c.key];
-        let found = references(&c.key, &world[&c.key].spec).map_err(invalid)?;
+        let found = found.get(&c.key).map(Vec::as_slice).unwrap_or_default();
         let unready: BTreeSet<String> = found
             .iter()
             .filter(|r| {
@@ -766,7 +773,7 @@ async fn write(
             waiting.push(id);
         }
         let targets: BTreeSet<Uuid> = found
-            .into_iter()
+            .iter()
             .filter_map(|r| ids.get(&r.target).copied())
             .collect();
         sqlx::query("delete from object_edges where dependent = $1")
