@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::objects::{APP, Cp, via_gateway};
+use crate::objects::{APP, Cp};
 use crate::support::{Auth, error_code};
 
 const REGISTER: &str = "mutation($t: Int! = 60) { createAgentRegistration(ttlMinutes: $t) { token expiresAt controlPlane } }";
@@ -209,29 +209,31 @@ async fn agents_of_one_organization_cannot_reach_another_through_the_gateway() {
     let gql = |q: &str| json!({"query": q});
 
     // Members may list agents but not issue registrations; other organisations see nothing.
-    let (_, body) = via_gateway(
-        &app,
-        Auth::Session(&member),
-        a,
-        "graphql",
-        gql("mutation { createAgentRegistration { token } }"),
-    )
-    .await;
+    let (_, body) = app
+        .gateway(
+            Auth::Session(&member),
+            a,
+            "graphql",
+            gql("mutation { createAgentRegistration { token } }"),
+        )
+        .await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
-    let (_, body) = via_gateway(&app, Auth::Session(&member), a, "graphql", gql(AGENTS)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&member), a, "graphql", gql(AGENTS))
+        .await;
     assert_eq!(body["data"]["agents"], json!([]), "{body}");
     for q in [AGENTS, "mutation { createAgentRegistration { token } }"] {
-        let (code, _) = via_gateway(&app, Auth::Session(&bob), a, "graphql", gql(q)).await;
+        let (code, _) = app.gateway(Auth::Session(&bob), a, "graphql", gql(q)).await;
         assert_eq!(code, 404);
     }
-    let (_, body) = via_gateway(
-        &app,
-        Auth::Session(&alice),
-        a,
-        "graphql",
-        gql("mutation { createAgentRegistration { token } }"),
-    )
-    .await;
+    let (_, body) = app
+        .gateway(
+            Auth::Session(&alice),
+            a,
+            "graphql",
+            gql("mutation { createAgentRegistration { token } }"),
+        )
+        .await;
     let token = body["data"]["createAgentRegistration"]["token"]
         .as_str()
         .expect("token")
@@ -239,66 +241,70 @@ async fn agents_of_one_organization_cannot_reach_another_through_the_gateway() {
 
     // Registration goes through the gateway without a session; the token only fits its own
     // control plane.
-    let (code, _) = via_gateway(
-        &app,
-        Auth::Anonymous,
-        b,
-        "agent/v1/register",
-        json!({"token": token, "name": "x", "version": "1"}),
-    )
-    .await;
+    let (code, _) = app
+        .gateway(
+            Auth::Anonymous,
+            b,
+            "agent/v1/register",
+            json!({"token": token, "name": "x", "version": "1"}),
+        )
+        .await;
     assert_eq!(code, 401, "A's token at B");
-    let (code, body) = via_gateway(
-        &app,
-        Auth::Anonymous,
-        a,
-        "agent/v1/register",
-        json!({"token": token, "name": "x", "version": "1"}),
-    )
-    .await;
+    let (code, body) = app
+        .gateway(
+            Auth::Anonymous,
+            a,
+            "agent/v1/register",
+            json!({"token": token, "name": "x", "version": "1"}),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     let credential = body["credential"].as_str().expect("credential").to_owned();
-    let (code, _) = via_gateway(
-        &app,
-        Auth::Token(&credential),
-        a,
-        "agent/v1/heartbeat",
-        json!({"version": "1"}),
-    )
-    .await;
+    let (code, _) = app
+        .gateway(
+            Auth::Token(&credential),
+            a,
+            "agent/v1/heartbeat",
+            json!({"version": "1"}),
+        )
+        .await;
     assert_eq!(code, 200);
     // A's agent cannot lease, renew or report B's tasks, nor anything at a made-up id.
-    let (code, _) = via_gateway(
-        &app,
-        Auth::Token(&credential),
-        b,
-        "agent/v1/tasks/lease",
-        json!({"max": 1}),
-    )
-    .await;
+    let (code, _) = app
+        .gateway(
+            Auth::Token(&credential),
+            b,
+            "agent/v1/tasks/lease",
+            json!({"max": 1}),
+        )
+        .await;
     assert_eq!(code, 401);
     let path = format!("agent/v1/tasks/{}/report", Uuid::new_v4());
-    let (code, _) = via_gateway(
-        &app,
-        Auth::Token(&credential),
-        b,
-        &path,
-        json!({"leaseId": Uuid::new_v4(), "result": {"succeeded": {}}}),
-    )
-    .await;
+    let (code, _) = app
+        .gateway(
+            Auth::Token(&credential),
+            b,
+            &path,
+            json!({"leaseId": Uuid::new_v4(), "result": {"succeeded": {}}}),
+        )
+        .await;
     assert_eq!(code, 401);
-    let (code, _) = via_gateway(
-        &app,
-        Auth::Token(&credential),
-        Uuid::new_v4(),
-        "agent/v1/tasks/lease",
-        json!({}),
-    )
-    .await;
+    let (code, _) = app
+        .gateway(
+            Auth::Token(&credential),
+            Uuid::new_v4(),
+            "agent/v1/tasks/lease",
+            json!({}),
+        )
+        .await;
     assert_eq!(code, 404);
     // An agent credential is not a user's API token anywhere else.
-    let (code, _) = via_gateway(&app, Auth::Token(&credential), a, "graphql", gql(AGENTS)).await;
+    let (code, _) = app
+        .gateway(Auth::Token(&credential), a, "graphql", gql(AGENTS))
+        .await;
     assert_eq!(code, 401);
-    let (_, body) = via_gateway(&app, Auth::Session(&alice), a, "graphql", gql(AGENTS)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), a, "graphql", gql(AGENTS))
+        .await;
     assert_eq!(body["data"]["agents"][0]["status"], "CONNECTED", "{body}");
 }

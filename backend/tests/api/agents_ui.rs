@@ -9,8 +9,7 @@ use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::browser::{Driver, fill};
-use crate::objects::via_gateway;
+use crate::browser::{Driver, sign_in_browser};
 use crate::objects_ui::ready_control_plane;
 use crate::support::{Auth, Session, TestApp, spawn_app};
 
@@ -22,12 +21,14 @@ async fn apply_account(app: &TestApp, who: &Session, cp: Uuid) -> String {
         "query": "mutation($y: String!) { apply(yaml: $y) { applied } }",
         "variables": { "y": ACCOUNT },
     });
-    let (code, body) = via_gateway(app, Auth::Session(who), cp, "graphql", apply).await;
+    let (code, body) = app.gateway(Auth::Session(who), cp, "graphql", apply).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["data"]["apply"]["applied"], true, "{body}");
     let query = json!({ "query": "{ objects(kind: \"AwsAccount\") { name outputs } }" });
     for _ in 0..100 {
-        let (_, body) = via_gateway(app, Auth::Session(who), cp, "graphql", query.clone()).await;
+        let (_, body) = app
+            .gateway(Auth::Session(who), cp, "graphql", query.clone())
+            .await;
         if let Some(id) = body["data"]["objects"][0]["outputs"]["externalId"].as_str() {
             return id.to_owned();
         }
@@ -113,16 +114,6 @@ async fn click(client: &Client, css: &str) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("could not click {css} ({last:?})");
-}
-
-async fn sign_in_browser(client: &Client, app: &TestApp, email: &str) {
-    client
-        .goto(&format!("{}/signin", app.url))
-        .await
-        .expect("open sign-in");
-    fill(client, "#signin-dev-email", email).await;
-    click(client, "#signin-dev-submit").await;
-    text_of(client, "#signed-in-as").await;
 }
 
 /// Waits until `css` has attribute `attr` equal to `want` (30 s at most).
@@ -412,7 +403,7 @@ async fn other_organisations_get_a_readable_refusal_and_members_cannot_manage_ag
     app.create_org(&alice, "acme").await;
     let cp = ready_control_plane(&app, &alice, "acme", "prod").await;
     let reg = json!({ "query": "mutation { createAgentRegistration { token } }" });
-    let (_, body) = via_gateway(&app, Auth::Session(&alice), cp, "graphql", reg).await;
+    let (_, body) = app.gateway(Auth::Session(&alice), cp, "graphql", reg).await;
     let token = body["data"]["createAgentRegistration"]["token"]
         .as_str()
         .expect("token")
@@ -464,7 +455,9 @@ async fn other_organisations_get_a_readable_refusal_and_members_cannot_manage_ag
     assert!(html.contains("Only admins and owners can add or revoke agents."));
     // And the control plane refuses it anyway.
     let reg = json!({ "query": "mutation { createAgentRegistration { token } }" });
-    let (_, body) = via_gateway(&app, Auth::Session(&member), cp, "graphql", reg).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&member), cp, "graphql", reg)
+        .await;
     assert_eq!(
         crate::support::error_code(&body).as_deref(),
         Some("FORBIDDEN"),

@@ -711,17 +711,8 @@ async fn without_stripe_every_org_has_the_default_plan_and_billing_calls_say_so(
 
 /// Through the gateway, like the control-plane tests.
 async fn through_gateway(app: &TestApp, who: &Session, id: &str) -> (u16, Value) {
-    let resp = app
-        .http
-        .post(format!("{}/cp/{id}/graphql", app.url))
-        .header("cookie", format!("qleet_session={}", who.cookie))
-        .header("origin", &app.url)
-        .json(&json!({ "query": "{ controlPlane { id } }" }))
-        .send()
-        .await
-        .expect("gateway");
-    let code = resp.status().as_u16();
-    (code, resp.json().await.unwrap_or(Value::Null))
+    let query = json!({ "query": "{ controlPlane { id } }" });
+    app.gateway(Auth::Session(who), id, "graphql", query).await
 }
 
 async fn wait_cp(app: &TestApp, who: &Session, id: &str, want: &str) {
@@ -1073,8 +1064,9 @@ async fn object_and_agent_quotas_follow_the_plan_and_an_upgrade_lifts_them() {
     let registration = json!({"query": "mutation { createAgentRegistration { token } }"});
 
     // Free: 3 objects. Four are refused whole, naming the limit and the plan that lifts it.
-    let (_, body) =
-        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(4)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", apply(4))
+        .await;
     assert_eq!(
         error_code(&body).as_deref(),
         Some("QUOTA_EXCEEDED"),
@@ -1091,44 +1083,35 @@ async fn object_and_agent_quotas_follow_the_plan_and_an_upgrade_lifts_them() {
         (Some("objects"), Some("free"), Some("team"), Some(3)),
         "{body}"
     );
-    let (_, body) =
-        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", objects.clone())
-            .await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", objects.clone())
+        .await;
     assert_eq!(body["data"]["objects"], json!([]), "nothing was created");
-    let (_, body) =
-        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(3)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", apply(3))
+        .await;
     assert_eq!(body["data"]["apply"]["summary"]["create"], 3, "{body}");
 
     // Free: 1 agent. A second registration is refused while the first agent is active.
-    let (_, body) = crate::objects::via_gateway(
-        &app,
-        Auth::Session(&alice),
-        cp,
-        "graphql",
-        registration.clone(),
-    )
-    .await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", registration.clone())
+        .await;
     let token = body["data"]["createAgentRegistration"]["token"]
         .as_str()
         .expect("token")
         .to_owned();
-    let (code, body) = crate::objects::via_gateway(
-        &app,
-        Auth::Anonymous,
-        cp,
-        "agent/v1/register",
-        json!({"token": token, "name": "a1", "version": "1"}),
-    )
-    .await;
+    let (code, body) = app
+        .gateway(
+            Auth::Anonymous,
+            cp,
+            "agent/v1/register",
+            json!({"token": token, "name": "a1", "version": "1"}),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
-    let (_, body) = crate::objects::via_gateway(
-        &app,
-        Auth::Session(&alice),
-        cp,
-        "graphql",
-        registration.clone(),
-    )
-    .await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", registration.clone())
+        .await;
     assert_eq!(
         error_code(&body).as_deref(),
         Some("QUOTA_EXCEEDED"),
@@ -1143,11 +1126,13 @@ async fn object_and_agent_quotas_follow_the_plan_and_an_upgrade_lifts_them() {
         b["plan"]["id"] == "team"
     })
     .await;
-    let (_, body) =
-        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", apply(4)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", apply(4))
+        .await;
     assert_eq!(body["data"]["apply"]["summary"]["create"], 1, "{body}");
-    let (_, body) =
-        crate::objects::via_gateway(&app, Auth::Session(&alice), cp, "graphql", registration).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&alice), cp, "graphql", registration)
+        .await;
     assert!(
         body["data"]["createAgentRegistration"]["token"].is_string(),
         "{body}"

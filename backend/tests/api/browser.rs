@@ -102,6 +102,17 @@ pub(crate) async fn click(client: &Client, css: &str) {
         .expect("click");
 }
 
+/// Signs in through the dev sign-in form and waits for the signed-in page.
+pub(crate) async fn sign_in_browser(client: &Client, app: &TestApp, email: &str) {
+    client
+        .goto(&format!("{}/signin", app.url))
+        .await
+        .expect("open sign-in");
+    fill(client, "#signin-dev-email", email).await;
+    click(client, "#signin-dev-submit").await;
+    text_of(client, "#signed-in-as").await;
+}
+
 async fn owner_of(app: &TestApp, slug: &str) -> Option<String> {
     sqlx::query_scalar(
         "select u.email from organizations o join memberships m on m.org_id = o.id and m.role = 'owner'
@@ -210,13 +221,7 @@ async fn an_admin_runs_a_control_plane_from_the_browser_with_live_status() {
     let app = spawn_app().await;
     let driver = Driver::start().await;
     let client = driver.browser(true).await;
-    client
-        .goto(&format!("{}/signin", app.url))
-        .await
-        .expect("open sign-in");
-    fill(&client, "#signin-dev-email", "ops@example.test").await;
-    click(&client, "#signin-dev-submit").await;
-    text_of(&client, "#signed-in-as").await;
+    sign_in_browser(&client, &app, "ops@example.test").await;
     create_org_in_browser(&client, "acme", "Acme").await;
     client
         .goto(&format!("{}/orgs/acme/control-planes", app.url))

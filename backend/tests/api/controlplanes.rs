@@ -54,22 +54,8 @@ pub(crate) async fn wait_for(
 
 /// A GraphQL request to the control plane through the gateway.
 async fn through_gateway(app: &TestApp, auth: Auth<'_>, id: Uuid) -> (u16, Value) {
-    let mut req = app
-        .http
-        .post(format!("{}/cp/{id}/graphql", app.url))
-        .json(&json!({ "query": "{ controlPlane { id viewer { kind role } } }" }));
-    match auth {
-        Auth::Session(s) => {
-            req = req
-                .header("cookie", format!("qleet_session={}", s.cookie))
-                .header("origin", &app.url)
-        }
-        Auth::Token(t) => req = req.bearer_auth(t),
-        Auth::Anonymous => {}
-    }
-    let resp = req.send().await.expect("gateway");
-    let code = resp.status().as_u16();
-    (code, resp.json().await.unwrap_or(Value::Null))
+    let query = json!({ "query": "{ controlPlane { id viewer { kind role } } }" });
+    app.gateway(auth, id, "graphql", query).await
 }
 
 fn pid_file(app: &TestApp, id: Uuid) -> std::path::PathBuf {

@@ -1126,33 +1126,6 @@ async fn converge(cp: &Cp, point: &str, work: &[Value]) {
 // ---------------------------------------------------------------------------------------------
 // Through the management gateway: roles and tenant isolation for every new query and endpoint.
 
-pub async fn via_gateway(
-    app: &crate::support::TestApp,
-    auth: crate::support::Auth<'_>,
-    cp: Uuid,
-    path: &str,
-    body: Value,
-) -> (u16, Value) {
-    let mut req = app
-        .http
-        .post(format!("{}/cp/{cp}/{path}", app.url))
-        .json(&body);
-    match auth {
-        crate::support::Auth::Session(s) => {
-            req = req
-                .header("cookie", format!("qleet_session={}", s.cookie))
-                .header("origin", &app.url)
-        }
-        crate::support::Auth::Token(t) => req = req.bearer_auth(t),
-        crate::support::Auth::Anonymous => {}
-    }
-    let resp = req.send().await.expect("gateway");
-    (
-        resp.status().as_u16(),
-        resp.json().await.unwrap_or(Value::Null),
-    )
-}
-
 #[tokio::test]
 async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_the_gateway() {
     use crate::support::Auth;
@@ -1172,7 +1145,9 @@ async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_
     crate::controlplanes::wait_for(&app, &alice, "acme", cp, "READY").await;
 
     let apply = |dry: bool| json!({"query": "mutation($y: String!, $d: Boolean!) { apply(yaml: $y, dryRun: $d) { applied summary { create } } }", "variables": {"y": APP, "d": dry}});
-    let (code, body) = via_gateway(&app, Auth::Session(&member), cp, "graphql", apply(false)).await;
+    let (code, body) = app
+        .gateway(Auth::Session(&member), cp, "graphql", apply(false))
+        .await;
     assert_eq!(code, 200);
     assert_eq!(body["data"]["apply"]["summary"]["create"], 5, "{body}");
 
@@ -1183,62 +1158,71 @@ async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_
     ];
     for q in &reads {
         // Members of the organisation, down to viewers, read.
-        let (code, body) =
-            via_gateway(&app, Auth::Session(&viewer), cp, "graphql", q.clone()).await;
+        let (code, body) = app
+            .gateway(Auth::Session(&viewer), cp, "graphql", q.clone())
+            .await;
         assert_eq!(code, 200);
         assert!(body.get("errors").is_none(), "{body}");
         // Another organisation's member and token: as if the control plane did not exist.
         for auth in [Auth::Session(&bob), Auth::Token(&bob_token)] {
-            let (code, body) = via_gateway(&app, auth, cp, "graphql", q.clone()).await;
+            let (code, body) = app.gateway(auth, cp, "graphql", q.clone()).await;
             assert_eq!(code, 404, "{body}");
             assert_eq!(body["error"]["code"], "NOT_FOUND");
         }
-        let (code, _) = via_gateway(&app, Auth::Anonymous, cp, "graphql", q.clone()).await;
+        let (code, _) = app.gateway(Auth::Anonymous, cp, "graphql", q.clone()).await;
         assert_eq!(code, 401);
     }
     // Viewers may plan but not apply or delete.
-    let (_, body) = via_gateway(&app, Auth::Session(&viewer), cp, "graphql", apply(true)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&viewer), cp, "graphql", apply(true))
+        .await;
     assert_eq!(body["data"]["apply"]["applied"], false, "{body}");
-    let (_, body) = via_gateway(&app, Auth::Session(&viewer), cp, "graphql", apply(false)).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&viewer), cp, "graphql", apply(false))
+        .await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
     let delete =
         json!({"query": "mutation { delete(kind: \"Workload\", name: \"web\") { applied } }"});
-    let (_, body) = via_gateway(&app, Auth::Session(&viewer), cp, "graphql", delete.clone()).await;
+    let (_, body) = app
+        .gateway(Auth::Session(&viewer), cp, "graphql", delete.clone())
+        .await;
     assert_eq!(error_code(&body).as_deref(), Some("FORBIDDEN"), "{body}");
     for auth in [Auth::Session(&bob), Auth::Token(&bob_token)] {
-        let (code, _) = via_gateway(&app, auth, cp, "graphql", apply(false)).await;
+        let (code, _) = app.gateway(auth, cp, "graphql", apply(false)).await;
         assert_eq!(code, 404);
-        let (code, _) = via_gateway(&app, auth, cp, "graphql", delete.clone()).await;
+        let (code, _) = app.gateway(auth, cp, "graphql", delete.clone()).await;
         assert_eq!(code, 404);
     }
 
     // The agent API: the organisation's admins (until agents have credentials); nobody else.
     let lease = json!({"agent": "a1", "max": 10, "waitSeconds": 5});
     for auth in [Auth::Session(&bob), Auth::Token(&bob_token)] {
-        let (code, _) = via_gateway(&app, auth, cp, "agent/v1/tasks/lease", lease.clone()).await;
+        let (code, _) = app
+            .gateway(auth, cp, "agent/v1/tasks/lease", lease.clone())
+            .await;
         assert_eq!(code, 404);
     }
-    let (code, body) = via_gateway(
-        &app,
-        Auth::Session(&member),
-        cp,
-        "agent/v1/tasks/lease",
-        lease.clone(),
-    )
-    .await;
+    let (code, body) = app
+        .gateway(
+            Auth::Session(&member),
+            cp,
+            "agent/v1/tasks/lease",
+            lease.clone(),
+        )
+        .await;
     assert_eq!(
         (code, body["error"]["code"].as_str()),
         (403, Some("FORBIDDEN")),
         "{body}"
     );
-    let (code, body) = via_gateway(
-        &app,
-        Auth::Session(&alice),
-        cp,
-        "agent/v1/tasks/lease",
-        lease.clone(),
-    )
-    .await;
+    let (code, body) = app
+        .gateway(
+            Auth::Session(&alice),
+            cp,
+            "agent/v1/tasks/lease",
+            lease.clone(),
+        )
+        .await;
     assert_eq!(code, 200, "{body}");
     let task = body["tasks"][0].clone();
     assert!(task["id"].is_string(), "{body}");
@@ -1253,9 +1237,11 @@ async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_
         "agent/v1/tasks/{}/report",
         task["id"].as_str().unwrap_or_default()
     );
-    let (code, _) = via_gateway(&app, Auth::Token(&bob_token), cp, &path, report.clone()).await;
+    let (code, _) = app
+        .gateway(Auth::Token(&bob_token), cp, &path, report.clone())
+        .await;
     assert_eq!(code, 404);
-    let (code, body) = via_gateway(&app, Auth::Session(&alice), cp, &path, report).await;
+    let (code, body) = app.gateway(Auth::Session(&alice), cp, &path, report).await;
     assert_eq!(
         (code, body["accepted"].as_bool()),
         (200, Some(true)),
@@ -1264,14 +1250,9 @@ async fn other_organizations_cannot_see_or_change_objects_or_take_tasks_through_
     // Bob's own control plane has none of Alice's objects.
     let theirs = crate::controlplanes::create(&app, &bob, "bobco", "prod").await;
     crate::controlplanes::wait_for(&app, &bob, "bobco", theirs, "READY").await;
-    let (_, body) = via_gateway(
-        &app,
-        Auth::Token(&bob_token),
-        theirs,
-        "graphql",
-        reads[0].clone(),
-    )
-    .await;
+    let (_, body) = app
+        .gateway(Auth::Token(&bob_token), theirs, "graphql", reads[0].clone())
+        .await;
     assert_eq!(body["data"]["objects"], json!([]), "{body}");
 }
 

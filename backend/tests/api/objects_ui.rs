@@ -185,18 +185,14 @@ async fn complete_tasks(app: &TestApp, token: &str, id: Uuid) -> usize {
 
 #[tokio::test]
 async fn a_member_plans_applies_and_follows_an_app_in_the_browser() {
-    use crate::browser::{Driver, click, create_org_in_browser, fill, text_of, wait_status};
+    use crate::browser::{
+        Driver, click, create_org_in_browser, fill, sign_in_browser, text_of, wait_status,
+    };
 
     let app = spawn_app().await;
     let driver = Driver::start().await;
     let client = driver.browser(true).await;
-    client
-        .goto(&format!("{}/signin", app.url))
-        .await
-        .expect("open sign-in");
-    fill(&client, "#signin-dev-email", "ops@example.test").await;
-    click(&client, "#signin-dev-submit").await;
-    text_of(&client, "#signed-in-as").await;
+    sign_in_browser(&client, &app, "ops@example.test").await;
     create_org_in_browser(&client, "acme", "Acme").await;
     client
         .goto(&format!("{}/orgs/acme/control-planes", app.url))
@@ -432,7 +428,7 @@ async fn page(app: &TestApp, who: &Session, path: &str) -> String {
 
 #[tokio::test]
 async fn planning_and_applying_work_without_javascript_and_viewers_only_plan() {
-    use crate::browser::{Driver, click, fill, text_of};
+    use crate::browser::{Driver, click, fill, sign_in_browser, text_of};
 
     let app = spawn_app().await;
     let alice = app.sign_in("alice@example.test").await;
@@ -442,13 +438,7 @@ async fn planning_and_applying_work_without_javascript_and_viewers_only_plan() {
 
     let driver = Driver::start().await;
     let client = driver.browser(false).await;
-    client
-        .goto(&format!("{}/signin", app.url))
-        .await
-        .expect("open sign-in");
-    fill(&client, "#signin-dev-email", "alice@example.test").await;
-    click(&client, "#signin-dev-submit").await;
-    text_of(&client, "#signed-in-as").await;
+    sign_in_browser(&client, &app, "alice@example.test").await;
     client
         .goto(&format!("{}{base}/apply", app.url))
         .await

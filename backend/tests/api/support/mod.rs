@@ -164,27 +164,51 @@ impl TestApp {
         }
     }
 
+    /// Adds `auth` to a request to this app: the session cookie (with a same-origin `Origin`) or
+    /// the bearer token.
+    pub fn authed(&self, req: reqwest::RequestBuilder, auth: Auth<'_>) -> reqwest::RequestBuilder {
+        match auth {
+            Auth::Anonymous => req,
+            Auth::Session(s) => req
+                .header(header::COOKIE, format!("qleet_session={}", s.cookie))
+                .header(header::ORIGIN, &self.url),
+            Auth::Token(t) => req.bearer_auth(t),
+        }
+    }
+
     /// Sends a GraphQL request; returns the whole response body.
     pub async fn gql(&self, auth: Auth<'_>, query: &str, variables: Value) -> Value {
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}/graphql", self.url))
             .json(&json!({ "query": query, "variables": variables }));
-        match auth {
-            Auth::Anonymous => {}
-            Auth::Session(s) => {
-                req = req
-                    .header(header::COOKIE, format!("qleet_session={}", s.cookie))
-                    .header(header::ORIGIN, &self.url);
-            }
-            Auth::Token(t) => req = req.bearer_auth(t),
-        }
-        req.send()
+        self.authed(req, auth)
+            .send()
             .await
             .expect("graphql request")
             .json()
             .await
             .expect("graphql json")
+    }
+
+    /// POSTs `body` to `path` of control plane `cp` through the management gateway
+    /// (`/cp/{cp}/{path}`); returns the status and the JSON body (`null` if there is none).
+    pub async fn gateway(
+        &self,
+        auth: Auth<'_>,
+        cp: impl std::fmt::Display,
+        path: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let req = self
+            .http
+            .post(format!("{}/cp/{cp}/{path}", self.url))
+            .json(&body);
+        let resp = self.authed(req, auth).send().await.expect("gateway");
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
     }
 
     /// Like [`TestApp::gql`], but panics on errors and returns `data`.
