@@ -9,7 +9,7 @@ use fantoccini::{Client, Locator};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::browser::{Driver, sign_in_browser};
+use crate::browser::{Driver, click, sign_in_browser, text_of};
 use crate::objects_ui::ready_control_plane;
 use crate::support::{Auth, Session, TestApp, spawn_app};
 
@@ -81,39 +81,6 @@ async fn register_agent(app: &TestApp, cp: Uuid, token: &str, name: &str, versio
     .await;
     assert_eq!(code, 200, "{body}");
     credential
-}
-
-/// The text of `css` once it is there and stays put (the page re-renders after each form, so an
-/// element found a moment ago may be replaced before it is read).
-async fn text_of(client: &Client, css: &str) -> String {
-    let mut last = None;
-    for _ in 0..200 {
-        match client.find(Locator::Css(css)).await {
-            Ok(el) => match el.text().await {
-                Ok(text) => return text,
-                Err(e) => last = Some(e.to_string()),
-            },
-            Err(e) => last = Some(e.to_string()),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{css} did not appear ({last:?})");
-}
-
-/// Clicks `css` once it is there, retrying while the page re-renders.
-async fn click(client: &Client, css: &str) {
-    let mut last = None;
-    for _ in 0..200 {
-        match client.find(Locator::Css(css)).await {
-            Ok(el) => match el.click().await {
-                Ok(_) => return,
-                Err(e) => last = Some(e.to_string()),
-            },
-            Err(e) => last = Some(e.to_string()),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("could not click {css} ({last:?})");
 }
 
 /// Waits until `css` has attribute `attr` equal to `want` (30 s at most).

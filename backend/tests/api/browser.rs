@@ -69,14 +69,20 @@ impl Driver {
     }
 }
 
+/// The text of `css` once it is there (20 s at most), retrying while the page re-renders.
 pub(crate) async fn text_of(client: &Client, css: &str) -> String {
-    let el = client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css} did not appear ({e})"));
-    el.text().await.expect("text")
+    let mut last = None;
+    for _ in 0..200 {
+        match client.find(Locator::Css(css)).await {
+            Ok(el) => match el.text().await {
+                Ok(text) => return text,
+                Err(e) => last = Some(e.to_string()),
+            },
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{css} did not appear ({last:?})");
 }
 
 pub(crate) async fn fill(client: &Client, css: &str, value: &str) {
@@ -90,16 +96,21 @@ pub(crate) async fn fill(client: &Client, css: &str, value: &str) {
     el.send_keys(value).await.expect("type");
 }
 
+/// Clicks `css` once it is there (20 s at most), retrying while the page re-renders (a
+/// hydrated page may replace the element between finding and clicking it).
 pub(crate) async fn click(client: &Client, css: &str) {
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .expect("click");
+    let mut last = None;
+    for _ in 0..200 {
+        match client.find(Locator::Css(css)).await {
+            Ok(el) => match el.click().await {
+                Ok(_) => return,
+                Err(e) => last = Some(e.to_string()),
+            },
+            Err(e) => last = Some(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("could not click {css} ({last:?})");
 }
 
 /// Signs in through the dev sign-in form and waits for the signed-in page.
