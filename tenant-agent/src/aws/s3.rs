@@ -76,11 +76,29 @@ impl S3 {
         let ours = tags
             .iter()
             .any(|t| t.key() == "qleet:object-id" && t.value() == id);
-        Ok(if ours {
-            Found::Ours(tags)
-        } else {
-            Found::NotOurs
-        })
+        // S3 cannot tag a bucket as it creates it, so a try that stopped between CreateBucket
+        // and PutBucketTagging (a killed agent) leaves the bucket untagged. An untagged bucket
+        // of this object's own name (`qleet-<name>-<id8>`) in the role's own account is that
+        // bucket; anything tagged otherwise, or in another account, is not.
+        Ok(
+            if ours || (tags.is_empty() && self.in_own_account(name).await?) {
+                Found::Ours(tags)
+            } else {
+                Found::NotOurs
+            },
+        )
+    }
+
+    /// Whether `name` is one of the caller's own account's buckets (ListBuckets lists only those).
+    async fn in_own_account(&self, name: &str) -> Result<bool, TaskError> {
+        let listed = self
+            .client
+            .list_buckets()
+            .prefix(name)
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3:ListBuckets", e))?;
+        Ok(listed.buckets().iter().any(|b| b.name() == Some(name)))
     }
 
     /// Makes the bucket match `spec`; answers its outputs.

@@ -233,6 +233,25 @@ async fn a_bucket_of_the_same_name_that_is_not_ours_is_neither_adopted_nor_delet
         .send()
         .await
         .expect("someone else's bucket");
+    // Tagged, but not as this object's (an untagged one of this name in the same account is
+    // what a killed try of ours leaves, and is adopted: see the journey's kill test).
+    s3.put_bucket_tagging()
+        .bucket(b.cloud_name())
+        .tagging(
+            aws_sdk_s3::types::Tagging::builder()
+                .tag_set(
+                    aws_sdk_s3::types::Tag::builder()
+                        .key("team")
+                        .value("data")
+                        .build()
+                        .expect("tag"),
+                )
+                .build()
+                .expect("tagging"),
+        )
+        .send()
+        .await
+        .expect("tag it");
     let (code, _, retryable) = failed(
         task::run(
             &ctx,
