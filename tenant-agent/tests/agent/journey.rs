@@ -1,23 +1,18 @@
-//! The agent against a real control plane (standalone, in process, on its own database): it
-//! registers with a one-time token, leases the example app's tasks, does them in moto and on
-//! the Kubernetes mock, and the control plane wires the outputs into the workload. Then the
-//! real `qleet-agent` binary does the same for an app's AWS part.
+//! The `qleet-agent` binary against a real control plane (standalone, in process, on its own
+//! database) and moto: registration once, its identity kept private, the way through an HTTP
+//! proxy, and tasks of an agent killed half-way finished by another without duplicates. (The
+//! whole journey through the management plane is in `managed.rs`.)
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use qleet::config::{ControlPlaneAuth, ControlPlaneConfig, LogFormat};
-use qleet_agent::agent::{self, Settings};
-use qleet_agent::client::Client;
-use qleet_agent::k8s::Clusters;
-use qleet_agent::task::Context;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use crate::kube::ApiServer;
-use crate::support::{Moto, Recorder, fresh_database};
+use crate::support::{Moto, Recorded, Recorder, fresh_database};
 
 const ADMIN: &str = "test-admin-token-0123456789abcdef0123456789";
 
@@ -139,7 +134,7 @@ impl Cp {
     }
 }
 
-const APP: &str = r#"
+pub const APP: &str = r#"
 kind: AwsAccount
 metadata: {name: main}
 spec: {accountId: "123456789012", roleArn: "arn:aws:iam::123456789012:role/qleet", defaultRegion: eu-west-1}
@@ -179,139 +174,6 @@ spec:
     - {name: DB_PASSWORD, valueFrom: {object: RelationalDatabase/db, output: password}}
 "#;
 
-#[tokio::test]
-async fn a_registered_agent_completes_the_example_app_in_moto_and_on_the_cluster() {
-    let cp = Cp::start().await;
-    let moto = Moto::start().await;
-    let token = cp.registration_token().await;
-    let base = url::Url::parse(&cp.url).expect("url");
-    let registered = Client::new(base.clone(), None)
-        .expect("client")
-        .register(&SecretString::from(token), "test-agent")
-        .await
-        .expect("register");
-    let client =
-        Client::new(base, Some(SecretString::from(registered.credential))).expect("client");
-    let (kube, api) = ApiServer::start();
-    let ctx = Context {
-        aws: moto.agent_aws(&moto.url, "ambient", "ambient").await,
-        clusters: Clusters::from_clients([(
-            "prod-1".to_owned(),
-            kube,
-            "https://k8s.test".to_owned(),
-        )]),
-        helm: "/nonexistent/helm".into(),
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(agent::run(
-        client,
-        ctx,
-        Settings {
-            concurrency: 4,
-            lease_seconds: 30,
-            wait_seconds: 2,
-            shutdown_grace: Duration::from_secs(5),
-        },
-        async {
-            let _ = stopped.await;
-        },
-    ));
-
-    cp.apply(APP).await;
-    cp.wait_ready(5).await;
-
-    // The cloud side, as moto has it.
-    let sdk = moto.sdk("test", "test").await;
-    let bucket = cp.object("ObjectStorageBucket", "assets").await;
-    let bucket_name = bucket["outputs"]["name"].as_str().expect("name").to_owned();
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    let tags = s3
-        .get_bucket_tagging()
-        .bucket(&bucket_name)
-        .send()
-        .await
-        .expect("tags");
-    assert!(
-        tags.tag_set()
-            .iter()
-            .any(|t| t.key() == "qleet:object" && t.value() == "ObjectStorageBucket/assets")
-    );
-    let pab = s3
-        .get_public_access_block()
-        .bucket(&bucket_name)
-        .send()
-        .await
-        .expect("pab");
-    assert_eq!(
-        pab.public_access_block_configuration()
-            .and_then(|c| c.block_public_acls()),
-        Some(true)
-    );
-    let db = cp.object("RelationalDatabase", "db").await;
-    let secret_arn = db["outputs"]["password"]["secretRef"]["arn"]
-        .as_str()
-        .expect("secret arn")
-        .to_owned();
-    let password = aws_sdk_secretsmanager::Client::new(&sdk)
-        .get_secret_value()
-        .secret_id(&secret_arn)
-        .send()
-        .await
-        .expect("secret")
-        .secret_string()
-        .expect("text")
-        .to_owned();
-    assert!(
-        !db.to_string().contains(&password),
-        "Qleet never holds the password"
-    );
-    let rds = aws_sdk_rds::Client::new(&sdk);
-    assert_eq!(
-        rds.describe_db_instances()
-            .send()
-            .await
-            .expect("rds")
-            .db_instances()
-            .len(),
-        1
-    );
-
-    // The workload, as the API server got it: outputs wired in, the password from a Secret
-    // the agent filled itself.
-    let dep = api
-        .get("/apis/apps/v1/namespaces/shop/deployments/web")
-        .expect("deployment applied");
-    let container = &dep["spec"]["template"]["spec"]["containers"][0];
-    let host = db["outputs"]["host"].as_str().expect("host");
-    assert_eq!(
-        container["args"][0],
-        format!("--database=postgres://{host}:5432/db")
-    );
-    let env = container["env"].as_array().expect("env");
-    assert!(
-        env.contains(&json!({"name": "BUCKET", "value": bucket_name})),
-        "{env:?}"
-    );
-    let secret = api
-        .get("/api/v1/namespaces/shop/secrets/web-qleet-secrets")
-        .expect("secret applied");
-    use base64::Engine as _;
-    assert_eq!(
-        secret["data"]["DB_PASSWORD"],
-        base64::engine::general_purpose::STANDARD.encode(&password)
-    );
-
-    let _ = stop.send(());
-    running
-        .await
-        .expect("agent task")
-        .expect("the agent stops cleanly");
-}
-
 const AWS_APP: &str = r#"
 kind: AwsAccount
 metadata: {name: main}
@@ -326,13 +188,19 @@ metadata: {name: db}
 spec: {account: AwsAccount/main, engine: postgres, version: "16.4", sizeClass: db.t4g.micro}
 "#;
 
-fn agent_command(cp: &Cp, moto: &Moto, state: &std::path::Path) -> tokio::process::Command {
+/// The `qleet-agent` binary for the control plane at `url`, its AWS calls going to
+/// `aws_endpoint` (moto, or a proxy in front of it).
+pub fn agent_command(
+    url: &str,
+    aws_endpoint: &str,
+    state: &std::path::Path,
+) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_qleet-agent"));
-    cmd.args(["--url", &cp.url, "--state-file"])
+    cmd.args(["--url", url, "--state-file"])
         .arg(state)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ENDPOINT_URL", &moto.url)
+        .env("AWS_ENDPOINT_URL", aws_endpoint)
         .env("AWS_ACCESS_KEY_ID", "ambient")
         .env("AWS_SECRET_ACCESS_KEY", "ambient")
         .env("AWS_REGION", "eu-west-1")
@@ -345,7 +213,7 @@ fn agent_command(cp: &Cp, moto: &Moto, state: &std::path::Path) -> tokio::proces
     cmd
 }
 
-async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
+pub async fn terminate(child: &mut tokio::process::Child) -> std::process::ExitStatus {
     let pid = child.id().expect("running");
     let sent = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
@@ -368,7 +236,7 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     let state = dir.join("agent.json");
     let token = cp.registration_token().await;
 
-    let mut agent = agent_command(&cp, &moto, &state)
+    let mut agent = agent_command(&cp.url, &moto.url, &state)
         .args(["--token", &token])
         .spawn()
         .expect("start qleet-agent");
@@ -399,7 +267,7 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     // goes through an HTTP proxy (the control plane here is plain http, so HTTP_PROXY; HTTPS
     // URLs take HTTPS_PROXY the same way).
     let proxy = Recorder::start(&cp.url).await;
-    let mut again = agent_command(&cp, &moto, &state)
+    let mut again = agent_command(&cp.url, &moto.url, &state)
         .env("HTTP_PROXY", &proxy.url)
         .spawn()
         .expect("restart");
@@ -414,7 +282,7 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     );
 
     let other_state = dir.join("second.json");
-    let reused = agent_command(&cp, &moto, &other_state)
+    let reused = agent_command(&cp.url, &moto.url, &other_state)
         .args(["--token", &token])
         .output()
         .await
@@ -431,11 +299,116 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     // A state file others may read is refused.
     std::fs::set_permissions(&state, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    let open = agent_command(&cp, &moto, &state)
+    let open = agent_command(&cp.url, &moto.url, &state)
         .output()
         .await
         .expect("run");
     assert_eq!(open.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&open.stderr).contains("chmod 600"));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// Moto calls that make something: a bucket (`PUT /bucket`, no query) or a database instance.
+fn creates(r: &Recorded) -> bool {
+    let bucket = r.method == "PUT" && r.query.is_empty() && !r.path.trim_matches('/').contains('/');
+    bucket || r.action().as_deref() == Some("CreateDBInstance")
+}
+
+#[tokio::test]
+async fn tasks_of_an_agent_killed_mid_way_are_finished_by_another_without_duplicates() {
+    let cp = Cp::start().await;
+    let moto = Moto::start().await;
+    let dir = std::env::temp_dir().join(format!("qleet-agent-kill-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+
+    // The first agent's creates reach moto, but their answers never come back: the bucket
+    // and the database exist, and the agent is still waiting when it is killed (SIGKILL, so
+    // it gives no lease back).
+    let black_hole = Recorder::holding(&moto.url, creates).await;
+    let token = cp.registration_token().await;
+    let mut first = agent_command(&cp.url, &black_hole.url, &dir.join("first.json"))
+        .args(["--token", &token, "--lease-seconds", "10"])
+        .spawn()
+        .expect("start the first agent");
+    cp.apply(AWS_APP).await;
+    let mut made = 0;
+    for _ in 0..600 {
+        made = black_hole.requests().iter().filter(|r| creates(r)).count();
+        if made == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(made, 2, "{:#?}", black_hole.requests());
+    first.start_kill().expect("kill");
+    first.wait().await.expect("killed");
+    let phases = cp.phases().await;
+    assert_eq!(
+        phases["ObjectStorageBucket/assets"], "PROVISIONING",
+        "{phases:?}"
+    );
+
+    // A second agent gets the tasks once the dead one's leases expire, finds what the first
+    // made by its deterministic names and adopts it.
+    let token = cp.registration_token().await;
+    let mut second = agent_command(&cp.url, &moto.url, &dir.join("second.json"))
+        .args(["--token", &token])
+        .spawn()
+        .expect("start the second agent");
+    cp.wait_ready(3).await;
+    assert!(terminate(&mut second).await.success());
+
+    let sdk = moto.sdk("test", "test").await;
+    let bucket = cp.object("ObjectStorageBucket", "assets").await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let buckets: Vec<String> = s3
+        .list_buckets()
+        .send()
+        .await
+        .expect("buckets")
+        .buckets()
+        .iter()
+        .filter_map(|b| b.name().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        buckets,
+        vec![bucket["outputs"]["name"].as_str().expect("name").to_owned()]
+    );
+    let tags = s3
+        .get_bucket_tagging()
+        .bucket(&buckets[0])
+        .send()
+        .await
+        .expect("the adopted bucket is tagged now");
+    assert!(
+        tags.tag_set()
+            .iter()
+            .any(|t| t.key() == "qleet:object-id" && Some(t.value()) == bucket["id"].as_str())
+    );
+    let instances = aws_sdk_rds::Client::new(&sdk)
+        .describe_db_instances()
+        .send()
+        .await
+        .expect("rds");
+    assert_eq!(instances.db_instances().len(), 1);
+    let secrets = aws_sdk_secretsmanager::Client::new(&sdk)
+        .list_secrets()
+        .send()
+        .await
+        .expect("secrets");
+    assert_eq!(
+        secrets.secret_list().len(),
+        1,
+        "one password, made once and reused"
+    );
+    let db = cp.object("RelationalDatabase", "db").await;
+    assert_eq!(
+        db["outputs"]["password"]["secretRef"]["arn"].as_str(),
+        secrets.secret_list()[0].arn()
+    );
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

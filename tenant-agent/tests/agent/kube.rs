@@ -48,27 +48,60 @@ impl ApiServer {
             while let Some((request, reply)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.expect("request body");
-                let body: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).expect("request body is JSON")
-                };
-                let (status, answer) = server.answer(
-                    parts.method.as_str(),
-                    parts.uri.path(),
-                    parts.uri.query().unwrap_or_default(),
-                    body,
-                );
+                let (status, answer) = server.respond(&parts.method, &parts.uri, &bytes);
                 reply.send_response(
                     Response::builder()
                         .status(status)
                         .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&answer).expect("json")))
+                        .body(Body::from(answer))
                         .expect("response"),
                 );
             }
         });
         (client, api)
+    }
+
+    /// The same API server on a loopback port, for a `qleet-agent` process: answers its URL
+    /// (a kubeconfig's `server:`) and the server.
+    pub async fn serve() -> (String, ApiServer) {
+        let api = ApiServer::default();
+        let server = api.clone();
+        let app = axum::Router::new().fallback(
+            move |method: http::Method, uri: http::Uri, body: axum::body::Bytes| {
+                let server = server.clone();
+                async move {
+                    let (status, answer) = server.respond(&method, &uri, &body);
+                    Response::builder()
+                        .status(status)
+                        .header("content-type", "application/json")
+                        .body(axum::body::Body::from(answer))
+                        .expect("response")
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (url, api)
+    }
+
+    fn respond(&self, method: &http::Method, uri: &http::Uri, bytes: &[u8]) -> (u16, Vec<u8>) {
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(bytes).expect("request body is JSON")
+        };
+        let (status, answer) = self.answer(
+            method.as_str(),
+            uri.path(),
+            uri.query().unwrap_or_default(),
+            body,
+        );
+        (status, serde_json::to_vec(&answer).expect("json"))
     }
 
     fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {

@@ -1,8 +1,10 @@
 //! The tenant agent against real peers on loopback: a moto server for AWS (plain, and in its
 //! policy-checking mode), a recording proxy in front of it for what moto cannot enforce, kube's
-//! `tower-test` mock for the Kubernetes API server, and an in-process control plane.
+//! `tower-test` mock (or the same fake on a loopback port) for the Kubernetes API server, an
+//! in-process control plane, and `qleet dev` itself for the whole journey.
 
 mod aws;
 mod journey;
 mod kube;
+mod managed;
 mod support;

@@ -253,6 +253,12 @@ pub struct Recorder {
 
 impl Recorder {
     pub async fn start(upstream: &str) -> Recorder {
+        Recorder::holding(upstream, |_| false).await
+    }
+
+    /// A recorder that passes requests matching `hold` on upstream but never answers them:
+    /// the work is done, the caller never learns it (as when it dies at that moment).
+    pub async fn holding(upstream: &str, hold: fn(&Recorded) -> bool) -> Recorder {
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let http = reqwest::Client::new();
         let upstream = upstream.to_owned();
@@ -261,12 +267,14 @@ impl Recorder {
             move |method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: Bytes| {
                 let (http, upstream, record) = (http.clone(), upstream.clone(), record.clone());
                 async move {
-                    record.lock().expect("lock").push(Recorded {
+                    let recorded = Recorded {
                         method: method.to_string(),
                         path: uri.path().to_owned(),
                         query: uri.query().unwrap_or_default().to_owned(),
                         body: String::from_utf8_lossy(&body).into_owned(),
-                    });
+                    };
+                    let held = hold(&recorded);
+                    record.lock().expect("lock").push(recorded);
                     let target = format!(
                         "{upstream}{}",
                         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
@@ -281,6 +289,9 @@ impl Recorder {
                     let status = resp.status();
                     let resp_headers = resp.headers().clone();
                     let bytes = resp.bytes().await.expect("moto body");
+                    if held {
+                        std::future::pending::<()>().await;
+                    }
                     let mut out = http::Response::builder().status(status);
                     for (k, v) in &resp_headers {
                         if k != http::header::CONTENT_LENGTH && k != http::header::TRANSFER_ENCODING
