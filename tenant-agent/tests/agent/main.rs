@@ -5,4 +5,5 @@
 mod aws;
 mod journey;
 mod kube;
+mod state_secret;
 mod support;
