@@ -3,11 +3,15 @@
 //! Qleet object's id, what the new revision dropped pruned, secret references materialised into
 //! a Secret from the customer's Secrets Manager first, Helm charts rendered by `helm template`.
 //!
+//! The runtime is a cluster the agent is configured with ([`clusters`]), or an EKS cluster
+//! Qleet made, reached with a token from the runtime's assumed role ([`eks`]).
+//!
 //! Pruning uses an inventory ConfigMap (`qleet-inventory-<object id>`) in the workload's
 //! namespace listing what the last apply made; an object is deleted only when it is in the
 //! inventory, not in the new revision, and still carries this object's label.
 
 pub mod clusters;
+pub mod eks;
 pub mod helm;
 mod kinds;
 
@@ -44,6 +48,16 @@ pub struct ApplySpec {
     pub helm: Option<Helm>,
     #[serde(default)]
     pub secrets: Vec<SecretBinding>,
+    /// How to reach the runtime when it is an EKS cluster Qleet made; without it the runtime
+    /// is one of the agent's configured clusters, by `runtime.clusterName`.
+    #[serde(default)]
+    pub access: Option<Access>,
+}
+
+/// `payload.resource.access`
+#[derive(Debug, Clone, Deserialize)]
+pub struct Access {
+    pub eks: eks::EksAccess,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -295,6 +309,18 @@ fn cluster_name(spec: &ApplySpec) -> Result<&str, TaskError> {
         .ok_or_else(|| TaskError::permanent("InvalidPayload", "the runtime has no clusterName"))
 }
 
+/// The client for the payload's runtime.
+async fn client_for(
+    ctx: &Context,
+    spec: &ApplySpec,
+    actor: &Actor,
+) -> Result<kube::Client, TaskError> {
+    match &spec.access {
+        Some(Access { eks }) => ctx.clusters.eks_client(&ctx.aws, eks, actor).await,
+        None => ctx.clusters.client(cluster_name(spec)?).await,
+    }
+}
+
 /// The namespaces the apply writes to: the workload's and every Helm release's.
 fn namespaces(spec: &ApplySpec) -> BTreeSet<String> {
     let mut out = BTreeSet::from([spec.namespace.clone()]);
@@ -398,7 +424,7 @@ pub async fn ensure(
     payload: &Payload,
     actor: &Actor,
 ) -> Result<Map<String, Value>, TaskError> {
-    let client = ctx.clusters.client(cluster_name(spec)?).await?;
+    let client = client_for(ctx, spec, actor).await?;
     let object_id = payload.object.id.to_string();
 
     // Everything is rendered (and every secret read) before anything is written; Secrets go
@@ -505,8 +531,13 @@ pub async fn ensure(
 }
 
 /// Deletes everything the last apply made (namespaces stay).
-pub async fn delete(ctx: &Context, spec: &ApplySpec, payload: &Payload) -> Result<(), TaskError> {
-    let client = ctx.clusters.client(cluster_name(spec)?).await?;
+pub async fn delete(
+    ctx: &Context,
+    spec: &ApplySpec,
+    payload: &Payload,
+    actor: &Actor,
+) -> Result<(), TaskError> {
+    let client = client_for(ctx, spec, actor).await?;
     let object_id = payload.object.id.to_string();
     let inventory = inventory_name(payload);
     let before = read_inventory(&client, &spec.namespace, &inventory).await?;

@@ -3,6 +3,7 @@
 //! `tower-test` mock for the Kubernetes API server, and an in-process control plane.
 
 mod aws;
+mod eks_access;
 mod journey;
 mod kube;
 mod state_secret;
