@@ -326,6 +326,9 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     "spec": issuer_spec,
                 }],
                 "secrets": [],
+                // ingress-nginx's controller Service (`<release>-controller`): its load
+                // balancer's address is the Gateway's `loadBalancerHostname`.
+                "loadBalancer": { "namespace": "qleet-gateway", "name": "ingress-nginx-controller" },
             });
             with_runtime(body, input.runtime(&spec.runtime)?)
         }
@@ -765,6 +768,26 @@ mod tests {
         assert_eq!(
             on_runtime(Builtin::Workload, no_ca, workload),
             Err("KubernetesRuntime/main has no output `certificateAuthority` yet".into())
+        );
+    }
+
+    #[test]
+    fn a_gateway_asks_the_agent_for_its_ingress_controllers_load_balancer() {
+        let spec = json!({"runtime": "KubernetesRuntime/main", "host": "shop.example.com", "tls": {"issuer": "selfsigned"}});
+        let d = on_runtime(Builtin::Gateway, json!({"clusterName": "prod"}), spec).expect("render");
+        let r = &d.payload["resource"];
+        assert_eq!(
+            r["loadBalancer"],
+            json!({"namespace": "qleet-gateway", "name": "ingress-nginx-controller"})
+        );
+        // The Service is the one ingress-nginx's chart makes for a release of that name.
+        assert_eq!(r["helm"]["releases"][0]["name"], "ingress-nginx");
+        assert_eq!(r["helm"]["releases"][0]["namespace"], "qleet-gateway");
+        assert!(
+            Builtin::Gateway
+                .outputs()
+                .iter()
+                .any(|o| o.name == "loadBalancerHostname" && o.from_agent)
         );
     }
 

@@ -6,5 +6,6 @@ mod aws;
 mod eks_access;
 mod journey;
 mod kube;
+mod load_balancer;
 mod state_secret;
 mod support;
