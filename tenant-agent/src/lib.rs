@@ -107,7 +107,7 @@ pub async fn state_store(config: &Config) -> Result<state::Store, StartError> {
         config::StateLocation::File(path) => state::Store::File(path.clone()),
         config::StateLocation::Secret { namespace, name } => {
             let client = state::secret::client(config.kubeconfig.as_deref()).await?;
-            state::Store::Secret(state::secret::SecretStore::new(client, namespace, name))
+            state::Store::secret(client, namespace, name)
         }
     })
 }

@@ -65,10 +65,15 @@ pub enum StateError {
 #[derive(Clone)]
 pub enum Store {
     File(PathBuf),
-    Secret(secret::SecretStore),
+    Secret(Box<secret::SecretStore>),
 }
 
 impl Store {
+    /// The Secret `namespace/name`, through `client`.
+    pub fn secret(client: kube::Client, namespace: &str, name: &str) -> Store {
+        Store::Secret(Box::new(secret::SecretStore::new(client, namespace, name)))
+    }
+
     pub async fn load(&self) -> Result<Option<State>, StateError> {
         match self {
             Store::File(path) => load(path),

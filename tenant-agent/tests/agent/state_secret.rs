@@ -14,7 +14,6 @@ use kube::client::Body;
 use qleet::config::{ControlPlaneAuth, ControlPlaneConfig, LogFormat};
 use qleet_agent::config::{Cli, Config};
 use qleet_agent::state::Store;
-use qleet_agent::state::secret::SecretStore;
 use qleet_agent::{StartError, identity};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -247,7 +246,7 @@ async fn the_first_run_registers_and_creates_the_state_secret_and_the_next_run_r
     let cp = Cp::start().await;
     let token = cp.registration_token().await;
     let (client, api) = Secrets::start();
-    let store = Store::Secret(SecretStore::new(client, NAMESPACE, NAME));
+    let store = Store::secret(client, NAMESPACE, NAME);
 
     let first = config(&["--url", &cp.url, "--token", &token]);
     let (url, credential) = identity(&first, &store).await.expect("registered");
@@ -280,7 +279,7 @@ async fn the_first_run_registers_and_creates_the_state_secret_and_the_next_run_r
     assert!(credential.expose_secret().starts_with("qleet_agent_"));
     assert_eq!(data(&secret, "url"), url.as_str());
     let agent_id = data(&secret, "agentId");
-    assert_eq!(cp.agent_ids().await, [agent_id.clone()]);
+    assert_eq!(cp.agent_ids().await, std::slice::from_ref(&agent_id));
     Uuid::parse_str(&data(&secret, "controlPlane")).expect("control plane id");
     // What is stored is base64 of exactly those values.
     assert_eq!(
@@ -340,7 +339,7 @@ async fn an_empty_placeholder_secret_is_filled_in_with_an_update_keeping_its_lab
         },
         "type": "Opaque",
     }));
-    let store = Store::Secret(SecretStore::new(client, NAMESPACE, NAME));
+    let store = Store::secret(client, NAMESPACE, NAME);
     let (_, credential) = identity(&config(&["--url", &cp.url, "--token", &token]), &store)
         .await
         .expect("registered");
@@ -375,7 +374,7 @@ async fn refusal(secret: Option<Value>, forbidden: bool) -> String {
         api.put(s);
     }
     *api.forbidden.lock().expect("lock") = forbidden;
-    let store = Store::Secret(SecretStore::new(client, NAMESPACE, NAME));
+    let store = Store::secret(client, NAMESPACE, NAME);
     let err = identity(
         &config(&[
             "--url",
