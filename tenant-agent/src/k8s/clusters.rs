@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::SystemTime;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Map, Value, json};
@@ -41,7 +41,8 @@ struct EksKey {
 pub struct Clusters {
     sources: Arc<BTreeMap<String, ClusterSource>>,
     connected: Arc<Mutex<HashMap<String, Connected>>>,
-    eks: Arc<Mutex<HashMap<EksKey, (kube::Client, Instant)>>>,
+    /// EKS clients with the time until which their token may be used.
+    eks: Arc<Mutex<HashMap<EksKey, (kube::Client, SystemTime)>>>,
 }
 
 impl Clusters {
@@ -141,7 +142,8 @@ impl Clusters {
     }
 
     /// A client for an EKS runtime, authenticated with a token from its account's assumed
-    /// role; made again once the one in use is [`eks::CLIENT_TTL`] old.
+    /// role; made again once the one in use is [`eks::CLIENT_TTL`] old (or its session's
+    /// credentials are about to expire).
     pub async fn eks_client(
         &self,
         aws: &Aws,
@@ -156,13 +158,13 @@ impl Clusters {
             object_id: actor.object_id,
         };
         let mut clients = self.eks.lock().await;
-        if let Some((client, made)) = clients.get(&key)
-            && made.elapsed() < eks::CLIENT_TTL
+        if let Some((client, until)) = clients.get(&key)
+            && SystemTime::now() < *until
         {
             return Ok(client.clone());
         }
         let session = aws.session(&access.account, actor).await?;
-        let token = eks::token_for(&session, access).await?;
+        let (token, until) = eks::token_for(&session, access).await?;
         let config = eks::config(access, token).await?;
         let client = kube::Client::try_from(config).map_err(|e| {
             TaskError::permanent(
@@ -170,8 +172,9 @@ impl Clusters {
                 format!("EKS cluster {}: {e}", access.cluster_name),
             )
         })?;
-        clients.retain(|_, (_, made)| made.elapsed() < eks::CLIENT_TTL);
-        clients.insert(key, (client.clone(), Instant::now()));
+        let now = SystemTime::now();
+        clients.retain(|_, (_, until)| now < *until);
+        clients.insert(key, (client.clone(), until));
         Ok(client)
     }
 

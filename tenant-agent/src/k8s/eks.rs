@@ -95,8 +95,13 @@ pub fn token(
     ))
 }
 
-/// A token for `access`'s cluster from an assumed-role session.
-pub async fn token_for(session: &SdkConfig, access: &EksAccess) -> Result<String, TaskError> {
+/// A token for `access`'s cluster from an assumed-role session, and until when a client may
+/// use it: [`CLIENT_TTL`], or less when the session's credentials expire sooner (a token
+/// signed by expired credentials is refused).
+pub async fn token_for(
+    session: &SdkConfig,
+    access: &EksAccess,
+) -> Result<(String, SystemTime), TaskError> {
     let provider = session.credentials_provider().ok_or_else(|| {
         TaskError::permanent("EksTokenFailed", "the assumed session has no credentials")
     })?;
@@ -106,12 +111,24 @@ pub async fn token_for(session: &SdkConfig, access: &EksAccess) -> Result<String
             format!("credentials for the EKS token: {e}"),
         )
     })?;
-    token(
+    let now = SystemTime::now();
+    let use_until = use_until(now, credentials.expiry());
+    let token = token(
         credentials,
         &access.account.region,
         &access.cluster_name,
-        SystemTime::now(),
-    )
+        now,
+    )?;
+    Ok((token, use_until))
+}
+
+/// [`CLIENT_TTL`] from `now`, but no later than a minute before the signing credentials expire.
+fn use_until(now: SystemTime, expiry: Option<SystemTime>) -> SystemTime {
+    let ttl = now + CLIENT_TTL;
+    match expiry.and_then(|e| e.checked_sub(Duration::from_secs(60))) {
+        Some(last) => ttl.min(last),
+        None => ttl,
+    }
 }
 
 /// The client configuration for `access` with `token`: the cluster's endpoint, its CA, and the
@@ -170,4 +187,22 @@ pub async fn config(access: &EksAccess, token: String) -> Result<kube::Config, T
         ));
     }
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_used_ten_minutes_or_until_just_before_its_credentials_expire() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        assert_eq!(use_until(now, None), now + CLIENT_TTL);
+        let in_an_hour = now + Duration::from_secs(3600);
+        assert_eq!(use_until(now, Some(in_an_hour)), now + CLIENT_TTL);
+        let in_five_minutes = now + Duration::from_secs(300);
+        assert_eq!(
+            use_until(now, Some(in_five_minutes)),
+            now + Duration::from_secs(240)
+        );
+    }
 }

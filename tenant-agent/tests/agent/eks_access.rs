@@ -87,7 +87,15 @@ async fn an_eks_token_is_a_presigned_get_caller_identity_url_naming_the_cluster_
     // What moto's AssumeRole answered, not the ambient key.
     assert!(assumed.access_key_id().starts_with("ASIA"), "{assumed:?}");
 
-    let token = eks::token_for(&session, &access).await.expect("token");
+    let (token, use_until) = eks::token_for(&session, &access).await.expect("token");
+    // Used for ten minutes: the session's credentials last an hour.
+    let ttl = use_until
+        .duration_since(std::time::SystemTime::now())
+        .expect("in the future");
+    assert!(
+        ttl > std::time::Duration::from_secs(590) && ttl <= eks::CLIENT_TTL,
+        "{ttl:?}"
+    );
     let url = decode(&token);
     assert_eq!(url.scheme(), "https");
     assert_eq!(url.host_str(), Some("sts.eu-west-1.amazonaws.com"));
