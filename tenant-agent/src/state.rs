@@ -74,6 +74,7 @@ impl Store {
         Store::Secret(Box::new(secret::SecretStore::new(client, namespace, name)))
     }
 
+    /// The saved identity; `None` before the first registration.
     pub async fn load(&self) -> Result<Option<State>, StateError> {
         match self {
             Store::File(path) => load(path),
@@ -81,6 +82,7 @@ impl Store {
         }
     }
 
+    /// Keeps what registration gave the agent.
     pub async fn save(&self, state: &State) -> Result<(), StateError> {
         match self {
             Store::File(path) => save(path, state),

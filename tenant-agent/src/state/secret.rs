@@ -57,6 +57,7 @@ pub struct SecretStore {
 }
 
 impl SecretStore {
+    /// The Secret `namespace/name` on the API server `client` talks to.
     pub fn new(client: kube::Client, namespace: &str, name: &str) -> SecretStore {
         SecretStore {
             api: Api::namespaced(client, namespace),
