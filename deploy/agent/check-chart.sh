@@ -2,7 +2,7 @@
 # Renders deploy/agent/helm in each mode with `helm template` and checks the shape of what comes
 # out (Python + PyYAML): one non-root, read-only, capability-free replica; RBAC limited to the
 # resources the agent applies, with no RBAC, impersonation or wildcard rights; the state Secret's
-# Role limited by name; required values enforced.
+# Role limited by name (plus `create`, which names cannot limit); required values enforced.
 # Usage: deploy/agent/check-chart.sh   (needs helm 3 and python3 with PyYAML on PATH)
 set -euo pipefail
 chart="$(cd "$(dirname "${BASH_SOURCE[0]}")/helm" && pwd)"
@@ -11,7 +11,7 @@ trap 'rm -rf "$out"' EXIT
 
 base=(--namespace qleet-agent --set controlPlaneUrl=https://qleet.example/cp/0b6f2d4e-8c1a-4f3e-9a7b-2c5d8e1f0a93 --set registrationToken=qleet_reg_test)
 helm lint "$chart" "${base[@]}" >/dev/null
-helm template agent "$chart" "${base[@]}" --set state.mode=secret --set serviceAccount.roleArn=arn:aws:iam::123456789012:role/qleet-agent-runner >"$out/secret.yaml"
+helm template agent "$chart" "${base[@]}" --set serviceAccount.roleArn=arn:aws:iam::123456789012:role/qleet-agent-runner >"$out/secret.yaml"
 helm template agent "$chart" "${base[@]}" --set state.mode=file --set httpsProxy=http://proxy:3128 >"$out/file.yaml"
 helm template agent "$chart" "${base[@]}" --set rbac.clusterWide=false --set 'rbac.namespaces={shop,web}' >"$out/namespaced.yaml"
 for bad in "--set registrationToken=qleet_reg_x" "--set controlPlaneUrl=https://q/cp/x" "--set controlPlaneUrl=https://q/cp/x --set registrationToken=t --set state.mode=disk"; do
@@ -74,13 +74,23 @@ for name in ["secret.yaml", "file.yaml", "namespaced.yaml"]:
             check_rules(role["rules"])
     assert not any(d["kind"] in ("ClusterRole", "Role") and any(
         "rbac.authorization.k8s.io" in r["apiGroups"] for r in d["rules"]) for d in ds)
-    if name == "secret.yaml":
-        assert c["args"] == ["--state-secret", "agent-qleet-agent-state"]
+    if name in ("secret.yaml", "namespaced.yaml"):
+        # The default mode: the agent keeps its identity in a Secret it creates itself.
+        assert c["args"] == ["--state-secret", "qleet-agent/agent-qleet-agent-state"]
         state = one(ds, "Role", "agent-qleet-agent-state")
+        assert state["metadata"]["namespace"] == "qleet-agent"
         assert state["rules"] == [{"apiGroups": [""], "resources": ["secrets"],
                                    "resourceNames": ["agent-qleet-agent-state"],
-                                   "verbs": ["get", "update", "patch"]}]
-        one(ds, "Secret", "agent-qleet-agent-state")
+                                   "verbs": ["get", "update"]},
+                                  {"apiGroups": [""], "resources": ["secrets"],
+                                   "verbs": ["create"]}]
+        binding = one(ds, "RoleBinding", "agent-qleet-agent-state")
+        assert binding["roleRef"]["name"] == "agent-qleet-agent-state"
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                        "namespace": "qleet-agent"}]
+        assert not [d for d in ds if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-state")]
+        assert not [v for v in pod.get("volumes", []) if v["name"] == "state"]
+    if name == "secret.yaml":
         assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(":role/qleet-agent-runner")
         one(ds, "ClusterRoleBinding", "agent-qleet-agent-workloads")
     if name == "file.yaml":

@@ -23,13 +23,15 @@ pub struct Cli {
     /// file; no registration happens then.
     #[arg(long, env = "QLEET_AGENT_CREDENTIAL", hide_env_values = true)]
     pub credential: Option<String>,
-    /// Where the agent keeps its identity (created with mode 0600).
-    #[arg(
-        long,
-        env = "QLEET_AGENT_STATE_FILE",
-        default_value = "./qleet-agent.json"
-    )]
-    pub state_file: PathBuf,
+    /// Where the agent keeps its identity (created with mode 0600) [default: ./qleet-agent.json].
+    #[arg(long, env = "QLEET_AGENT_STATE_FILE")]
+    pub state_file: Option<PathBuf>,
+    /// Keep the identity in this Kubernetes Secret instead of a state file (`NAMESPACE/NAME`;
+    /// the agent creates it after registering). The API server is the one of the pod the agent
+    /// runs in (in-cluster service account), else the current context of --kubeconfig
+    /// (KUBECONFIG). Not together with --state-file.
+    #[arg(long, env = "QLEET_AGENT_STATE_SECRET", value_name = "NAMESPACE/NAME")]
+    pub state_secret: Option<String>,
     /// A name shown in the UI (default: the host name).
     #[arg(long, env = "QLEET_AGENT_NAME")]
     pub name: Option<String>,
@@ -64,6 +66,27 @@ pub struct Cli {
     pub log_json: bool,
 }
 
+/// The state file used when neither `--state-file` nor `--state-secret` is given.
+pub const DEFAULT_STATE_FILE: &str = "./qleet-agent.json";
+
+/// Where the agent keeps its identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateLocation {
+    /// A JSON file only its owner may read.
+    File(PathBuf),
+    /// A Kubernetes Secret, one data key per field.
+    Secret { namespace: String, name: String },
+}
+
+impl std::fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::File(path) => write!(f, "{}", path.display()),
+            StateLocation::Secret { namespace, name } => write!(f, "Secret {namespace}/{name}"),
+        }
+    }
+}
+
 /// Where a named cluster's API server is found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClusterSource {
@@ -78,7 +101,8 @@ pub struct Config {
     pub url: Option<Url>,
     pub token: Option<SecretString>,
     pub credential: Option<SecretString>,
-    pub state_file: PathBuf,
+    /// Where the identity is kept: `--state-file` or `--state-secret`.
+    pub state: StateLocation,
     /// Shown in the UI.
     pub name: String,
     /// Tasks run at once (1 to 64).
@@ -142,6 +166,17 @@ impl TryFrom<Cli> for Config {
                 qleet_protocol::REGISTRATION_PREFIX
             ));
         }
+        let state = match (cli.state_file, cli.state_secret.filter(|s| !s.is_empty())) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "--state-file and --state-secret exclude each other: the identity is kept in one place"
+                        .into(),
+                );
+            }
+            (_, Some(secret)) => parse_secret_name(&secret)?,
+            (Some(path), None) => StateLocation::File(path),
+            (None, None) => StateLocation::File(PathBuf::from(DEFAULT_STATE_FILE)),
+        };
         let name = cli
             .name
             .filter(|n| !n.is_empty())
@@ -160,7 +195,7 @@ impl TryFrom<Cli> for Config {
                 .credential
                 .filter(|c| !c.is_empty())
                 .map(SecretString::from),
-            state_file: cli.state_file,
+            state,
             name: name.chars().take(200).collect(),
             concurrency: cli.concurrency,
             kubeconfig: cli.kubeconfig.filter(|p| !p.as_os_str().is_empty()),
@@ -186,6 +221,29 @@ pub fn parse_url(text: &str) -> Result<Url, String> {
     let path = url.path().trim_end_matches('/').to_owned();
     url.set_path(&path);
     Ok(url)
+}
+
+/// `NAMESPACE/NAME`, both DNS-1123 names as Kubernetes requires.
+fn parse_secret_name(text: &str) -> Result<StateLocation, String> {
+    let dns = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    match text.split_once('/') {
+        Some((ns, name)) if dns(ns, 63) && !ns.contains('.') && dns(name, 253) => {
+            Ok(StateLocation::Secret {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "--state-secret: `{text}` is not NAMESPACE/NAME (lower-case Kubernetes names)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -230,5 +288,27 @@ mod tests {
         assert!(err.contains("qleet_reg_"), "{err}");
         assert!(cli(&["--concurrency", "0"]).is_err());
         assert!(cli(&["--token", "qleet_reg_abc", "--concurrency", "8"]).is_ok());
+    }
+
+    #[test]
+    fn the_state_is_a_file_or_a_secret_never_both() {
+        assert_eq!(
+            cli(&[]).expect("config").state,
+            StateLocation::File(DEFAULT_STATE_FILE.into())
+        );
+        assert_eq!(
+            cli(&["--state-secret", "qleet-agent/agent-state"])
+                .expect("config")
+                .state,
+            StateLocation::Secret {
+                namespace: "qleet-agent".into(),
+                name: "agent-state".into()
+            }
+        );
+        let err = cli(&["--state-file", "/x.json", "--state-secret", "a/b"]).expect_err("both");
+        assert!(err.contains("exclude each other"), "{err}");
+        for bad in ["agent-state", "a/", "/b", "A/b", "a/b/c", "a.b/c"] {
+            assert!(cli(&["--state-secret", bad]).is_err(), "{bad}");
+        }
     }
 }

@@ -35,9 +35,12 @@ pub enum StartError {
     Agent(#[from] agent::AgentError),
 }
 
-/// Finds the agent's identity: a credential given directly, the state file, or a registration
-/// with the one-time token (whose result is saved to the state file).
-pub async fn identity(config: &Config) -> Result<(Url, SecretString), StartError> {
+/// Finds the agent's identity: a credential given directly, the saved state (file or Secret),
+/// or a registration with the one-time token (whose result is saved there).
+pub async fn identity(
+    config: &Config,
+    store: &state::Store,
+) -> Result<(Url, SecretString), StartError> {
     if let Some(credential) = &config.credential {
         let url = config
             .url
@@ -53,14 +56,18 @@ pub async fn identity(config: &Config) -> Result<(Url, SecretString), StartError
         }
         return Ok((url, credential.clone()));
     }
-    if let Some(saved) = state::load(&config.state_file)? {
+    let place = config.state.to_string();
+    let flag = match &config.state {
+        config::StateLocation::File(_) => "--state-file",
+        config::StateLocation::Secret { .. } => "--state-secret",
+    };
+    if let Some(saved) = store.load().await? {
         let saved_url = config::parse_url(&saved.url).map_err(StartError::Config)?;
         if let Some(url) = &config.url
             && url != &saved_url
         {
             return Err(StartError::Config(format!(
-                "{} belongs to {saved_url}, not {url}; use another --state-file to register elsewhere",
-                config.state_file.display()
+                "{place} belongs to {saved_url}, not {url}; use another {flag} to register elsewhere"
             )));
         }
         if config.token.is_some() {
@@ -70,14 +77,12 @@ pub async fn identity(config: &Config) -> Result<(Url, SecretString), StartError
     }
     let url = config.url.clone().ok_or_else(|| {
         StartError::Config(format!(
-            "not registered yet ({} does not exist): pass --url and --token",
-            config.state_file.display()
+            "not registered yet (no identity in {place}): pass --url and --token"
         ))
     })?;
     let token = config.token.as_ref().ok_or_else(|| {
         StartError::Config(format!(
-            "not registered yet ({} does not exist): pass --token with a registration token",
-            config.state_file.display()
+            "not registered yet (no identity in {place}): pass --token with a registration token"
         ))
     })?;
     let client = Client::new(url.clone(), None).map_err(StartError::Register)?;
@@ -91,9 +96,20 @@ pub async fn identity(config: &Config) -> Result<(Url, SecretString), StartError
         control_plane: Some(registered.control_plane),
         credential: SecretString::from(registered.credential),
     };
-    state::save(&config.state_file, &saved)?;
-    tracing::info!(agent = %saved.agent_id, state_file = %config.state_file.display(), "registered");
+    store.save(&saved).await?;
+    tracing::info!(agent = %saved.agent_id, state = %place, "registered");
     Ok((url, saved.credential))
+}
+
+/// Opens where `config` says the identity is kept.
+pub async fn state_store(config: &Config) -> Result<state::Store, StartError> {
+    Ok(match &config.state {
+        config::StateLocation::File(path) => state::Store::File(path.clone()),
+        config::StateLocation::Secret { namespace, name } => {
+            let client = state::secret::client(config.kubeconfig.as_deref()).await?;
+            state::Store::secret(client, namespace, name)
+        }
+    })
 }
 
 /// Starts the agent with `config` and runs it until `shutdown` resolves.
@@ -103,7 +119,8 @@ pub async fn start(
 ) -> Result<(), StartError> {
     let clusters = k8s::Clusters::new(config.clusters.clone(), config.kubeconfig.as_deref())
         .map_err(StartError::Config)?;
-    let (url, credential) = identity(&config).await?;
+    let store = state_store(&config).await?;
+    let (url, credential) = identity(&config, &store).await?;
     let client = Client::new(url, Some(credential)).map_err(StartError::Register)?;
     let ctx = task::Context {
         aws: aws::Aws::load().await,

@@ -1,8 +1,11 @@
-//! The agent's identity on disk: `{url, agentId, credential}` in a file only its owner may read.
+//! The agent's identity: `{url, agentId, controlPlane, credential}` in a file only its owner
+//! may read, or in a Kubernetes Secret ([`secret`]).
+
+pub mod secret;
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -54,6 +57,38 @@ pub enum StateError {
     TooOpen { path: String, mode: u32 },
     #[error("{path}: not an agent state file: {reason}")]
     Invalid { path: String, reason: String },
+    #[error("{what}: {reason}")]
+    Unreadable { what: String, reason: String },
+}
+
+/// Where the identity is read from and saved to.
+#[derive(Clone)]
+pub enum Store {
+    File(PathBuf),
+    Secret(Box<secret::SecretStore>),
+}
+
+impl Store {
+    /// The Secret `namespace/name`, through `client`.
+    pub fn secret(client: kube::Client, namespace: &str, name: &str) -> Store {
+        Store::Secret(Box::new(secret::SecretStore::new(client, namespace, name)))
+    }
+
+    /// The saved identity; `None` before the first registration.
+    pub async fn load(&self) -> Result<Option<State>, StateError> {
+        match self {
+            Store::File(path) => load(path),
+            Store::Secret(s) => s.load().await,
+        }
+    }
+
+    /// Keeps what registration gave the agent.
+    pub async fn save(&self, state: &State) -> Result<(), StateError> {
+        match self {
+            Store::File(path) => save(path, state),
+            Store::Secret(s) => s.save(state).await,
+        }
+    }
 }
 
 /// Reads the state file; `None` when there is none yet. Refuses a file that group or others

@@ -200,7 +200,9 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
             let spec: k8s::ApplySpec = part(r, "resource")?;
             match op {
                 Operation::Ensure => k8s::ensure(ctx, &spec, &payload, &actor).await,
-                Operation::Delete => k8s::delete(ctx, &spec, &payload).await.map(|()| Map::new()),
+                Operation::Delete => k8s::delete(ctx, &spec, &payload, &actor)
+                    .await
+                    .map(|()| Map::new()),
             }
         }
         other => Err(TaskError::permanent(

@@ -97,6 +97,11 @@ impl Builtin {
             out("endpoint"),
             out("clusterName"),
             out("certificateAuthority"),
+            // EKS only: the account whose role reaches the cluster (a token from its session).
+            computed("accountId"),
+            computed("roleArn"),
+            computed("externalId"),
+            computed("region"),
         ];
         const BUCKET: &[OutputDecl] = &[out("name"), out("arn"), out("region"), out("endpoint")];
         const DATABASE: &[OutputDecl] = &[

@@ -52,6 +52,36 @@ impl Input<'_> {
             .ok_or_else(|| format!("{key} is not ready"))
     }
 
+    /// The outputs of the runtime `reference` names, and for an EKS runtime (the only kind
+    /// with an account, see [`eks_account_outputs`]) the `access` block the agent reaches it
+    /// with: endpoint, CA and the account whose role signs its token. An existing cluster has
+    /// none: the agent knows it by `clusterName`.
+    fn runtime(&self, reference: &str) -> Result<(Value, Option<Value>), String> {
+        let outputs = self.outputs_of(reference)?;
+        if outputs.get("roleArn").is_none_or(Value::is_null) {
+            return Ok((outputs.clone(), None));
+        }
+        let field = |name: &str| {
+            outputs
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("{reference} has no output `{name}` yet"))
+        };
+        let access = json!({ "eks": {
+            "clusterName": field("clusterName")?,
+            "endpoint": field("endpoint")?,
+            "certificateAuthority": field("certificateAuthority")?,
+            "account": {
+                "accountId": outputs.get("accountId"),
+                "roleArn": field("roleArn")?,
+                "externalId": field("externalId")?,
+                "region": field("region")?,
+            },
+        }});
+        Ok((outputs.clone(), Some(access)))
+    }
+
     /// A deterministic cloud name: `qleet-NAME-ID8`, from the object id so a retried create
     /// finds what an earlier try made.
     fn cloud_name(&self, max: usize) -> String {
@@ -85,6 +115,26 @@ impl Input<'_> {
             "region": region,
         }))
     }
+}
+
+/// The account block of an EKS runtime's payload, published as the runtime's computed outputs
+/// so that what runs on it can reach it with the same role (and is re-rendered when it
+/// changes).
+const EKS_ACCOUNT_OUTPUTS: [&str; 4] = ["accountId", "roleArn", "externalId", "region"];
+
+fn eks_account_outputs(account: &Value, computed: &mut Map<String, Value>) {
+    for name in EKS_ACCOUNT_OUTPUTS {
+        computed.insert(name.into(), account[name].clone());
+    }
+}
+
+/// Puts the runtime's outputs (and its `access` block, for EKS) into a payload.
+fn with_runtime(mut body: Value, runtime: (Value, Option<Value>)) -> Value {
+    body["runtime"] = runtime.0;
+    if let Some(access) = runtime.1 {
+        body["access"] = access;
+    }
+    body
 }
 
 /// A short stable hash of a JSON value (serde_json keeps map keys sorted).
@@ -135,14 +185,18 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
         Builtin::KubernetesRuntime => {
             let spec: kinds::KubernetesRuntimeSpec = parse_spec(&rendered)?;
             match (spec.eks, spec.existing) {
-                (Some(eks), _) => json!({
-                    "account": input.account(&eks.account, eks.region.as_deref())?,
-                    "eks": {
-                        "clusterName": input.cloud_name(100),
-                        "version": eks.version,
-                        "nodeGroup": eks.node_group,
-                    },
-                }),
+                (Some(eks), _) => {
+                    let account = input.account(&eks.account, eks.region.as_deref())?;
+                    eks_account_outputs(&account, &mut computed);
+                    json!({
+                        "account": account,
+                        "eks": {
+                            "clusterName": input.cloud_name(100),
+                            "version": eks.version,
+                            "nodeGroup": eks.node_group,
+                        },
+                    })
+                }
                 (None, Some(existing)) => json!({ "existing": { "cluster": existing.cluster } }),
                 (None, None) => return Err("spec: set exactly one of `eks` or `existing`".into()),
             }
@@ -188,11 +242,10 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
             // Render from the spec as declared: env bindings need to know which outputs are
             // secrets, which the rendered value no longer shows.
             let spec: kinds::WorkloadSpec = parse_spec(input.spec)?;
-            let runtime = input.outputs_of(&spec.runtime)?.clone();
-            let mut body = json!({
-                "runtime": runtime,
-                "namespace": spec.namespace,
-            });
+            let mut body = with_runtime(
+                json!({ "namespace": spec.namespace }),
+                input.runtime(&spec.runtime)?,
+            );
             let mut secrets = Vec::new();
             if let Some(manifests) = &spec.manifests {
                 let docs = parse_manifests(manifests)?;
@@ -250,8 +303,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
             computed.insert("host".into(), json!(spec.host));
             computed.insert("ingressClass".into(), json!(spec.ingress_class));
             computed.insert("clusterIssuer".into(), json!(issuer));
-            json!({
-                "runtime": input.outputs_of(&spec.runtime)?,
+            let body = json!({
                 "namespace": "qleet-gateway",
                 "helm": { "releases": [
                     {
@@ -274,14 +326,17 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     "spec": issuer_spec,
                 }],
                 "secrets": [],
-            })
+                // ingress-nginx's controller Service (`<release>-controller`): its load
+                // balancer's address is the Gateway's `loadBalancerHostname`.
+                "loadBalancer": { "namespace": "qleet-gateway", "name": "ingress-nginx-controller" },
+            });
+            with_runtime(body, input.runtime(&spec.runtime)?)
         }
         Builtin::DomainName => {
             let spec: kinds::DomainNameSpec = parse_spec(&rendered)?;
             computed.insert("fqdn".into(), json!(spec.name));
             computed.insert("target".into(), json!(spec.target));
-            json!({
-                "runtime": input.outputs_of(&spec.runtime)?,
+            let body = json!({
                 "account": input.account(&spec.account, None)?,
                 "namespace": "qleet-dns",
                 "helm": { "releases": [{
@@ -309,7 +364,8 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     }]},
                 }],
                 "secrets": [],
-            })
+            });
+            with_runtime(body, input.runtime(&spec.runtime)?)
         }
         Builtin::Observability => {
             let spec: kinds::ObservabilitySpec = parse_spec(&rendered)?;
@@ -345,13 +401,13 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     },
                 }));
             }
-            json!({
-                "runtime": input.outputs_of(&spec.runtime)?,
+            let body = json!({
                 "namespace": ns,
                 "helm": { "releases": releases },
                 "manifests": [],
                 "secrets": [],
-            })
+            });
+            with_runtime(body, input.runtime(&spec.runtime)?)
         }
         Builtin::Composition => {
             return Ok(Desired {
@@ -590,6 +646,148 @@ mod tests {
         assert_ne!(
             hash(&desired(Builtin::Workload, &input2).expect("render").payload),
             hash(&d.payload)
+        );
+    }
+
+    /// The outputs an EKS runtime has once its task is done: what the control plane computes
+    /// from its spec plus what the agent reports (tenant-agent/src/aws/eks.rs).
+    fn eks_runtime_outputs() -> Value {
+        let key = ObjKey::new("KubernetesRuntime", "eks");
+        let spec = json!({"eks": {"account": "AwsAccount/main", "region": "us-east-2", "version": "1.31", "nodeGroup": {"min": 1, "max": 3, "desired": 2}}});
+        let mut deps = BTreeMap::new();
+        deps.insert(
+            ObjKey::new("AwsAccount", "main"),
+            json!({"accountId": "123456789012", "roleArn": "arn:aws:iam::123456789012:role/qleet", "externalId": "qleet-ext-1", "region": "eu-west-1"}),
+        );
+        let input = Input {
+            control_plane: Uuid::nil(),
+            id: Uuid::nil(),
+            key: &key,
+            spec: &spec,
+            outputs: &deps,
+            own_outputs: &json!({}),
+            changed_by: None,
+        };
+        let d = desired(Builtin::KubernetesRuntime, &input).expect("render runtime");
+        // The runtime's own payload and its published account are the same block.
+        for name in EKS_ACCOUNT_OUTPUTS {
+            assert_eq!(
+                d.computed[name], d.payload["resource"]["account"][name],
+                "{name}"
+            );
+        }
+        let mut outputs = d.computed;
+        outputs.insert("clusterName".into(), json!("qleet-eks-00000000"));
+        outputs.insert(
+            "endpoint".into(),
+            json!("https://ABC.gr7.us-east-2.eks.amazonaws.com"),
+        );
+        outputs.insert("certificateAuthority".into(), json!("LS0tLS1CRUdJTg=="));
+        Value::Object(outputs)
+    }
+
+    fn on_runtime(kind: Builtin, runtime: Value, spec: Value) -> Result<Desired, String> {
+        let mut deps = outputs();
+        deps.insert(ObjKey::new("KubernetesRuntime", "main"), runtime);
+        deps.insert(
+            ObjKey::new("AwsAccount", "dns"),
+            json!({"accountId": "123456789012", "roleArn": "arn:aws:iam::123456789012:role/dns", "externalId": "qleet-ext-2", "region": "eu-west-1"}),
+        );
+        let key = ObjKey::new(kind.name(), "x");
+        let input = Input {
+            control_plane: Uuid::nil(),
+            id: Uuid::nil(),
+            key: &key,
+            spec: &spec,
+            outputs: &deps,
+            own_outputs: &json!({}),
+            changed_by: None,
+        };
+        desired(kind, &input)
+    }
+
+    #[test]
+    fn what_runs_on_an_eks_runtime_carries_its_access_block_and_on_an_existing_runtime_does_not() {
+        let workload = json!({"runtime": "KubernetesRuntime/main", "namespace": "shop", "manifests": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"});
+        let existing = json!({"clusterName": "prod", "endpoint": "https://k8s"});
+        let on_existing = on_runtime(Builtin::Workload, existing.clone(), workload.clone())
+            .expect("render on existing");
+        assert_eq!(on_existing.payload["resource"]["runtime"], existing);
+        assert!(on_existing.payload["resource"].get("access").is_none());
+
+        let eks = eks_runtime_outputs();
+        let on_eks = on_runtime(Builtin::Workload, eks.clone(), workload.clone()).expect("render");
+        assert_eq!(on_eks.payload["resource"]["runtime"], eks);
+        assert_eq!(
+            on_eks.payload["resource"]["access"],
+            json!({"eks": {
+                "clusterName": "qleet-eks-00000000",
+                "endpoint": "https://ABC.gr7.us-east-2.eks.amazonaws.com",
+                "certificateAuthority": "LS0tLS1CRUdJTg==",
+                "account": {
+                    "accountId": "123456789012",
+                    "roleArn": "arn:aws:iam::123456789012:role/qleet",
+                    "externalId": "qleet-ext-1",
+                    "region": "us-east-2",
+                },
+            }})
+        );
+        assert_ne!(
+            on_eks.computed["revision"],
+            on_existing.computed["revision"]
+        );
+
+        // The other kinds that apply to a runtime get the same block.
+        let specs = [
+            (
+                Builtin::Gateway,
+                json!({"runtime": "KubernetesRuntime/main", "host": "shop.example.com", "tls": {"issuer": "selfsigned"}}),
+            ),
+            (
+                Builtin::DomainName,
+                json!({"runtime": "KubernetesRuntime/main", "account": "AwsAccount/dns", "zone": "example.com", "name": "shop.example.com", "target": "lb.example.com"}),
+            ),
+            (
+                Builtin::Observability,
+                json!({"runtime": "KubernetesRuntime/main"}),
+            ),
+        ];
+        for (kind, spec) in specs {
+            let d = on_runtime(kind, eks.clone(), spec.clone()).expect("render on eks");
+            assert_eq!(
+                d.payload["resource"]["access"], on_eks.payload["resource"]["access"],
+                "{kind:?}"
+            );
+            let d = on_runtime(kind, existing.clone(), spec).expect("render on existing");
+            assert!(d.payload["resource"].get("access").is_none(), "{kind:?}");
+        }
+
+        // An EKS runtime without the cluster's CA cannot be reached: the dependent waits.
+        let mut no_ca = eks;
+        no_ca["certificateAuthority"] = Value::Null;
+        assert_eq!(
+            on_runtime(Builtin::Workload, no_ca, workload),
+            Err("KubernetesRuntime/main has no output `certificateAuthority` yet".into())
+        );
+    }
+
+    #[test]
+    fn a_gateway_asks_the_agent_for_its_ingress_controllers_load_balancer() {
+        let spec = json!({"runtime": "KubernetesRuntime/main", "host": "shop.example.com", "tls": {"issuer": "selfsigned"}});
+        let d = on_runtime(Builtin::Gateway, json!({"clusterName": "prod"}), spec).expect("render");
+        let r = &d.payload["resource"];
+        assert_eq!(
+            r["loadBalancer"],
+            json!({"namespace": "qleet-gateway", "name": "ingress-nginx-controller"})
+        );
+        // The Service is the one ingress-nginx's chart makes for a release of that name.
+        assert_eq!(r["helm"]["releases"][0]["name"], "ingress-nginx");
+        assert_eq!(r["helm"]["releases"][0]["namespace"], "qleet-gateway");
+        assert!(
+            Builtin::Gateway
+                .outputs()
+                .iter()
+                .any(|o| o.name == "loadBalancerHostname" && o.from_agent)
         );
     }
 

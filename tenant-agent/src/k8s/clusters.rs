@@ -1,17 +1,21 @@
 //! The Kubernetes clusters this agent reaches, by the name a `KubernetesRuntime` uses: named
 //! kubeconfigs (`--cluster NAME=PATH`), the current context of `--kubeconfig`, the cluster the
-//! agent runs in (`--in-cluster NAME`). EKS clusters Qleet made are found here by their cluster
-//! name too, when the operator has added a kubeconfig for them.
+//! agent runs in (`--in-cluster NAME`). EKS clusters Qleet made need none of these: they are
+//! reached with a token from the runtime's assumed role ([`super::eks`]), one client per
+//! object, replaced before its token expires.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Map, Value, json};
 use tokio::sync::Mutex;
 
+use super::eks::{self, EksAccess};
 use super::kube_error;
+use crate::aws::{Actor, Aws};
 use crate::config::ClusterSource;
 use crate::task::TaskError;
 
@@ -21,11 +25,24 @@ struct Connected {
     endpoint: String,
 }
 
-/// Named clusters, connected on first use.
+/// Which EKS client is which: one per cluster, role and object (the token's session names
+/// the task and object, as in CloudTrail for the AWS tasks).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct EksKey {
+    endpoint: String,
+    cluster_name: String,
+    role_arn: String,
+    external_id: Option<String>,
+    object_id: uuid::Uuid,
+}
+
+/// Named clusters, connected on first use, and EKS clients by token.
 #[derive(Clone, Default)]
 pub struct Clusters {
     sources: Arc<BTreeMap<String, ClusterSource>>,
     connected: Arc<Mutex<HashMap<String, Connected>>>,
+    /// EKS clients with the time until which their token may be used.
+    eks: Arc<Mutex<HashMap<EksKey, (kube::Client, SystemTime)>>>,
 }
 
 impl Clusters {
@@ -43,7 +60,7 @@ impl Clusters {
         }
         Ok(Clusters {
             sources: Arc::new(sources),
-            connected: Arc::default(),
+            ..Clusters::default()
         })
     }
 
@@ -56,8 +73,8 @@ impl Clusters {
             .map(|(name, client, endpoint)| (name, Connected { client, endpoint }))
             .collect();
         Clusters {
-            sources: Arc::default(),
             connected: Arc::new(Mutex::new(connected)),
+            ..Clusters::default()
         }
     }
 
@@ -122,6 +139,43 @@ impl Clusters {
     /// A client for the cluster `name`.
     pub async fn client(&self, name: &str) -> Result<kube::Client, TaskError> {
         Ok(self.connect(name).await?.client)
+    }
+
+    /// A client for an EKS runtime, authenticated with a token from its account's assumed
+    /// role; made again once the one in use is [`eks::CLIENT_TTL`] old (or its session's
+    /// credentials are about to expire).
+    pub async fn eks_client(
+        &self,
+        aws: &Aws,
+        access: &EksAccess,
+        actor: &Actor,
+    ) -> Result<kube::Client, TaskError> {
+        let key = EksKey {
+            endpoint: access.endpoint.clone(),
+            cluster_name: access.cluster_name.clone(),
+            role_arn: access.account.role_arn.clone(),
+            external_id: access.account.external_id.clone(),
+            object_id: actor.object_id,
+        };
+        let mut clients = self.eks.lock().await;
+        if let Some((client, until)) = clients.get(&key)
+            && SystemTime::now() < *until
+        {
+            return Ok(client.clone());
+        }
+        let session = aws.session(&access.account, actor).await?;
+        let (token, until) = eks::token_for(&session, access).await?;
+        let config = eks::config(access, token).await?;
+        let client = kube::Client::try_from(config).map_err(|e| {
+            TaskError::permanent(
+                "ClusterConfig",
+                format!("EKS cluster {}: {e}", access.cluster_name),
+            )
+        })?;
+        let now = SystemTime::now();
+        clients.retain(|_, (_, until)| now < *until);
+        clients.insert(key, (client.clone(), until));
+        Ok(client)
     }
 
     /// Checks the cluster answers; its outputs as a `KubernetesRuntime` (`existing`).

@@ -3,11 +3,17 @@
 //! Qleet object's id, what the new revision dropped pruned, secret references materialised into
 //! a Secret from the customer's Secrets Manager first, Helm charts rendered by `helm template`.
 //!
+//! The runtime is a cluster the agent is configured with ([`clusters`]), or an EKS cluster
+//! Qleet made, reached with a token from the runtime's assumed role ([`eks`]). A payload may
+//! name a Service whose load balancer address is reported (a Gateway's
+//! `loadBalancerHostname`); until the cloud has assigned one, the task fails to be retried.
+//!
 //! Pruning uses an inventory ConfigMap (`qleet-inventory-<object id>`) in the workload's
 //! namespace listing what the last apply made; an object is deleted only when it is in the
 //! inventory, not in the new revision, and still carries this object's label.
 
 pub mod clusters;
+pub mod eks;
 pub mod helm;
 mod kinds;
 
@@ -44,7 +50,30 @@ pub struct ApplySpec {
     pub helm: Option<Helm>,
     #[serde(default)]
     pub secrets: Vec<SecretBinding>,
+    /// How to reach the runtime when it is an EKS cluster Qleet made; without it the runtime
+    /// is one of the agent's configured clusters, by `runtime.clusterName`.
+    #[serde(default)]
+    pub access: Option<Access>,
+    /// A Service whose load balancer address is reported as `loadBalancerHostname`.
+    #[serde(default)]
+    pub load_balancer: Option<ServiceRef>,
 }
+
+/// `payload.resource.access`
+#[derive(Debug, Clone, Deserialize)]
+pub struct Access {
+    pub eks: eks::EksAccess,
+}
+
+/// A Service by namespace and name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+/// The output a load balancer's address is reported as.
+pub const LOAD_BALANCER_OUTPUT: &str = "loadBalancerHostname";
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Helm {
@@ -295,6 +324,56 @@ fn cluster_name(spec: &ApplySpec) -> Result<&str, TaskError> {
         .ok_or_else(|| TaskError::permanent("InvalidPayload", "the runtime has no clusterName"))
 }
 
+/// The client for the payload's runtime.
+async fn client_for(
+    ctx: &Context,
+    spec: &ApplySpec,
+    actor: &Actor,
+) -> Result<kube::Client, TaskError> {
+    match &spec.access {
+        Some(Access { eks }) => ctx.clusters.eks_client(&ctx.aws, eks, actor).await,
+        None => ctx.clusters.client(cluster_name(spec)?).await,
+    }
+}
+
+/// The address the cloud gave `service`'s load balancer: its first ingress's host name, or
+/// its IP. Not assigned yet is a retryable failure, so the control plane asks again later.
+async fn load_balancer_address(
+    client: &kube::Client,
+    service: &ServiceRef,
+) -> Result<String, TaskError> {
+    let shown = format!("Service {}/{}", service.namespace, service.name);
+    let api: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(client.clone(), &service.namespace);
+    let found = api
+        .get_opt(&service.name)
+        .await
+        .map_err(|e| kube_error(&format!("reading {shown}"), e))?
+        .ok_or_else(|| {
+            TaskError::permanent(
+                "LoadBalancerServiceMissing",
+                format!("{shown} does not exist after the apply; its load balancer address cannot be reported"),
+            )
+        })?;
+    let address = found
+        .status
+        .and_then(|s| s.load_balancer)
+        .and_then(|lb| lb.ingress)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|i| {
+            i.hostname
+                .filter(|h| !h.is_empty())
+                .or(i.ip.filter(|ip| !ip.is_empty()))
+        });
+    address.ok_or_else(|| {
+        TaskError::retryable(
+            "LoadBalancerPending",
+            format!("{shown} has no load balancer address yet (status.loadBalancer.ingress is empty); the cloud may still be creating it"),
+        )
+    })
+}
+
 /// The namespaces the apply writes to: the workload's and every Helm release's.
 fn namespaces(spec: &ApplySpec) -> BTreeSet<String> {
     let mut out = BTreeSet::from([spec.namespace.clone()]);
@@ -398,7 +477,7 @@ pub async fn ensure(
     payload: &Payload,
     actor: &Actor,
 ) -> Result<Map<String, Value>, TaskError> {
-    let client = ctx.clusters.client(cluster_name(spec)?).await?;
+    let client = client_for(ctx, spec, actor).await?;
     let object_id = payload.object.id.to_string();
 
     // Everything is rendered (and every secret read) before anything is written; Secrets go
@@ -501,12 +580,22 @@ pub async fn ensure(
             Err(e) => tracing::warn!(error = %e, "could not read the rollout status"),
         }
     }
-    Ok(Map::new())
+    let mut outputs = Map::new();
+    if let Some(service) = &spec.load_balancer {
+        let address = load_balancer_address(&client, service).await?;
+        outputs.insert(LOAD_BALANCER_OUTPUT.into(), json!(address));
+    }
+    Ok(outputs)
 }
 
 /// Deletes everything the last apply made (namespaces stay).
-pub async fn delete(ctx: &Context, spec: &ApplySpec, payload: &Payload) -> Result<(), TaskError> {
-    let client = ctx.clusters.client(cluster_name(spec)?).await?;
+pub async fn delete(
+    ctx: &Context,
+    spec: &ApplySpec,
+    payload: &Payload,
+    actor: &Actor,
+) -> Result<(), TaskError> {
+    let client = client_for(ctx, spec, actor).await?;
     let object_id = payload.object.id.to_string();
     let inventory = inventory_name(payload);
     let before = read_inventory(&client, &spec.namespace, &inventory).await?;

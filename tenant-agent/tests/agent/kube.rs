@@ -104,7 +104,7 @@ impl ApiServer {
         (status, serde_json::to_vec(&answer).expect("json"))
     }
 
-    fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
+    pub fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
         self.seen.lock().expect("lock").push(Seen {
             method: method.to_owned(),
             path: path.to_owned(),

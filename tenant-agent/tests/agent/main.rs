@@ -4,7 +4,10 @@
 //! in-process control plane, and `qleet dev` itself for the whole journey.
 
 mod aws;
+mod eks_access;
 mod journey;
 mod kube;
+mod load_balancer;
 mod managed;
+mod state_secret;
 mod support;
