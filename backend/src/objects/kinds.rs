@@ -353,7 +353,7 @@ impl AwsAccountSpec {
                                     {
                                         "Sid": "Describe",
                                         "Effect": "Allow",
-                                        "Action": ["rds:Describe*", "eks:Describe*", "eks:List*", "ec2:Describe*"],
+                                        "Action": ["s3:ListAllMyBuckets", "rds:Describe*", "eks:Describe*", "eks:List*", "ec2:Describe*"],
                                         "Resource": "*"
                                     }
                                 ]
