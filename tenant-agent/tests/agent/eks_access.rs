@@ -4,7 +4,6 @@
 //! loopback HTTP server stands in for the cluster's API server).
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 use aws_credential_types::provider::ProvideCredentials;
 use base64::Engine as _;
@@ -16,6 +15,7 @@ use qleet_protocol::TaskResult;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::kube::ApiServer;
 use crate::support::{ACCOUNT, Moto, REGION, ROLE_ARN, Recorder, TaskBuilder, account};
 
 /// The presigned URL inside a token.
@@ -131,59 +131,6 @@ async fn an_eks_token_is_a_presigned_get_caller_identity_url_naming_the_cluster_
 }
 
 /// One request the stand-in API server saw.
-#[derive(Debug, Clone)]
-struct Hit {
-    method: String,
-    path: String,
-    authorization: Option<String>,
-}
-
-/// A loopback HTTP server in the place of an EKS cluster's API server: applies are echoed,
-/// reads find nothing.
-async fn cluster_endpoint() -> (String, Arc<Mutex<Vec<Hit>>>) {
-    let hits: Arc<Mutex<Vec<Hit>>> = Arc::default();
-    let record = hits.clone();
-    let app = axum::Router::new().fallback(
-        move |method: http::Method,
-              uri: http::Uri,
-              headers: http::HeaderMap,
-              body: axum::body::Bytes| {
-            let record = record.clone();
-            async move {
-                record.lock().expect("lock").push(Hit {
-                    method: method.to_string(),
-                    path: uri.path().to_owned(),
-                    authorization: headers
-                        .get(http::header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned),
-                });
-                let (status, answer) = if method == http::Method::PATCH {
-                    (200, serde_json::from_slice(&body).unwrap_or(Value::Null))
-                } else {
-                    (
-                        404,
-                        json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                                "message": "not found", "reason": "NotFound", "code": 404 }),
-                    )
-                };
-                (
-                    http::StatusCode::from_u16(status).expect("status"),
-                    axum::Json(answer),
-                )
-            }
-        },
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, hits)
-}
-
 fn eks_workload(endpoint: &str, ca: &str) -> Value {
     json!({
         "runtime": { "clusterName": "qleet-eks-1a2b3c4d", "endpoint": endpoint, "certificateAuthority": ca },
@@ -208,7 +155,8 @@ async fn a_workload_on_an_eks_runtime_is_applied_to_its_endpoint_with_a_token_fr
  {
     let moto = Moto::start().await;
     let proxy = Recorder::start(&moto.url).await;
-    let (endpoint, hits) = cluster_endpoint().await;
+    // A loopback API server in the place of the EKS cluster's.
+    let (endpoint, api) = ApiServer::serve().await;
     // No configured clusters at all: no kubeconfig is needed for an EKS runtime.
     let ctx = Context {
         aws: moto.agent_aws(&proxy.url, "ambient", "ambient").await,
@@ -223,7 +171,7 @@ async fn a_workload_on_an_eks_runtime_is_applied_to_its_endpoint_with_a_token_fr
         TaskResult::Failed { code, message, .. } => panic!("{code}: {message}"),
     }
 
-    let seen = hits.lock().expect("lock").clone();
+    let seen = api.requests();
     let paths: Vec<(&str, &str)> = seen
         .iter()
         .map(|h| (h.method.as_str(), h.path.as_str()))
@@ -271,13 +219,13 @@ async fn a_workload_on_an_eks_runtime_is_applied_to_its_endpoint_with_a_token_fr
     assert!(!q["X-Amz-Credential"].starts_with("ambient/"));
 
     // The next task within the token's lifetime reuses the client and its token.
-    let before = hits.lock().expect("lock").len();
+    let before = api.requests().len();
     let second = w.task("delete", eks_workload(&endpoint, &ca));
     match task::run(&ctx, &second).await {
         TaskResult::Succeeded { .. } => {}
         TaskResult::Failed { code, message, .. } => panic!("{code}: {message}"),
     }
-    let after = hits.lock().expect("lock").clone();
+    let after = api.requests();
     assert!(after.len() > before);
     assert!(
         after[before..]
@@ -289,7 +237,8 @@ async fn a_workload_on_an_eks_runtime_is_applied_to_its_endpoint_with_a_token_fr
 #[tokio::test]
 async fn an_eks_runtime_whose_certificate_authority_is_not_pem_is_a_clear_permanent_error() {
     let moto = Moto::start().await;
-    let (endpoint, hits) = cluster_endpoint().await;
+    // A loopback API server in the place of the EKS cluster's.
+    let (endpoint, api) = ApiServer::serve().await;
     let ctx = Context {
         aws: moto.agent_aws(&moto.url, "ambient", "ambient").await,
         clusters: Clusters::default(),
@@ -308,5 +257,5 @@ async fn an_eks_runtime_whose_certificate_authority_is_not_pem_is_a_clear_perman
         }
         other => panic!("{other:?}"),
     }
-    assert!(hits.lock().expect("lock").is_empty());
+    assert!(api.requests().is_empty());
 }

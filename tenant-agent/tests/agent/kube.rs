@@ -28,6 +28,8 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub body: Value,
+    /// The `Authorization` header (over HTTP only; the mock has no transport).
+    pub authorization: Option<String>,
 }
 
 /// An API server in memory behind kube's mock service: applies store what was sent, reads
@@ -48,7 +50,8 @@ impl ApiServer {
             while let Some((request, reply)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.expect("request body");
-                let (status, answer) = server.respond(&parts.method, &parts.uri, &bytes);
+                let (status, answer) =
+                    server.respond(&parts.method, &parts.uri, &parts.headers, &bytes);
                 reply.send_response(
                     Response::builder()
                         .status(status)
@@ -67,10 +70,13 @@ impl ApiServer {
         let api = ApiServer::default();
         let server = api.clone();
         let app = axum::Router::new().fallback(
-            move |method: http::Method, uri: http::Uri, body: axum::body::Bytes| {
+            move |method: http::Method,
+                  uri: http::Uri,
+                  headers: http::HeaderMap,
+                  body: axum::body::Bytes| {
                 let server = server.clone();
                 async move {
-                    let (status, answer) = server.respond(&method, &uri, &body);
+                    let (status, answer) = server.respond(&method, &uri, &headers, &body);
                     Response::builder()
                         .status(status)
                         .header("content-type", "application/json")
@@ -89,28 +95,49 @@ impl ApiServer {
         (url, api)
     }
 
-    fn respond(&self, method: &http::Method, uri: &http::Uri, bytes: &[u8]) -> (u16, Vec<u8>) {
+    fn respond(
+        &self,
+        method: &http::Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        bytes: &[u8],
+    ) -> (u16, Vec<u8>) {
         let body: Value = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(bytes).expect("request body is JSON")
         };
-        let (status, answer) = self.answer(
-            method.as_str(),
-            uri.path(),
-            uri.query().unwrap_or_default(),
+        let seen = Seen {
+            method: method.to_string(),
+            path: uri.path().to_owned(),
+            query: uri.query().unwrap_or_default().to_owned(),
             body,
-        );
+            authorization: headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        let (status, answer) = self.reply(seen);
         (status, serde_json::to_vec(&answer).expect("json"))
     }
 
+    /// Records a request and answers it.
     pub fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
-        self.seen.lock().expect("lock").push(Seen {
+        self.reply(Seen {
             method: method.to_owned(),
             path: path.to_owned(),
             query: query.to_owned(),
-            body: body.clone(),
-        });
+            body,
+            authorization: None,
+        })
+    }
+
+    fn reply(&self, seen: Seen) -> (u16, Value) {
+        self.seen.lock().expect("lock").push(seen.clone());
+        let Seen {
+            method, path, body, ..
+        } = seen;
+        let (method, path) = (method.as_str(), path.as_str());
         let mut store = self.store.lock().expect("lock");
         let not_found = json!({
             "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
