@@ -123,6 +123,25 @@ pub struct RenewResponse {
 pub struct ReportRequest {
     pub lease_id: Uuid,
     pub result: TaskResult,
+    /// What the agent saw along the way (a rollout's progress, the cluster's warnings), kept
+    /// among the object's events. The control plane keeps the first [`MAX_TASK_EVENTS`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<TaskEvent>,
+}
+
+/// At most this many events of one report are kept.
+pub const MAX_TASK_EVENTS: usize = 20;
+
+/// One thing the agent saw while doing a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TaskEvent {
+    /// A warning (something is wrong) rather than progress.
+    #[serde(default)]
+    pub warning: bool,
+    /// A short CamelCase reason, e.g. `RolloutComplete` or the cluster's `BackOff`.
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

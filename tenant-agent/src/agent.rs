@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use qleet_protocol::{LeasedTask, TaskResult};
+use qleet_protocol::{LeasedTask, TaskEvent, TaskResult};
 use rand::Rng;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
@@ -252,7 +252,7 @@ async fn work(
         })
     };
     let outcome = tokio::select! {
-        r = task::run(ctx, &task) => Some(r),
+        r = task::run_with_events(ctx, &task) => Some(r),
         _ = lost_rx.changed() => {
             tracing::warn!(task = %task.id, "lease lost; abandoning the task (another agent may have it)");
             None
@@ -266,7 +266,7 @@ async fn work(
             return;
         }
     };
-    if let Some(result) = outcome {
+    if let Some((result, events)) = outcome {
         match &result {
             TaskResult::Succeeded { .. } => tracing::info!(task = %task.id, "task succeeded"),
             TaskResult::Failed {
@@ -277,17 +277,20 @@ async fn work(
                 tracing::warn!(task = %task.id, code, message, retryable, "task failed")
             }
         }
-        report(client, &task, result).await;
+        report(client, &task, result, events).await;
     }
     renewer.abort();
 }
 
 /// Reports until the control plane has the result (the report is idempotent), the lease is
 /// gone, or about a lease's length has passed.
-async fn report(client: &Client, task: &LeasedTask, result: TaskResult) {
+async fn report(client: &Client, task: &LeasedTask, result: TaskResult, events: Vec<TaskEvent>) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     for _ in 0..12 {
-        match client.report(task.id, task.lease_id, result.clone()).await {
+        match client
+            .report(task.id, task.lease_id, result.clone(), events.clone())
+            .await
+        {
             Ok(r) => {
                 if !r.accepted {
                     tracing::info!(task = %task.id, reason = ?r.reason, "report not used");

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use qleet_protocol::{
     ErrorBody, Heartbeat, HeartbeatResponse, LeaseRef, LeaseRequest, LeaseResponse, LeasedTask,
-    RegisterRequest, RegisterResponse, RenewResponse, ReportRequest, ReportResponse, TaskResult,
+    RegisterRequest, RegisterResponse, RenewResponse, ReportRequest, ReportResponse, TaskEvent,
+    TaskResult,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -209,10 +210,15 @@ impl Client {
         task: Uuid,
         lease_id: Uuid,
         result: TaskResult,
+        events: Vec<TaskEvent>,
     ) -> Result<ReportResponse, ClientError> {
         self.post(
             &format!("tasks/{task}/report"),
-            &ReportRequest { lease_id, result },
+            &ReportRequest {
+                lease_id,
+                result,
+                events,
+            },
         )
         .await
     }

@@ -61,6 +61,10 @@ pub struct Cli {
     /// given back.
     #[arg(long, env = "QLEET_AGENT_SHUTDOWN_GRACE_SECONDS", default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// How long an apply waits for its Deployments to become available, in seconds; a rollout
+    /// still short then is reported pending and tried again later.
+    #[arg(long, env = "QLEET_AGENT_ROLLOUT_WAIT_SECONDS", default_value_t = 30)]
+    pub rollout_wait_seconds: u64,
     /// Log as JSON lines instead of pretty text.
     #[arg(long, env = "QLEET_AGENT_LOG_JSON")]
     pub log_json: bool,
@@ -115,6 +119,7 @@ pub struct Config {
     pub lease_seconds: u32,
     pub wait_seconds: u32,
     pub shutdown_grace: Duration,
+    pub rollout_wait: Duration,
     pub log_json: bool,
 }
 
@@ -131,6 +136,9 @@ impl TryFrom<Cli> for Config {
         }
         if !(10..=600).contains(&cli.lease_seconds) {
             return Err("--lease-seconds: must be between 10 and 600".into());
+        }
+        if cli.rollout_wait_seconds > 600 {
+            return Err("--rollout-wait-seconds: must be at most 600".into());
         }
         if cli.wait_seconds > 30 {
             return Err("--wait-seconds: must be at most 30".into());
@@ -204,6 +212,7 @@ impl TryFrom<Cli> for Config {
             lease_seconds: cli.lease_seconds,
             wait_seconds: cli.wait_seconds,
             shutdown_grace: Duration::from_secs(cli.shutdown_grace_seconds),
+            rollout_wait: Duration::from_secs(cli.rollout_wait_seconds),
             log_json: cli.log_json,
         })
     }

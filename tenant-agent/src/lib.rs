@@ -126,6 +126,7 @@ pub async fn start(
         aws: aws::Aws::load().await,
         clusters,
         helm: config.helm.clone(),
+        rollout_wait: config.rollout_wait,
     };
     let settings = agent::Settings {
         concurrency: config.concurrency,

@@ -1,9 +1,11 @@
 //! One task: its payload read into types, the work dispatched by kind and operation, and the
 //! result as the protocol's [`TaskResult`].
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use qleet_protocol::{LeasedTask, TaskResult};
+use qleet_protocol::{LeasedTask, TaskEvent, TaskResult};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -53,6 +55,9 @@ pub struct Context {
     pub clusters: Clusters,
     /// The `helm` binary that renders charts.
     pub helm: PathBuf,
+    /// How long an apply waits for its Deployments to become available before it reports the
+    /// rollout as pending (retried later) instead.
+    pub rollout_wait: Duration,
 }
 
 /// `payload.object`
@@ -106,6 +111,31 @@ pub fn part<T: DeserializeOwned>(value: &Value, what: &str) -> Result<T, TaskErr
 pub enum Operation {
     Ensure,
     Delete,
+}
+
+tokio::task_local! {
+    static EVENTS: RefCell<Vec<TaskEvent>>;
+}
+
+/// Notes something seen while doing the current task, for its report (nothing outside
+/// [`run_with_events`]).
+pub fn record(warning: bool, reason: &str, message: impl Into<String>) {
+    let event = TaskEvent {
+        warning,
+        reason: reason.to_owned(),
+        message: message.into(),
+    };
+    let _ = EVENTS.try_with(|events| events.borrow_mut().push(event));
+}
+
+/// Does `task`; answers what to report and the events recorded along the way.
+pub async fn run_with_events(ctx: &Context, task: &LeasedTask) -> (TaskResult, Vec<TaskEvent>) {
+    EVENTS
+        .scope(RefCell::new(Vec::new()), async {
+            let result = run(ctx, task).await;
+            (result, EVENTS.with(RefCell::take))
+        })
+        .await
 }
 
 /// Does `task` and answers what to report.

@@ -15,7 +15,8 @@ use super::store;
 use crate::error::ApiError;
 
 pub use qleet_protocol::{
-    LeaseRef, LeaseRequest, LeaseResponse, LeasedTask, ReportRequest, ReportResponse, TaskResult,
+    LeaseRef, LeaseRequest, LeaseResponse, LeasedTask, MAX_TASK_EVENTS, ReportRequest,
+    ReportResponse, TaskEvent, TaskResult,
 };
 
 #[derive(sqlx::FromRow)]
@@ -273,6 +274,23 @@ pub async fn report(
             )
             .await?;
         }
+    }
+    for e in req.events.iter().take(MAX_TASK_EVENTS) {
+        let reason: String = e
+            .reason
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(64)
+            .collect();
+        let message: String = e.message.chars().take(1000).collect();
+        store::event(
+            &mut tx,
+            held.object_id,
+            e.warning,
+            if reason.is_empty() { "Agent" } else { &reason },
+            &message,
+        )
+        .await?;
     }
     store::enqueue(&mut tx, &[held.object_id]).await?;
     store::crash_point("report-before-commit");

@@ -29,7 +29,7 @@ use serde_json::{Map, Value, json};
 pub use clusters::Clusters;
 
 use crate::aws::{Account, Actor};
-use crate::task::{Context, Payload, TaskError};
+use crate::task::{self, Context, Payload, TaskError};
 
 /// The field manager of every apply.
 pub const FIELD_MANAGER: &str = "qleet-agent";
@@ -558,28 +558,7 @@ pub async fn ensure(
         write_inventory(&client, &spec.namespace, &inventory, &object_id, &keys).await?;
     }
 
-    for d in deployments {
-        let ns = d.namespace.clone().unwrap_or_default();
-        let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
-        match api.get_opt(&d.name).await {
-            Ok(Some(dep)) => {
-                let want = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                let available = dep
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.available_replicas)
-                    .unwrap_or(0);
-                tracing::info!(
-                    object = %actor.object,
-                    deployment = %format!("{ns}/{}", d.name),
-                    available, want,
-                    "rollout: {available} of {want} replicas available"
-                );
-            }
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "could not read the rollout status"),
-        }
-    }
+    rollout(&client, &deployments, ctx.rollout_wait).await?;
     let mut outputs = Map::new();
     if let Some(service) = &spec.load_balancer {
         let address = load_balancer_address(&client, service).await?;
@@ -608,5 +587,111 @@ pub async fn delete(
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(kube_error("deleting the inventory", e)),
+    }
+}
+
+/// Waits (up to `wait`) for every applied Deployment to have its replicas available, and
+/// records the outcome among the task's events. One still short is a retryable
+/// `RolloutPending`, with the namespace's recent Warning events (an image that cannot be
+/// pulled, a crash loop) recorded so they show on the object.
+async fn rollout(
+    client: &kube::Client,
+    deployments: &[ObjectKey],
+    wait: std::time::Duration,
+) -> Result<(), TaskError> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut short = Vec::new();
+    loop {
+        short.clear();
+        for d in deployments {
+            let ns = d.namespace.clone().unwrap_or_default();
+            let api: Api<k8s_openapi::api::apps::v1::Deployment> =
+                Api::namespaced(client.clone(), &ns);
+            let Some(dep) = api
+                .get_opt(&d.name)
+                .await
+                .map_err(|e| kube_error(&format!("reading Deployment {ns}/{}", d.name), e))?
+            else {
+                continue;
+            };
+            let want = dep.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let status = dep.status.unwrap_or_default();
+            let available = status.available_replicas.unwrap_or(0);
+            // The controller has seen this revision (when the server reports generations).
+            let observed = match (dep.metadata.generation, status.observed_generation) {
+                (Some(g), Some(o)) => o >= g,
+                (Some(_), None) => false,
+                _ => true,
+            };
+            let line = format!(
+                "Deployment {ns}/{}: {available} of {want} replicas available",
+                d.name
+            );
+            if observed && available >= want {
+                task::record(false, "RolloutComplete", line);
+            } else {
+                short.push((ns, line));
+            }
+        }
+        if short.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2).min(wait)).await;
+    }
+    let Some((ns, first)) = short.first() else {
+        return Ok(());
+    };
+    warnings(client, ns).await;
+    Err(TaskError::retryable(
+        "RolloutPending",
+        format!(
+            "{first}{} after {} s",
+            if short.len() > 1 {
+                format!(" (and {} more short)", short.len() - 1)
+            } else {
+                String::new()
+            },
+            wait.as_secs()
+        ),
+    ))
+}
+
+/// Records the newest Warning events of `ns` (at most five) for the task's report.
+async fn warnings(client: &kube::Client, ns: &str) {
+    let api: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), ns);
+    let listed = match api
+        .list(&kube::api::ListParams::default().fields("type=Warning"))
+        .await
+    {
+        Ok(l) => l.items,
+        Err(e) => {
+            tracing::warn!(namespace = ns, error = %e, "could not read the namespace's events");
+            return;
+        }
+    };
+    let mut events: Vec<_> = listed
+        .into_iter()
+        .map(|e| {
+            let at = e
+                .last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0));
+            (at, e)
+        })
+        .collect();
+    events.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, e) in events.into_iter().take(5) {
+        let on = e.involved_object;
+        task::record(
+            true,
+            e.reason.as_deref().unwrap_or("Warning"),
+            format!(
+                "{}/{}: {}",
+                on.kind.unwrap_or_default(),
+                on.name.unwrap_or_default(),
+                e.message.unwrap_or_default()
+            ),
+        );
     }
 }

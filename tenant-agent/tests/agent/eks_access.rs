@@ -162,6 +162,7 @@ async fn a_workload_on_an_eks_runtime_is_applied_to_its_endpoint_with_a_token_fr
         aws: moto.agent_aws(&proxy.url, "ambient", "ambient").await,
         clusters: Clusters::default(),
         helm: "/nonexistent/helm".into(),
+        rollout_wait: std::time::Duration::from_secs(5),
     };
     let w = TaskBuilder::new("Workload", "web");
     let ca = certificate_authority();
@@ -243,6 +244,7 @@ async fn an_eks_runtime_whose_certificate_authority_is_not_pem_is_a_clear_perman
         aws: moto.agent_aws(&moto.url, "ambient", "ambient").await,
         clusters: Clusters::default(),
         helm: "/nonexistent/helm".into(),
+        rollout_wait: std::time::Duration::from_secs(5),
     };
     let w = TaskBuilder::new("Workload", "web");
     let bad = base64::engine::general_purpose::STANDARD.encode("not a certificate");

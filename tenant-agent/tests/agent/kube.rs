@@ -38,6 +38,8 @@ pub struct Seen {
 pub struct ApiServer {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     pub store: Arc<Mutex<BTreeMap<String, Value>>>,
+    /// Deployments applied while set never get a replica available (a pod that cannot start).
+    pub stuck_rollouts: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ApiServer {
@@ -158,8 +160,18 @@ impl ApiServer {
                 stored["metadata"]["resourceVersion"] = json!("1");
                 if stored["kind"] == "Deployment" {
                     let replicas = stored["spec"]["replicas"].as_i64().unwrap_or(1);
-                    stored["status"] =
-                        json!({ "replicas": replicas, "availableReplicas": replicas });
+                    let available = if self
+                        .stuck_rollouts
+                        .load(std::sync::atomic::Ordering::SeqCst)
+                    {
+                        0
+                    } else {
+                        replicas
+                    };
+                    stored["metadata"]["generation"] = json!(1);
+                    stored["status"] = json!({
+                        "observedGeneration": 1, "replicas": replicas, "availableReplicas": available,
+                    });
                 }
                 store.insert(path.to_owned(), stored.clone());
                 (200, stored)
@@ -259,6 +271,7 @@ async fn context_with_cluster(moto: &Moto, helm: PathBuf) -> (Context, ApiServer
             "https://k8s.test".to_owned(),
         )]),
         helm,
+        rollout_wait: std::time::Duration::from_secs(5),
     };
     (ctx, api)
 }
@@ -533,4 +546,100 @@ async fn an_existing_cluster_is_checked_by_its_name_and_an_unknown_one_is_refuse
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_rollout_is_reported_as_events_and_one_that_does_not_complete_is_pending_with_the_clusters_warnings()
+ {
+    let moto = Moto::start().await;
+    let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
+    let w = TaskBuilder::new("Workload", "web");
+    let (result, events) = task::run_with_events(
+        &ctx,
+        &w.task("ensure", workload(vec![deployment()], json!([]))),
+    )
+    .await;
+    expect_ok(result);
+    assert_eq!(
+        events,
+        vec![qleet_protocol::TaskEvent {
+            warning: false,
+            reason: "RolloutComplete".into(),
+            message: "Deployment shop/web: 2 of 2 replicas available".into(),
+        }]
+    );
+
+    // The next revision's pods cannot start; the cluster says why.
+    api.stuck_rollouts
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    api.store.lock().expect("lock").insert(
+        "/api/v1/namespaces/shop/events".into(),
+        json!({
+            "apiVersion": "v1", "kind": "EventList", "metadata": {},
+            "items": [
+                {
+                    "metadata": { "name": "web-1", "namespace": "shop" },
+                    "involvedObject": { "kind": "Pod", "name": "web-5d8f-x1" },
+                    "reason": "BackOff", "type": "Warning",
+                    "message": "Back-off pulling image \"shop:2\"",
+                    "lastTimestamp": "2026-11-26T10:00:00Z",
+                },
+                {
+                    "metadata": { "name": "web-2", "namespace": "shop" },
+                    "involvedObject": { "kind": "Pod", "name": "web-5d8f-x1" },
+                    "reason": "Failed", "type": "Warning",
+                    "message": "Failed to pull image \"shop:2\": not found",
+                    "lastTimestamp": "2026-11-26T10:00:05Z",
+                },
+            ],
+        }),
+    );
+    let mut next = deployment();
+    next["spec"]["template"]["spec"]["containers"][0]["image"] = json!("shop:2");
+    let (result, events) =
+        task::run_with_events(&ctx, &w.task("ensure", workload(vec![next], json!([])))).await;
+    match result {
+        TaskResult::Failed {
+            code,
+            message,
+            retryable,
+        } => {
+            assert_eq!((code.as_str(), retryable), ("RolloutPending", true));
+            assert_eq!(
+                message,
+                "Deployment shop/web: 0 of 2 replicas available after 5 s"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let warnings: Vec<(bool, &str, &str)> = events
+        .iter()
+        .map(|e| (e.warning, e.reason.as_str(), e.message.as_str()))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            (
+                true,
+                "Failed",
+                "Pod/web-5d8f-x1: Failed to pull image \"shop:2\": not found"
+            ),
+            (
+                true,
+                "BackOff",
+                "Pod/web-5d8f-x1: Back-off pulling image \"shop:2\""
+            ),
+        ],
+        "newest first"
+    );
+    let listed = api
+        .requests()
+        .into_iter()
+        .find(|s| s.path == "/api/v1/namespaces/shop/events")
+        .expect("the namespace's events were read");
+    assert!(
+        listed.query.contains("fieldSelector=type%3DWarning"),
+        "{}",
+        listed.query
+    );
 }

@@ -138,6 +138,7 @@ async fn a_gateway_reports_its_load_balancer_address_and_fails_to_be_retried_unt
             "https://k8s.test".to_owned(),
         )]),
         helm: fake_helm(&dir),
+        rollout_wait: std::time::Duration::from_secs(5),
     };
     let g = TaskBuilder::new("Gateway", "web");
     let resource = gateway_resource(&g);
@@ -193,6 +194,7 @@ async fn a_load_balancer_service_the_apply_did_not_make_is_a_permanent_error() {
             "https://k8s.test".to_owned(),
         )]),
         helm: "/nonexistent/helm".into(),
+        rollout_wait: std::time::Duration::from_secs(5),
     };
     let g = TaskBuilder::new("Gateway", "web");
     let resource = json!({

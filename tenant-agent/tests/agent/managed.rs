@@ -19,7 +19,8 @@ use crate::journey::{APP, agent_command, terminate};
 use crate::kube::ApiServer;
 use crate::support::{Moto, fresh_database};
 
-/// The `qleet` binary next to this test's own (`cargo test --workspace` builds it).
+/// The `qleet` binary next to this test's own (`cargo test --workspace` builds it; after
+/// changing the backend, `cargo test -p qleet-agent` alone does not rebuild it).
 fn qleet_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("QLEET_BINARY") {
         return PathBuf::from(p);
@@ -392,6 +393,24 @@ async fn sign_up_to_a_running_app_through_the_management_plane_with_the_agent_bi
     assert_eq!(
         secret["data"]["DB_PASSWORD"],
         base64::engine::general_purpose::STANDARD.encode(&password)
+    );
+
+    // The rollout, as the agent saw it, is among the workload's events.
+    let events = qleet
+        .gql(
+            &cp_graphql,
+            "{ object(kind: \"Workload\", name: \"web\") { events { type reason message } } }",
+            json!({}),
+        )
+        .await["object"]["events"]
+        .clone();
+    assert!(
+        events.as_array().expect("events").contains(&json!({
+            "type": "Normal",
+            "reason": "RolloutComplete",
+            "message": "Deployment shop/web: 1 of 1 replicas available",
+        })),
+        "{events:#}"
     );
 
     // The control plane stops under the agent (suspended: its process ends) and comes back;

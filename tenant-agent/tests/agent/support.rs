@@ -415,6 +415,7 @@ pub fn context(aws: Aws) -> Context {
         aws,
         clusters: Clusters::default(),
         helm: PathBuf::from("/nonexistent/helm"),
+        rollout_wait: Duration::from_secs(5),
     }
 }
 
