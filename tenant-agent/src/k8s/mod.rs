@@ -680,7 +680,7 @@ async fn warnings(client: &kube::Client, ns: &str) {
             (at, e)
         })
         .collect();
-    events.sort_by(|a, b| b.0.cmp(&a.0));
+    events.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, e) in events.into_iter().take(5) {
         let on = e.involved_object;
         task::record(
