@@ -44,6 +44,11 @@ impl ClientError {
             _ => false,
         }
     }
+
+    /// A 404: a wrong URL, or (once registered) a control plane that is briefly away.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 404, .. })
+    }
 }
 
 /// Talks to one control plane as one agent.

@@ -12,6 +12,7 @@ pub mod state;
 pub mod task;
 
 use std::future::Future;
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
@@ -86,10 +87,22 @@ pub async fn identity(
         ))
     })?;
     let client = Client::new(url.clone(), None).map_err(StartError::Register)?;
-    let registered = client
-        .register(token, &config.name)
-        .await
-        .map_err(StartError::Register)?;
+    // A network not up yet or a control plane restarting is worth waiting for (about two
+    // minutes); a token that is wrong, used or expired is not.
+    let mut backoff = agent::Backoff::new(Duration::from_secs(1), Duration::from_secs(20));
+    let mut attempts = 0;
+    let registered = loop {
+        match client.register(token, &config.name).await {
+            Ok(r) => break r,
+            Err(e) if e.is_transient() && !e.is_not_found() && attempts < 10 => {
+                attempts += 1;
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?delay, "registration failed; trying again");
+                tokio::time::sleep(delay).await;
+            }
+            Err(e) => return Err(StartError::Register(e)),
+        }
+    };
     let saved = state::State {
         url: url.to_string(),
         agent_id: registered.agent_id,

@@ -50,6 +50,11 @@ struct Qleet {
 
 impl Qleet {
     async fn start() -> Qleet {
+        Qleet::start_with(&[]).await
+    }
+
+    /// `qleet dev` with extra environment (e.g. a short hibernation time).
+    async fn start_with(env: &[(&str, &str)]) -> Qleet {
         let data_dir = std::env::temp_dir().join(format!("qleet-journey-{}", Uuid::new_v4()));
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -62,6 +67,7 @@ impl Qleet {
             .env("QLEET_LISTEN", format!("127.0.0.1:{port}"))
             .env("QLEET_CONTROL_PLANE_RETENTION_HOURS", "0")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
@@ -125,6 +131,61 @@ impl Qleet {
             .expect("graphql json");
         assert!(body.get("errors").is_none(), "{path}: {body:#}");
         body["data"].clone()
+    }
+
+    /// The organisation `shop` and its control plane `prod`, READY; answers its id.
+    async fn organization_and_control_plane(&self) -> String {
+        self.gql(
+            "graphql",
+            "mutation { createOrganization(slug: \"shop\", name: \"Shop\") { id } }",
+            json!({}),
+        )
+        .await;
+        let cp = self
+            .gql(
+                "graphql",
+                "mutation { createControlPlane(org: \"shop\", name: \"prod\") { id } }",
+                json!({}),
+            )
+            .await["createControlPlane"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        self.wait_control_plane(&cp, "READY").await;
+        cp
+    }
+
+    /// A one-time registration token, through the gateway.
+    async fn registration_token(&self, cp: &str) -> String {
+        self.gql(
+            &format!("cp/{cp}/graphql"),
+            "mutation { createAgentRegistration(ttlMinutes: 30) { token } }",
+            json!({}),
+        )
+        .await["createAgentRegistration"]["token"]
+            .as_str()
+            .expect("token")
+            .to_owned()
+    }
+
+    async fn apply(&self, cp: &str, yaml: &str) {
+        self.gql(
+            &format!("cp/{cp}/graphql"),
+            "mutation($y: String!) { apply(yaml: $y, dryRun: false, prune: false) { applied } }",
+            json!({ "y": yaml }),
+        )
+        .await;
+    }
+
+    async fn delete_control_plane(self, cp: &str) {
+        self.gql(
+            "graphql",
+            "mutation($id: UUID!) { deleteControlPlane(org: \"shop\", id: $id, confirmName: \"prod\") { status } }",
+            json!({ "id": cp }),
+        )
+        .await;
+        self.wait_control_plane(cp, "DELETED").await;
+        self.stop().await;
     }
 
     async fn control_plane_status(&self, id: &str) -> String {
@@ -226,35 +287,9 @@ async fn sign_up_to_a_running_app_through_the_management_plane_with_the_agent_bi
     std::fs::create_dir_all(&dir).expect("agent dir");
 
     // An organisation and its control plane, as the UI makes them.
-    qleet
-        .gql(
-            "graphql",
-            "mutation { createOrganization(slug: \"shop\", name: \"Shop\") { id } }",
-            json!({}),
-        )
-        .await;
-    let cp = qleet
-        .gql(
-            "graphql",
-            "mutation { createControlPlane(org: \"shop\", name: \"prod\") { id } }",
-            json!({}),
-        )
-        .await["createControlPlane"]["id"]
-        .as_str()
-        .expect("id")
-        .to_owned();
-    qleet.wait_control_plane(&cp, "READY").await;
+    let cp = qleet.organization_and_control_plane().await;
     let cp_graphql = format!("cp/{cp}/graphql");
-    let token = qleet
-        .gql(
-            &cp_graphql,
-            "mutation { createAgentRegistration(ttlMinutes: 30) { token } }",
-            json!({}),
-        )
-        .await["createAgentRegistration"]["token"]
-        .as_str()
-        .expect("token")
-        .to_owned();
+    let token = qleet.registration_token(&cp).await;
 
     // The agent as the install page shows it: the gateway URL, the token once, a cluster.
     let agent_url = format!("{}/cp/{cp}", qleet.url);
@@ -267,13 +302,7 @@ async fn sign_up_to_a_running_app_through_the_management_plane_with_the_agent_bi
         .spawn()
         .expect("start qleet-agent");
 
-    qleet
-        .gql(
-            &cp_graphql,
-            "mutation($y: String!) { apply(yaml: $y, dryRun: false, prune: false) { applied } }",
-            json!({ "y": APP }),
-        )
-        .await;
+    qleet.apply(&cp, APP).await;
     let objects = qleet.wait_ready(&cp, 5).await;
     let agent_seen = qleet.agent_status(&cp).await;
     assert_eq!(agent_seen["status"], "CONNECTED", "{agent_seen}");
@@ -439,13 +468,7 @@ async fn sign_up_to_a_running_app_through_the_management_plane_with_the_agent_bi
     let more = format!(
         "{APP}---\nkind: ObjectStorageBucket\nmetadata: {{name: logs}}\nspec: {{account: AwsAccount/main}}\n"
     );
-    qleet
-        .gql(
-            &cp_graphql,
-            "mutation($y: String!) { apply(yaml: $y, dryRun: false, prune: false) { applied } }",
-            json!({ "y": more }),
-        )
-        .await;
+    qleet.apply(&cp, &more).await;
     let objects = qleet.wait_ready(&cp, 6).await;
     let logs = objects["ObjectStorageBucket/logs"]["outputs"]["name"]
         .as_str()
@@ -458,13 +481,43 @@ async fn sign_up_to_a_running_app_through_the_management_plane_with_the_agent_bi
     assert_eq!(qleet.agent_status(&cp).await["status"], "CONNECTED");
 
     assert!(terminate(&mut agent).await.success());
+    qleet.delete_control_plane(&cp).await;
+}
+
+#[tokio::test]
+async fn an_agent_wakes_its_hibernated_control_plane_and_keeps_it_awake() {
+    let qleet = Qleet::start_with(&[("QLEET_HIBERNATE_AFTER_SECS", "8")]).await;
+    let moto = Moto::start().await;
+    let cp = qleet.organization_and_control_plane().await;
+    let token = qleet.registration_token(&cp).await;
+    // Nobody uses it: it hibernates (its process stops).
+    qleet.wait_control_plane(&cp, "HIBERNATED").await;
+
+    // The agent's registration goes through the gateway, which wakes it.
+    let dir = qleet.data_dir.join("agent");
+    std::fs::create_dir_all(&dir).expect("agent dir");
+    let mut agent = agent_command(
+        &format!("{}/cp/{cp}", qleet.url),
+        &moto.url,
+        &dir.join("state.json"),
+    )
+    .arg("--token")
+    .arg(&token)
+    .spawn()
+    .expect("start qleet-agent");
+    qleet.wait_control_plane(&cp, "READY").await;
     qleet
-        .gql(
-            "graphql",
-            "mutation($id: UUID!) { deleteControlPlane(org: \"shop\", id: $id, confirmName: \"prod\") { status } }",
-            json!({ "id": cp }),
+        .apply(
+            &cp,
+            "kind: AwsAccount\nmetadata: {name: main}\nspec: {accountId: \"123456789012\", roleArn: \"arn:aws:iam::123456789012:role/qleet\", defaultRegion: eu-west-1}\n---\nkind: ObjectStorageBucket\nmetadata: {name: assets}\nspec: {account: AwsAccount/main}\n",
         )
         .await;
-    qleet.wait_control_plane(&cp, "DELETED").await;
-    qleet.stop().await;
+    qleet.wait_ready(&cp, 2).await;
+
+    // While its agent polls, it is in use: past twice the idle time it is still awake.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    assert_eq!(qleet.control_plane_status(&cp).await, "READY");
+    assert_eq!(qleet.agent_status(&cp).await["status"], "CONNECTED");
+    assert!(terminate(&mut agent).await.success());
+    qleet.delete_control_plane(&cp).await;
 }
