@@ -163,6 +163,9 @@ impl Application {
         // The reconciler: one LISTEN connection and a few workers; they stop with the server.
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crate::objects::reconcile::listen(self.engine.clone()));
+        background.spawn(crate::objects::reconcile::watch_due_tasks(
+            self.engine.clone(),
+        ));
         // The polling baseline (benchmarks) is one loop, as a polling controller would be.
         let workers = if self.engine.poll_interval.is_some() {
             1

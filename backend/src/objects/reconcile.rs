@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng as _;
@@ -27,8 +28,12 @@ pub struct Engine {
     pub control_plane: Uuid,
     /// Woken when a reconcile is requested.
     pub reconcile_wake: Arc<Notify>,
-    /// Woken when agent tasks are queued (long-polling agents wait on it).
+    /// Woken when agent tasks are queued (long-polling agents wait on it). One waiter is woken
+    /// at a time; one that leases something wakes the next, so a task does not stampede every
+    /// connected agent at the database.
     pub task_wake: Arc<Notify>,
+    /// Long-polls waiting now (the due-task watcher sleeps while there are none).
+    pub task_waiters: Arc<AtomicUsize>,
     /// Object status changes, for subscriptions.
     pub changes: broadcast::Sender<Value>,
     /// How long a worker's claim on a queue row lasts before another may take it.
@@ -44,6 +49,7 @@ impl Engine {
             control_plane,
             reconcile_wake: Arc::new(Notify::new()),
             task_wake: Arc::new(Notify::new()),
+            task_waiters: Arc::new(AtomicUsize::new(0)),
             changes: broadcast::channel(1024).0,
             claim_for: Duration::from_secs(30),
             poll_interval: None,
@@ -74,7 +80,7 @@ pub async fn listen(engine: Engine) {
                         match listener.recv().await {
                             Ok(n) => match n.channel() {
                                 store::RECONCILE_CHANNEL => engine.reconcile_wake.notify_waiters(),
-                                store::TASKS_CHANNEL => engine.task_wake.notify_waiters(),
+                                store::TASKS_CHANNEL => engine.task_wake.notify_one(),
                                 _ => {
                                     if let Ok(v) = serde_json::from_str(n.payload()) {
                                         let _ = engine.changes.send(v);
@@ -92,6 +98,32 @@ pub async fn listen(engine: Engine) {
             Err(e) => tracing::warn!(error = %e, "cannot connect for LISTEN"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Wakes a waiting long-poll when work is due that no notification announces: a lease that
+/// expired (its agent vanished) or a retry whose backoff is over. One query a second, and none
+/// while no agent is waiting.
+pub async fn watch_due_tasks(engine: Engine) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if engine.task_waiters.load(Ordering::SeqCst) == 0 {
+            continue;
+        }
+        let due = sqlx::query_scalar::<_, bool>(
+            "select exists(select 1 from agent_tasks
+                           where (state = 'queued' and not_before <= now())
+                              or (state = 'leased' and lease_expires_at < now()))",
+        )
+        .fetch_one(&engine.pool)
+        .await;
+        match due {
+            Ok(true) => engine.task_wake.notify_one(),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot look for due agent tasks"),
+        }
     }
 }
 

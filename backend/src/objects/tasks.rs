@@ -3,6 +3,7 @@
 //! A report for work that was superseded by newer inputs is accepted and ignored; a report
 //! under a lease the agent no longer holds is refused.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
@@ -70,24 +71,44 @@ pub async fn lease(
     let wait = Duration::from_secs(req.wait_seconds.unwrap_or(0).min(30).into());
     let lease_secs = req.lease_seconds.unwrap_or(60).clamp(10, 600);
     let deadline = tokio::time::Instant::now() + wait;
+    engine.task_waiters.fetch_add(1, Ordering::SeqCst);
+    let _waiting = count_waiting(&engine.task_waiters);
     loop {
         let notified = engine.task_wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         let tasks = take(&engine.pool, agent, max, lease_secs).await?;
-        if !tasks.is_empty() || tokio::time::Instant::now() >= deadline {
+        if !tasks.is_empty() {
+            // There may be more: let the next waiting agent look.
+            engine.task_wake.notify_one();
             return Ok(LeaseResponse { tasks });
         }
-        // Also look again now and then: a lease may expire without any notification.
-        let nap = deadline
-            .saturating_duration_since(tokio::time::Instant::now())
-            .min(engine.poll_interval.unwrap_or(Duration::from_secs(2)));
-        if engine.poll_interval.is_some() {
-            tokio::time::sleep(nap).await;
-        } else {
-            let _ = tokio::time::timeout(nap, notified).await;
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(LeaseResponse { tasks });
+        }
+        let left = deadline - now;
+        match engine.poll_interval {
+            // The benchmark's polling baseline.
+            Some(every) => tokio::time::sleep(left.min(every)).await,
+            // A notification, or the due-task watcher (`reconcile::watch_due_tasks`).
+            None => {
+                let _ = tokio::time::timeout(left, notified).await;
+            }
         }
     }
+}
+
+/// Counts a long-poll out of [`Engine::task_waiters`] however it ends (answered, failed or
+/// dropped with its connection).
+fn count_waiting(waiters: &AtomicUsize) -> impl Drop + '_ {
+    struct Waiting<'a>(&'a AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    Waiting(waiters)
 }
 
 async fn take(

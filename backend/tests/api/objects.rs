@@ -1337,3 +1337,58 @@ async fn object_status_changes_stream_to_subscribers() {
     );
     assert!(seen.iter().all(|(n, _)| n == "assets"));
 }
+
+#[tokio::test]
+async fn one_queued_task_wakes_one_of_many_waiting_agents_and_an_expired_lease_reaches_a_waiting_one()
+ {
+    let cp = Cp::start().await;
+    const ACCOUNT: &str = "kind: AwsAccount\nmetadata: {name: main}\nspec: {accountId: \"123456789012\", roleArn: \"arn:aws:iam::123456789012:role/qleet\", defaultRegion: eu-west-1}\n";
+    // A long-poll for one task with a 10 s lease.
+    let lease = |agent: String, wait: u32| {
+        let cp = &cp;
+        async move {
+            let (code, body) = cp
+                .post(
+                    "/agent/v1/tasks/lease",
+                    json!({ "agent": agent, "max": 1, "waitSeconds": wait, "leaseSeconds": 10 }),
+                )
+                .await;
+            assert_eq!(code, 200, "{body}");
+            body["tasks"].as_array().cloned().unwrap_or_default()
+        }
+    };
+    // Eight agents wait; one task is queued. Exactly one of them gets it.
+    let waiting = futures::future::join_all((0..8).map(|i| lease(format!("agent-{i}"), 8)));
+    let (leased, ()) = tokio::join!(waiting, async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cp.apply_ok(ACCOUNT).await;
+    });
+    let leased: Vec<Value> = leased.into_iter().flatten().collect();
+    assert_eq!(leased.len(), 1, "{leased:?}");
+    assert_eq!(leased[0]["attempt"], 1);
+
+    // Its agent vanishes (no renewal, no report). No notification says so; an agent already
+    // waiting gets the task once the lease has run out.
+    let again = lease("agent-late".into(), 25).await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0]["id"], leased[0]["id"]);
+    assert_eq!(again[0]["attempt"], 2);
+    // When: from the two leases' server-side expiry times (both 10 s leases), the second was
+    // taken just after the first ran out (the due-task watcher looks every second), not when
+    // the waiting agent's 25 s were up (about 32 s after the first, when a wait with nothing to
+    // wake it would have looked again).
+    let expiry = |t: &Value| {
+        chrono::DateTime::parse_from_rfc3339(t["leaseExpiresAt"].as_str().expect("expiry"))
+            .expect("rfc3339")
+    };
+    let gap = expiry(&again[0]) - expiry(&leased[0]);
+    assert!(
+        gap >= chrono::TimeDelta::seconds(10) && gap < chrono::TimeDelta::seconds(20),
+        "leased again {gap} after the first"
+    );
+    let (code, body) = cp.report(&leased[0], json!({"succeeded": {}})).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("LEASE_LOST"))
+    );
+}
