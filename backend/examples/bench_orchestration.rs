@@ -15,8 +15,8 @@
 //!
 //! `scripts/bench-orchestration.sh` builds the release binary and runs this.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+mod bench_support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -24,22 +24,17 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use serde_json::{Value, json};
-use sqlx::PgPool;
-use tokio::process::{Child, Command};
+
+use bench_support::{
+    APPLY, ControlPlane, Harness, ServerArgs, cpu_seconds, load_average, machine, med, median, ms,
+    proc_status, success_report, today, wrap,
+};
 
 /// What to run, read once from flags or the environment.
 #[derive(Debug, Parser)]
 struct Args {
-    /// The `qleet` binary to benchmark (the release build).
-    #[arg(long, env = "QLEET_BENCH_BIN", default_value = "target/release/qleet")]
-    bin: PathBuf,
-    /// An admin URL of the PostgreSQL server; each run makes (and drops) its own database there.
-    #[arg(
-        long,
-        env = "QLEET_BENCH_DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    admin_url: String,
+    #[command(flatten)]
+    server: ServerArgs,
     /// Rounds; each round runs chain (notify), chain (polling) and wide, on fresh databases.
     #[arg(long, env = "QLEET_BENCH_ROUNDS", default_value_t = 5)]
     rounds: usize,
@@ -110,22 +105,15 @@ struct WideRun {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let load_before = load_average();
-    let admin = PgPool::connect(&args.admin_url)
-        .await
-        .context("connecting to PostgreSQL (QLEET_BENCH_DATABASE_URL)")?;
-    let pg_version: String = sqlx::query_scalar("show server_version")
-        .fetch_one(&admin)
-        .await?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
+    let harness = Harness::new("orch", &args.server, args.port, ADMIN_TOKEN, http).await?;
+    let pg_version = harness.pg_version().await?;
     let bench = Bench {
         args: &args,
-        admin: &admin,
-        http: &http,
-        work: std::env::temp_dir().join(format!("qleet-orch-bench-{}", std::process::id())),
+        h: &harness,
     };
-    std::fs::create_dir_all(&bench.work)?;
 
     let mut notify = Vec::new();
     let mut poll = Vec::new();
@@ -156,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         );
         wide.push(run);
     }
-    let _ = std::fs::remove_dir_all(&bench.work);
+    harness.finish();
     let load = (load_before, load_average());
     print!(
         "{}",
@@ -167,96 +155,17 @@ async fn main() -> anyhow::Result<()> {
 
 struct Bench<'a> {
     args: &'a Args,
-    admin: &'a PgPool,
-    http: &'a reqwest::Client,
-    work: PathBuf,
-}
-
-/// A control plane under test, killed when dropped.
-struct Running {
-    child: Child,
-    url: String,
-    /// The tenant database, for progress counts and the server-side timestamps.
-    db: PgPool,
+    h: &'a Harness,
 }
 
 impl Bench<'_> {
-    /// Makes a fresh database and starts the control plane on it.
-    async fn start(&self, name: &str, mode: Mode) -> anyhow::Result<Running> {
-        let db_name = format!("qleet_bench_orch_{name}");
-        self.drop_database(&db_name).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("create database {db_name}")))
-            .execute(self.admin)
-            .await?;
-        let db_url = format!(
-            "{}/{db_name}",
-            self.args
-                .admin_url
-                .rsplit_once('/')
-                .context("the admin URL names no database")?
-                .0
-        );
-        let url = format!("http://127.0.0.1:{}", self.args.port);
-        let log = std::fs::File::create(self.work.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(&self.args.bin);
-        cmd.arg("control-plane")
-            .env("QLEET_CP_LISTEN", format!("127.0.0.1:{}", self.args.port))
-            .env("DATABASE_URL", &db_url)
-            .env("QLEET_CP_ID", uuid::Uuid::new_v4().to_string())
-            .env("QLEET_CP_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("QLEET_LOG_FORMAT", "pretty")
-            // One log line per request would be part of what is measured; warnings still show.
-            .env("RUST_LOG", "warn")
-            .env_remove("QLEET_CP_POLL_MS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        if mode == Mode::Poll {
-            cmd.env("QLEET_CP_POLL_MS", self.args.poll_ms.to_string());
-        }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.args.bin.display()))?;
-        let started = Instant::now();
-        loop {
-            if let Some(status) = child.try_wait()? {
-                bail!(
-                    "the control plane exited ({status}); log: {}",
-                    self.work.join(format!("{name}.log")).display()
-                );
-            }
-            let ready = self.http.get(format!("{url}/readyz")).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                break;
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the control plane did not answer /readyz within 30 s");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let db = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&db_url)
-            .await?;
-        Ok(Running { child, url, db })
-    }
-
-    async fn stop(&self, mut cp: Running, name: &str) -> anyhow::Result<()> {
-        cp.db.close().await;
-        cp.child.start_kill()?;
-        cp.child.wait().await?;
-        self.drop_database(&format!("qleet_bench_orch_{name}"))
-            .await
-    }
-
-    async fn drop_database(&self, db_name: &str) -> anyhow::Result<()> {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "drop database if exists {db_name} with (force)"
-        )))
-        .execute(self.admin)
-        .await?;
-        Ok(())
+    /// Starts a control plane on a fresh database, polling every `poll_ms` in `Mode::Poll`.
+    async fn start(&self, name: &str, mode: Mode) -> anyhow::Result<ControlPlane> {
+        let env = match mode {
+            Mode::Notify => vec![],
+            Mode::Poll => vec![("QLEET_CP_POLL_MS", self.args.poll_ms.to_string())],
+        };
+        self.h.start(name, &env).await
     }
 
     async fn chain(&self, round: usize, mode: Mode) -> anyhow::Result<ChainRun> {
@@ -264,7 +173,7 @@ impl Bench<'_> {
         let cp = self.start(&name, mode).await?;
         let stats = Arc::new(AgentStats::default());
         let agent = Agent {
-            http: self.http.clone(),
+            http: self.h.http.clone(),
             url: cp.url.clone(),
             name: "bench-agent".into(),
             mode,
@@ -273,7 +182,7 @@ impl Bench<'_> {
         };
         let agents = vec![tokio::spawn(agent.run())];
         let n = self.args.chain;
-        let converged = converge(self.http, &cp, &chain_yaml(n), n + 1, &agents).await;
+        let converged = converge(self.h, &cp, &chain_yaml(n), n + 1, &agents).await;
         for a in &agents {
             a.abort();
         }
@@ -317,7 +226,7 @@ impl Bench<'_> {
         let tasks: i64 = sqlx::query_scalar("select count(*) from agent_tasks")
             .fetch_one(&cp.db)
             .await?;
-        self.stop(cp, &name).await?;
+        self.h.stop(cp).await?;
         Ok(ChainRun {
             total_ms,
             apply_ms,
@@ -333,13 +242,13 @@ impl Bench<'_> {
     async fn wide(&self, round: usize) -> anyhow::Result<WideRun> {
         let name = format!("r{round}_wide");
         let cp = self.start(&name, Mode::Notify).await?;
-        let pid = cp.child.id().context("the control plane has no pid")?;
+        let pid = cp.pid()?;
         let stats = Arc::new(AgentStats::default());
         let agents: Vec<_> = (0..self.args.agents)
             .map(|i| {
                 tokio::spawn(
                     Agent {
-                        http: self.http.clone(),
+                        http: self.h.http.clone(),
                         url: cp.url.clone(),
                         name: format!("bench-agent-{i}"),
                         mode: Mode::Notify,
@@ -352,7 +261,7 @@ impl Bench<'_> {
             .collect();
         let n = self.args.wide;
         let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
-        let converged = converge(self.http, &cp, &wide_yaml(n), n + 1, &agents).await;
+        let converged = converge(self.h, &cp, &wide_yaml(n), n + 1, &agents).await;
         let cp_cpu_s = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
         for a in &agents {
             a.abort();
@@ -377,7 +286,7 @@ impl Bench<'_> {
         let tasks: i64 = sqlx::query_scalar("select count(*) from agent_tasks")
             .fetch_one(&cp.db)
             .await?;
-        self.stop(cp, &name).await?;
+        self.h.stop(cp).await?;
         Ok(WideRun {
             total_ms,
             apply_ms,
@@ -394,27 +303,17 @@ impl Bench<'_> {
 
 /// Applies `yaml` and waits until all `objects` are Ready; answers (total ms, apply ms).
 async fn converge(
-    http: &reqwest::Client,
-    cp: &Running,
+    h: &Harness,
+    cp: &ControlPlane,
     yaml: &str,
     objects: usize,
     agents: &[tokio::task::JoinHandle<anyhow::Result<()>>],
 ) -> anyhow::Result<(f64, f64)> {
     let t0 = Instant::now();
-    let body: Value = http
-        .post(format!("{}/graphql", cp.url))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&json!({
-            "query": "mutation($y: String!) { apply(yaml: $y) { applied summary { create } } }",
-            "variables": { "y": yaml },
-        }))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let data = h.graphql(cp, APPLY, json!({ "y": yaml })).await?;
     let apply_ms = ms(t0.elapsed());
-    if body.get("errors").is_some() || body["data"]["apply"]["summary"]["create"] != objects {
-        bail!("apply failed: {body}");
+    if data["apply"]["summary"]["create"] != objects {
+        bail!("apply failed: {data}");
     }
     loop {
         let (ready, failed): (i64, i64) = sqlx::query_as(
@@ -483,11 +382,6 @@ impl Agent {
                 continue;
             }
             for task in tasks {
-                let result = if task["operation"] == "delete" {
-                    json!({ "succeeded": {} })
-                } else {
-                    json!({ "succeeded": { "outputs": outputs_for(&task) } })
-                };
                 let answer: Value = self
                     .http
                     .post(format!(
@@ -496,7 +390,7 @@ impl Agent {
                         task["id"].as_str().unwrap_or_default()
                     ))
                     .bearer_auth(ADMIN_TOKEN)
-                    .json(&json!({ "leaseId": task["leaseId"], "result": result }))
+                    .json(&success_report(&task))
                     .send()
                     .await?
                     .error_for_status()?
@@ -508,29 +402,6 @@ impl Agent {
                 self.stats.reported.fetch_add(1, Ordering::Relaxed);
             }
         }
-    }
-}
-
-/// What a well-behaved agent reports for a task, made from its payload alone (as the
-/// integration tests' agent does).
-fn outputs_for(task: &Value) -> Value {
-    let r = &task["payload"]["resource"];
-    let region = r["account"]["region"].as_str().unwrap_or("eu-west-1");
-    match task["objectKind"].as_str().unwrap_or_default() {
-        "ObjectStorageBucket" => {
-            let name = r["bucket"]["name"].as_str().unwrap_or_default();
-            json!({
-                "name": name,
-                "arn": format!("arn:aws:s3:::{name}"),
-                "region": region,
-                "endpoint": format!("https://s3.{region}.amazonaws.com"),
-            })
-        }
-        "KubernetesRuntime" => json!({
-            "endpoint": "https://kubernetes.default.svc",
-            "clusterName": r["existing"]["cluster"].as_str().or(r["eks"]["clusterName"].as_str()),
-        }),
-        _ => json!({}),
     }
 }
 
@@ -573,56 +444,6 @@ fn wide_yaml(n: usize) -> String {
     yaml
 }
 
-/// User + system CPU time of a process, in seconds (USER_HZ is 100 on Linux).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-/// A `kB` field of /proc/<pid>/status.
-fn proc_status(pid: u32, field: &str) -> Option<u64> {
-    std::fs::read_to_string(Path::new("/proc").join(pid.to_string()).join("status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with(field))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
-/// The 1-minute load average.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// The median of one figure over runs.
-fn med<T>(runs: &[T], f: impl Fn(&T) -> f64) -> f64 {
-    median(&runs.iter().map(f).collect::<Vec<_>>())
-}
-
 /// The Markdown section for BENCHMARKS.md.
 fn report(
     args: &Args,
@@ -632,16 +453,6 @@ fn report(
     poll: &[ChainRun],
     wide: &[WideRun],
 ) -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
     let n = args.chain;
     let w = args.wide;
     let p = args.poll_ms;
@@ -655,14 +466,15 @@ fn report(
     line(format!(
         "Command: `scripts/bench-orchestration.sh` (release build; the real `qleet control-plane` \
          process, standalone, `RUST_LOG=warn`, on a fresh database per run on the local PostgreSQL \
-         {pg_version}; {cores} cores ({cpu}), shared by the control plane, PostgreSQL and the \
+         {pg_version}; {machine}, shared by the control plane, PostgreSQL and the \
          driver `backend/examples/bench_orchestration.rs`; {rounds} rounds, the two chain modes \
          alternating which goes first; 1-minute load average {} at the start and {} at the \
          end). Run on {date}.",
         load.0,
         load.1,
         rounds = args.rounds,
-        date = chrono::Utc::now().format("%Y-%m-%d"),
+        machine = machine(),
+        date = today(),
     ));
     line(String::new());
     line(format!(
@@ -789,32 +601,4 @@ fn report(
         med(wide, |r| r.peak_rss_kib as f64 / 1024.0),
     ));
     wrap(&out, 100)
-}
-
-/// Wraps prose lines at `width` columns, as the rest of BENCHMARKS.md is; tables and headings
-/// stay as they are.
-fn wrap(text: &str, width: usize) -> String {
-    let mut out = String::new();
-    for l in text.lines() {
-        if l.starts_with('|') || l.starts_with('#') || l.len() <= width {
-            out.push_str(l);
-            out.push('\n');
-            continue;
-        }
-        let mut current = String::new();
-        for word in l.split(' ') {
-            if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > width {
-                out.push_str(&current);
-                out.push('\n');
-                current.clear();
-            }
-            if !current.is_empty() {
-                current.push(' ');
-            }
-            current.push_str(word);
-        }
-        out.push_str(&current);
-        out.push('\n');
-    }
-    out
 }
