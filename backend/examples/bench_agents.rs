@@ -885,6 +885,7 @@ async fn report(
     let req = ReportRequest {
         lease_id: task.lease_id,
         result: TaskResult::Succeeded { outputs },
+        events: Vec::new(),
     };
     let answer: ReportResponse = call(
         http,
