@@ -1284,8 +1284,8 @@ fn markdown(
     ));
     d.line("");
     d.line(format!(
-        "Apply one bucket → Ready, one of the {n} fleet agents leasing and reporting it (every \
-         queued task wakes all waiting long-polls, and each runs a lease query): p50 **{:.1} \
+        "Apply one bucket → Ready, one of the {n} fleet agents leasing and reporting it (a \
+         queued task wakes one waiting long-poll): p50 **{:.1} \
          ms**, p95 {:.1} ms over {} trips, against {:.1} ms / {:.1} ms with one agent (section \
          3): × {:.1} at the median.",
         percentile(&fleet_trips, 50.0),
