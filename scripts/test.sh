@@ -36,7 +36,7 @@ if [ -z "${QLEET_TEST_DATABASE_URL:-}" ]; then
 fi
 # Databases left by earlier runs.
 psql "$QLEET_TEST_DATABASE_URL" -qAtc "select datname from pg_database where datname like 'qleet_test_%'" |
-  while read -r db; do psql "$QLEET_TEST_DATABASE_URL" -qc "drop database if exists $db" >/dev/null; done
+  while read -r db; do psql "$QLEET_TEST_DATABASE_URL" -qc "drop database if exists $db with (force)" >/dev/null; done
 
 say "building the web UI"
 QLEET_SITE_DIR=$(scripts/build-ui.sh | tail -n 1)
