@@ -418,13 +418,22 @@ async fn localstripe_webhooks_drive_entitlements_quotas_and_plan_changes() {
         "{body}"
     );
     // The subscription events localstripe sent were stored (each once: `stripe_events.id` is
-    // the primary key, so counting duplicate ids could only ever answer 0).
-    let stored = count(
-        &app,
-        "select count(distinct type) from stripe_events \
-         where type in ('customer.subscription.created', 'customer.subscription.deleted')",
-    )
-    .await;
+    // the primary key, so counting duplicate ids could only ever answer 0). The status above
+    // may come from an earlier event re-reading the subscription from Stripe, so the deletion's
+    // own webhook can still be on its way: wait for it (10 s at most).
+    let mut stored = 0;
+    for _ in 0..100 {
+        stored = count(
+            &app,
+            "select count(distinct type) from stripe_events \
+             where type in ('customer.subscription.created', 'customer.subscription.deleted')",
+        )
+        .await;
+        if stored == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(stored, 2);
     app.stop().await;
 }
