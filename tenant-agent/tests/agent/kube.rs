@@ -643,3 +643,76 @@ async fn a_rollout_is_reported_as_events_and_one_that_does_not_complete_is_pendi
         listed.query
     );
 }
+
+/// Runs only with `KUBECONFIG` set (no API server can run on this machine): the same apply,
+/// rollout and delete against that kubeconfig's current cluster, in a namespace of its own
+/// (deleted at the end). The Deployment runs `QLEET_TEST_K8S_PAUSE_IMAGE`
+/// (default `registry.k8s.io/pause:3.10`), so the cluster must be able to pull it.
+#[tokio::test]
+async fn a_workload_is_applied_rolled_out_and_deleted_in_a_real_cluster_when_kubeconfig_is_set() {
+    let Some(path) = std::env::var_os("KUBECONFIG") else {
+        println!(
+            "skipping: KUBECONFIG is not set (no Kubernetes API server can run on this machine)"
+        );
+        return;
+    };
+    let moto = Moto::start().await;
+    let clusters = Clusters::new(Default::default(), Some(std::path::Path::new(&path)))
+        .expect("the kubeconfig's current cluster");
+    let name = clusters
+        .names()
+        .await
+        .into_iter()
+        .next()
+        .expect("a cluster");
+    let client = clusters.client(&name).await.expect("a client");
+    let ctx = Context {
+        aws: moto.agent_aws(&moto.url, "ambient", "ambient").await,
+        clusters,
+        helm: PathBuf::from("/nonexistent/helm"),
+        rollout_wait: std::time::Duration::from_secs(120),
+    };
+    let ns = format!(
+        "qleet-agent-test-{}",
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut dep = deployment();
+    dep["metadata"]["namespace"] = json!(ns);
+    dep["spec"]["replicas"] = json!(1);
+    dep["spec"]["template"]["spec"]["containers"][0] = json!({
+        "name": "web",
+        "image": std::env::var("QLEET_TEST_K8S_PAUSE_IMAGE")
+            .unwrap_or_else(|_| "registry.k8s.io/pause:3.10".into()),
+    });
+    let mut cm = config_map("settings");
+    cm["metadata"]["namespace"] = json!(ns);
+    let mut payload = workload(vec![dep, cm], json!([]));
+    payload["runtime"] = json!({ "clusterName": name });
+    payload["namespace"] = json!(ns);
+    let w = TaskBuilder::new("Workload", "web");
+
+    let (applied, events) = task::run_with_events(&ctx, &w.task("ensure", payload.clone())).await;
+    let maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &ns);
+    let seen = maps.get_opt("settings").await;
+    let (deleted, _) = task::run_with_events(&ctx, &w.task("delete", payload)).await;
+    let after = maps.get_opt("settings").await;
+    let namespaces: kube::Api<Namespace> = kube::Api::all(client);
+    let _ = namespaces.delete(&ns, &Default::default()).await;
+
+    expect_ok(applied);
+    assert!(
+        events.iter().any(|e| e.reason == "RolloutComplete"),
+        "{events:?}"
+    );
+    let seen = seen.expect("read").expect("the ConfigMap was applied");
+    assert!(
+        seen.metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f.manager.as_deref() == Some("qleet-agent")),
+        "applied server-side by qleet-agent"
+    );
+    expect_ok(deleted);
+    assert!(after.expect("read").is_none(), "deleted with its workload");
+}
