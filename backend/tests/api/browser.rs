@@ -160,11 +160,19 @@ async fn a_person_signs_in_with_openid_connect_and_creates_an_organization_in_ch
     click(&client, "button[type=submit]").await;
     let who = text_of(&client, "#signed-in-as").await;
     assert!(who.contains("alice@example.test"), "{who}");
-    // The page was hydrated: the wasm bundle loaded.
-    let hydrated = client
-        .execute("return performance.getEntriesByType('resource').some(e => e.name.endsWith('qleet_bg.wasm'))", vec![])
-        .await
-        .expect("script");
+    // The page was hydrated: the wasm bundle loaded. The signed-in text is rendered by the
+    // server, so the (21 MB, debug) bundle may still be on its way: give it 30 s.
+    let mut hydrated = json!(false);
+    for _ in 0..300 {
+        hydrated = client
+            .execute("return performance.getEntriesByType('resource').some(e => e.name.endsWith('qleet_bg.wasm'))", vec![])
+            .await
+            .expect("script");
+        if hydrated == json!(true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert_eq!(
         hydrated,
         json!(true),
