@@ -94,8 +94,9 @@ sql "drop database if exists $DIRECT_DB with (force)"
 sql "create database $DIRECT_DB"
 
 # --- Build and start ----------------------------------------------------------------------------
-[ -n "${QLEET_BENCH_SKIP_BUILD:-}" ] || cargo build --release -p qleet >&2
+[ -n "${QLEET_BENCH_SKIP_BUILD:-}" ] || cargo build --release -p qleet -p qleet-control-plane >&2
 BIN="$ROOT/${CARGO_TARGET_DIR:-target}/release/qleet"
+CP_BIN="$ROOT/${CARGO_TARGET_DIR:-target}/release/qleet-control-plane"
 say "starting qleet dev on $URL"
 RUST_LOG=warn DATABASE_URL="${ADMIN%/*}/$MGMT_DB" QLEET_LISTEN="127.0.0.1:$PORT" \
   QLEET_DATA_DIR="$WORK/data" QLEET_DEFAULT_PLAN=bench \
@@ -206,7 +207,7 @@ ADMIN_TOKEN=$(head -c 32 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 40
 export QLEET_BENCH_CP_TOKEN=$ADMIN_TOKEN
 RUST_LOG=warn DATABASE_URL="${ADMIN%/*}/$DIRECT_DB" QLEET_CP_ID=$(cat /proc/sys/kernel/random/uuid) \
   QLEET_CP_ADMIN_TOKEN="$ADMIN_TOKEN" QLEET_CP_LISTEN="127.0.0.1:$CP_PORT" \
-  "$BIN" control-plane >/dev/null 2>"$WORK/direct.log" &
+  "$CP_BIN" >/dev/null 2>"$WORK/direct.log" &
 DIRECT=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$CP_PORT/readyz" >/dev/null && break; sleep 0.1; done
 GW_ID=${IDS[0]}

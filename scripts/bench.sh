@@ -16,7 +16,7 @@ DURATION=${QLEET_BENCH_DURATION:-15s}
 CONNS=${QLEET_BENCH_CONNECTIONS:-64}
 ROUNDS=${QLEET_BENCH_ROUNDS:-3}
 
-cargo build --release -p qleet >&2
+cargo build --release -p qleet -p qleet-control-plane >&2
 BIN="${CARGO_TARGET_DIR:-target}/release/qleet"
 RUST_LOG=warn DATABASE_URL="$DB_URL" QLEET_LISTEN="127.0.0.1:$PORT" "$BIN" dev >/dev/null 2>/tmp/qleet-bench.log &
 SERVER=$!

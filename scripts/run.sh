@@ -13,5 +13,5 @@ export PATH="$ROOT/tests/node_modules/.bin:$PATH"
 say "building the web UI"
 SITE=$(scripts/build-ui.sh --release | tail -n 1)
 say "building the server"
-cargo build --release -p qleet
+cargo build --release -p qleet -p qleet-control-plane
 exec env QLEET_SITE_DIR="${QLEET_SITE_DIR:-$SITE}" "${CARGO_TARGET_DIR:-target}/release/qleet" dev "$@"

@@ -27,130 +27,13 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
-    /// Run one tenant's control plane (started by the management plane, or standalone).
-    ControlPlane(ControlPlaneArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct ControlPlaneArgs {
-    /// Address to listen on.
-    #[arg(
-        long,
-        env = "QLEET_CP_LISTEN",
-        value_name = "QLEET_CP_LISTEN",
-        default_value = "127.0.0.1:8090"
-    )]
-    pub listen: SocketAddr,
-    /// PostgreSQL URL of this control plane's own database.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        value_name = "DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: String,
-    /// This control plane's id; its database is bound to it on first start.
-    #[arg(long, env = "QLEET_CP_ID", value_name = "QLEET_CP_ID")]
-    pub id: uuid::Uuid,
-    /// The management plane's public key (base64url Ed25519) that signs request tokens.
-    #[arg(
-        long,
-        env = "QLEET_CP_VERIFYING_KEY",
-        value_name = "QLEET_CP_VERIFYING_KEY"
-    )]
-    pub verifying_key: Option<String>,
-    /// Standalone (self-hosted) mode: a static admin token, at least 32 characters.
-    #[arg(
-        long,
-        env = "QLEET_CP_ADMIN_TOKEN",
-        value_name = "QLEET_CP_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// Log format.
-    #[arg(
-        long,
-        env = "QLEET_LOG_FORMAT",
-        value_name = "QLEET_LOG_FORMAT",
-        default_value = "json"
-    )]
-    pub log_format: LogFormat,
-    /// Benchmarks only: ignore LISTEN/NOTIFY and poll for work every this many milliseconds
-    /// (the baseline the notification-driven reconciler is compared with).
-    #[arg(
-        long,
-        env = "QLEET_CP_POLL_MS",
-        value_name = "QLEET_CP_POLL_MS",
-        hide = true
-    )]
-    pub poll_ms: Option<u64>,
-    /// Testing only: abort the process at this named point (crash-safety tests).
-    #[arg(
-        long,
-        env = "QLEET_CRASH_AT",
-        value_name = "QLEET_CRASH_AT",
-        hide = true
-    )]
-    pub crash_at: Option<String>,
-}
-
-/// How a control plane authenticates its callers.
-#[derive(Debug, Clone)]
-pub enum ControlPlaneAuth {
-    /// Tokens minted by the management plane's gateway.
-    Gateway(crate::internal_token::Verifier),
-    /// Self-hosted: one static admin token, kept only as a hash.
-    Standalone { admin_token_hash: Vec<u8> },
-}
-
-/// A control plane's configuration, checked once at start.
-#[derive(Debug, Clone)]
-pub struct ControlPlaneConfig {
-    pub listen: SocketAddr,
-    pub database_url: SecretString,
-    pub id: uuid::Uuid,
-    pub auth: ControlPlaneAuth,
-    pub log_format: LogFormat,
-    /// Testing only: the named point where the process aborts on purpose.
-    pub crash_at: Option<String>,
-    /// Benchmarks only: poll every this long instead of waking on notifications.
-    pub poll_interval: Option<std::time::Duration>,
-}
-
-impl ControlPlaneConfig {
-    pub fn from_args(args: ControlPlaneArgs) -> Result<Self, ConfigError> {
-        let auth = match (args.verifying_key, args.admin_token) {
-            (Some(key), None) => ControlPlaneAuth::Gateway(
-                crate::internal_token::Verifier::new(&key, args.id).map_err(|_| {
-                    ConfigError(
-                        "QLEET_CP_VERIFYING_KEY is not a base64url Ed25519 public key".into(),
-                    )
-                })?,
-            ),
-            (None, Some(token)) if token.len() >= 32 => ControlPlaneAuth::Standalone {
-                admin_token_hash: crate::identity::hash_secret(&token),
-            },
-            (None, Some(_)) => {
-                return Err(ConfigError(
-                    "QLEET_CP_ADMIN_TOKEN must be at least 32 characters".into(),
-                ));
-            }
-            _ => {
-                return Err(ConfigError(
-                    "give exactly one of QLEET_CP_VERIFYING_KEY (managed) or QLEET_CP_ADMIN_TOKEN (standalone)".into(),
-                ));
-            }
-        };
-        Ok(ControlPlaneConfig {
-            listen: args.listen,
-            database_url: parse_database_url(&args.database_url)?,
-            id: args.id,
-            auth,
-            log_format: args.log_format,
-            crash_at: args.crash_at,
-            poll_interval: args.poll_ms.map(std::time::Duration::from_millis),
-        })
-    }
+    /// Run one tenant's control plane: an alias that runs the `qleet-control-plane` binary
+    /// installed next to `qleet` (or QLEET_CONTROL_PLANE_BIN) with the same arguments.
+    #[command(disable_help_flag = true)]
+    ControlPlane {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -298,7 +181,16 @@ pub struct CommonArgs {
         default_value = "process"
     )]
     pub runtime: RuntimeKind,
-    /// Kubernetes runtime: the `qleet` image control-plane pods run.
+    /// Process runtime: the `qleet-control-plane` binary to start (default: the one installed
+    /// next to `qleet`).
+    #[arg(
+        long,
+        env = "QLEET_CONTROL_PLANE_BIN",
+        value_name = "QLEET_CONTROL_PLANE_BIN"
+    )]
+    pub control_plane_bin: Option<PathBuf>,
+    /// Kubernetes runtime: the image control-plane pods run (its entrypoint or `PATH` has
+    /// `qleet-control-plane`).
     #[arg(long, env = "QLEET_K8S_IMAGE", value_name = "QLEET_K8S_IMAGE")]
     pub k8s_image: Option<String>,
     /// Kubernetes runtime: the namespace of the gateway (this server's) pods.
@@ -508,11 +400,7 @@ pub enum Runtime {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Pretty,
-}
+pub use qleet_common::telemetry::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -561,8 +449,8 @@ pub struct Config {
     pub dev_sign_in: bool,
     /// Master secret (base64url, 32 bytes).
     pub secret_key: SecretString,
-    /// The `qleet` binary the process driver starts control planes with.
-    pub qleet_binary: PathBuf,
+    /// The `qleet-control-plane` binary the process driver starts control planes with.
+    pub control_plane_binary: PathBuf,
     /// Plans, Stripe and dunning.
     pub billing: BillingConfig,
     /// Idle time after which a control plane hibernates; `None` never.
@@ -631,8 +519,10 @@ impl Config {
             }
         };
         crate::keys::Keys::from_secret(&secret_key)?;
-        let qleet_binary = std::env::current_exe()
-            .map_err(|e| ConfigError(format!("cannot find the qleet binary: {e}")))?;
+        let control_plane_binary = match common.control_plane_bin {
+            Some(path) => path,
+            None => sibling_binary(CONTROL_PLANE_BIN)?,
+        };
         let runtime = match common.runtime {
             RuntimeKind::Process => Runtime::Process,
             RuntimeKind::Kubernetes if !cfg!(feature = "kubernetes") => {
@@ -652,7 +542,7 @@ impl Config {
         Ok(Config {
             runtime,
             secret_key,
-            qleet_binary,
+            control_plane_binary,
             billing: BillingConfig::from_args(&common.billing)?,
             hibernate_after: Some(Duration::from_secs(common.hibernate_after_secs))
                 .filter(|d| !d.is_zero()),
@@ -727,6 +617,17 @@ fn dev_secret_key(data_dir: &std::path::Path) -> Result<SecretString, ConfigErro
         })
         .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))?;
     Ok(SecretString::from(key))
+}
+
+/// The tenant control plane's binary name.
+pub const CONTROL_PLANE_BIN: &str = "qleet-control-plane";
+
+/// A binary installed next to the running `qleet` (as the release archive, the image and
+/// `cargo build` lay them out).
+pub fn sibling_binary(name: &str) -> Result<PathBuf, ConfigError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| ConfigError(format!("cannot find the qleet binary: {e}")))?;
+    Ok(exe.with_file_name(name))
 }
 
 fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
@@ -806,6 +707,7 @@ mod tests {
             hibernate_after_secs: 0,
             control_plane_retention_hours: 0,
             runtime: RuntimeKind::Process,
+            control_plane_bin: None,
             k8s_image: None,
             k8s_gateway_namespace: "qleet".into(),
             k8s_gateway_pod_labels: "app=qleet".into(),

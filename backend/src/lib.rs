@@ -2,23 +2,20 @@
 //! organisations with members, roles and invitations, the audit log, the GraphQL API and the
 //! server-rendered web UI, served by one axum application over the management database.
 
-pub mod agents;
 pub mod audit;
 pub mod billing;
 pub mod config;
-pub mod control_plane;
-pub mod controlplanes;
 pub mod db;
 pub mod embedded_pg;
-pub mod error;
+pub mod fleet;
 pub mod graphql;
 pub mod identity;
-pub mod internal_token;
 pub mod keys;
-pub mod objects;
 pub mod orgs;
 pub mod startup;
 pub mod state;
-pub mod telemetry;
 pub mod ui;
 pub mod web;
+
+pub use qleet_common::{error, telemetry};
+pub use qleet_protocol::internal_token;

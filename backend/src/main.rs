@@ -46,15 +46,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("management database is up to date");
             return Ok(());
         }
-        Command::ControlPlane(args) => {
-            let config = qleet::config::ControlPlaneConfig::from_args(args)?;
-            qleet::telemetry::init_logging(config.log_format);
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .with_context(|| format!("cannot listen on {}", config.listen))?;
-            let app = qleet::control_plane::Application::build(config, listener).await?;
-            tracing::info!(addr = %app.local_addr()?, "control plane serving");
-            return app.run_until(shutdown_signal()).await;
+        Command::ControlPlane { args } => {
+            // The alias: the control plane is its own lean binary, installed next to `qleet`.
+            let binary = match std::env::var_os("QLEET_CONTROL_PLANE_BIN") {
+                Some(path) => std::path::PathBuf::from(path),
+                None => qleet::config::sibling_binary(qleet::config::CONTROL_PLANE_BIN)?,
+            };
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(&binary).args(args),
+            );
+            return Err(anyhow::Error::new(err).context(format!("cannot run {}", binary.display())));
         }
         Command::Schema => {
             print!("{}", qleet::graphql::sdl());
@@ -74,24 +75,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Mode::Serve => tracing::info!(%url, "Qleet is serving"),
     }
-    app.run_until(shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
-    tracing::info!("shutting down");
+    app.run_until(qleet_common::shutdown::shutdown_signal())
+        .await
 }

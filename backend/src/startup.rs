@@ -14,14 +14,14 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::config::{Config, Database, Runtime};
-use crate::controlplanes::Services;
-use crate::controlplanes::driver::RuntimeDriver;
-use crate::controlplanes::process::{ProcessDriver, ProcessSettings};
 use crate::embedded_pg::EmbeddedPostgres;
+use crate::fleet::Services;
+use crate::fleet::driver::RuntimeDriver;
+use crate::fleet::process::{ProcessDriver, ProcessSettings};
 use crate::identity::oidc::Providers;
 use crate::keys::Keys;
 use crate::state::AppState;
-use crate::{controlplanes, db, graphql, identity, telemetry, ui, web};
+use crate::{db, fleet, graphql, identity, telemetry, ui, web};
 
 /// Largest request body accepted (GraphQL documents, forms).
 const BODY_LIMIT: usize = 1024 * 1024;
@@ -54,7 +54,7 @@ impl Application {
             .build();
         let driver: Box<dyn RuntimeDriver> = match &config.runtime {
             Runtime::Process => Box::new(ProcessDriver::new(ProcessSettings {
-                binary: config.qleet_binary.clone(),
+                binary: config.control_plane_binary.clone(),
                 run_dir: config.data_dir.join("run"),
             })),
             #[cfg(feature = "kubernetes")]
@@ -63,7 +63,7 @@ impl Application {
                 gateway_namespace,
                 gateway_pod_labels,
             } => {
-                use crate::controlplanes::kubernetes::{KubernetesDriver, KubernetesSettings};
+                use crate::fleet::kubernetes::{KubernetesDriver, KubernetesSettings};
                 let client = kube::Client::try_default()
                     .await
                     .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
@@ -128,7 +128,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
-        let lifecycle = tokio::spawn(controlplanes::lifecycle::run(
+        let lifecycle = tokio::spawn(fleet::lifecycle::run(
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
         ));
@@ -165,7 +165,7 @@ pub fn router(state: AppState) -> Router {
         .merge(web::router())
         .merge(graphql::router())
         .merge(identity::oidc::router())
-        .merge(controlplanes::router())
+        .merge(fleet::router())
         .merge(crate::billing::webhook::router());
     if state.config.dev_sign_in {
         app = app.merge(identity::dev::router());

@@ -27,7 +27,7 @@ pub struct AppState {
     /// Leptos settings for the web UI.
     pub leptos: LeptosOptions,
     /// Control-plane lifecycle services (keys, runtime driver, live changes).
-    pub controlplanes: Arc<crate::controlplanes::Services>,
+    pub controlplanes: Arc<crate::fleet::Services>,
     /// Client for forwarding requests to control planes.
     pub http: reqwest::Client,
 }

@@ -98,9 +98,7 @@ impl BackendApi for UiBackend {
                 }
             }
             let body = serde_json::json!({ "query": query, "variables": variables });
-            match crate::controlplanes::gateway::graphql(&state, &control_plane, &headers, &body)
-                .await
-            {
+            match crate::fleet::gateway::graphql(&state, &control_plane, &headers, &body).await {
                 Ok(v) => v,
                 Err(e) => error_json(e),
             }

@@ -1,5 +1,7 @@
-//! The agent protocol's wire types: what the tenant agent and its control plane say to each
-//! other over HTTPS (JSON, camelCase), through the management gateway at
+//! What Qleet's planes and the tenant agent say to each other: the organisation [`Role`] both
+//! planes check, the management plane's signed request tokens (`internal_token`, feature
+//! `internal-token`), and the agent protocol's wire types: what the tenant agent and its
+//! control plane say to each other over HTTPS (JSON, camelCase), through the management gateway at
 //! `/cp/{control-plane}/agent/v1/...`.
 //!
 //! | call | request | answer |
@@ -13,6 +15,12 @@
 //!
 //! Errors answer `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status; codes
 //! include `UNAUTHENTICATED` (bad or revoked credential), `LEASE_LOST`, `INVALID_INPUT`.
+
+#[cfg(feature = "internal-token")]
+pub mod internal_token;
+mod role;
+
+pub use role::{Role, UnknownRole};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -16,8 +16,7 @@ use crate::orgs::graphql::Organization;
 use crate::orgs::{OrgAccess, Permission, authorize, require};
 
 fn billing<'a>(ctx: &Context<'a>) -> &'a Billing {
-    &ctx.data_unchecked::<Arc<crate::controlplanes::Services>>()
-        .billing
+    &ctx.data_unchecked::<Arc<crate::fleet::Services>>().billing
 }
 
 /// A plan and what it allows (`null`: unlimited).

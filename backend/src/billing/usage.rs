@@ -14,9 +14,9 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Billing;
-use crate::controlplanes::Services;
-use crate::controlplanes::driver::RuntimeStatus;
 use crate::error::ApiError;
+use crate::fleet::Services;
+use crate::fleet::driver::RuntimeStatus;
 use crate::internal_token::SubjectKind;
 use crate::orgs::Role;
 

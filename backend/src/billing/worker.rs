@@ -7,8 +7,8 @@ use std::time::Instant;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::controlplanes::Services;
 use crate::error::ApiError;
+use crate::fleet::Services;
 
 /// Runs forever (only when Stripe is configured: without it nobody is ever past due).
 pub async fn run(pool: PgPool, services: Arc<Services>) {

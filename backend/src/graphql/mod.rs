@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql::{Context, EmptySubscription, ErrorExtensions as _, MergedObject, Pos, Schema};
+use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::State;
@@ -28,7 +28,7 @@ pub struct Query(
 pub struct Mutation(
     crate::orgs::graphql::OrgMutation,
     crate::identity::graphql::TokenMutation,
-    crate::controlplanes::graphql::ControlPlaneMutation,
+    crate::fleet::graphql::ControlPlaneMutation,
     crate::billing::graphql::BillingMutation,
 );
 
@@ -45,7 +45,7 @@ pub struct RequestAuth {
 pub fn schema(
     pool: PgPool,
     config: Arc<Config>,
-    controlplanes: Arc<crate::controlplanes::Services>,
+    controlplanes: Arc<crate::fleet::Services>,
 ) -> QleetSchema {
     Schema::build(Query::default(), Mutation::default(), EmptySubscription)
         .data(pool)
@@ -113,8 +113,4 @@ async fn graphql(
     GraphQLResponse::from(state.schema.execute(request).await).into_response()
 }
 
-/// A GraphQL-shaped answer carrying one error, for failures before execution.
-pub fn error_response(err: ApiError) -> Response {
-    let server_error = err.extend().into_server_error(Pos::default());
-    GraphQLResponse::from(async_graphql::Response::from_errors(vec![server_error])).into_response()
-}
+pub use qleet_common::error::error_response;

@@ -8,10 +8,6 @@ pub mod session;
 pub mod tokens;
 
 use axum::http::HeaderMap;
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use rand::RngCore as _;
-use sha2::{Digest as _, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -72,18 +68,7 @@ pub struct Actor {
     pub ip: Option<String>,
 }
 
-/// A fresh 256-bit secret, URL-safe base64 without padding.
-pub fn random_secret() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-/// What the database keeps instead of a secret. The secrets are 256-bit random values, so a
-/// plain SHA-256 is enough (no password-style stretching is needed).
-pub fn hash_secret(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
-}
+pub use qleet_common::secrets::{hash_secret, random_secret};
 
 /// Resolves the principal of a request: `Authorization: Bearer qleet_...` first (a bad token is
 /// an error, never anonymous), then the session cookie (a stale cookie is simply anonymous).

@@ -53,8 +53,8 @@ impl Organization {
     async fn control_planes(
         &self,
         ctx: &Context<'_>,
-    ) -> async_graphql::Result<Vec<crate::controlplanes::graphql::ControlPlaneObject>> {
-        crate::controlplanes::graphql::list(ctx, self).await
+    ) -> async_graphql::Result<Vec<crate::fleet::graphql::ControlPlaneObject>> {
+        crate::fleet::graphql::list(ctx, self).await
     }
 
     /// One of its control planes, by id.
@@ -62,8 +62,8 @@ impl Organization {
         &self,
         ctx: &Context<'_>,
         id: Uuid,
-    ) -> async_graphql::Result<crate::controlplanes::graphql::ControlPlaneObject> {
-        crate::controlplanes::graphql::one(ctx, self, id).await
+    ) -> async_graphql::Result<crate::fleet::graphql::ControlPlaneObject> {
+        crate::fleet::graphql::one(ctx, self, id).await
     }
 
     /// Plan, usage against its limits, and payment state (admins and owners).

@@ -9,67 +9,13 @@ pub mod store;
 
 pub use slug::{Slug, parse_name};
 
-use async_graphql::Enum;
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::identity::Principal;
 
-/// A member's role in an organisation, from most to least powerful.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Enum, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Owner,
-    Admin,
-    Member,
-    Viewer,
-}
-
-impl Role {
-    pub const ALL: [Role; 4] = [Role::Owner, Role::Admin, Role::Member, Role::Viewer];
-
-    fn rank(self) -> u8 {
-        match self {
-            Role::Owner => 3,
-            Role::Admin => 2,
-            Role::Member => 1,
-            Role::Viewer => 0,
-        }
-    }
-
-    /// Whether this role includes everything `other` may do.
-    pub fn at_least(self, other: Role) -> bool {
-        self.rank() >= other.rank()
-    }
-
-    pub fn min(self, other: Role) -> Role {
-        if self.rank() <= other.rank() {
-            self
-        } else {
-            other
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Admin => "admin",
-            Role::Member => "member",
-            Role::Viewer => "viewer",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Role, ApiError> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.as_str() == s)
-            .ok_or_else(|| {
-                crate::error::internal(anyhow::anyhow!("unknown role {s:?} in database"))
-            })
-    }
-}
+pub use qleet_protocol::Role;
 
 /// Something one may do in an organisation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -202,22 +148,5 @@ pub fn require_user(principal: &Principal, what: &str) -> Result<Uuid, ApiError>
     match principal {
         Principal::User { user_id, .. } => Ok(*user_id),
         Principal::Token { .. } => Err(ApiError::forbidden(format!("API tokens cannot {what}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn roles_are_ordered() {
-        assert!(Role::Owner.at_least(Role::Admin));
-        assert!(Role::Admin.at_least(Role::Admin));
-        assert!(!Role::Member.at_least(Role::Admin));
-        assert!(!Role::Viewer.at_least(Role::Member));
-        assert_eq!(Role::Admin.min(Role::Member), Role::Member);
-        for r in Role::ALL {
-            assert_eq!(Role::parse(r.as_str()).expect("round trip"), r);
-        }
     }
 }

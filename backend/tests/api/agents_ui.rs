@@ -474,7 +474,7 @@ fn statements(policy: &Value) -> std::collections::BTreeMap<String, Value> {
 /// the same trust and permissions; the shipped one adds only what EKS needs to pass its roles.
 #[test]
 fn the_shipped_iam_role_template_matches_the_generated_one() {
-    let spec: qleet::objects::kinds::AwsAccountSpec = serde_json::from_value(json!({
+    let spec: qleet_control_plane::objects::kinds::AwsAccountSpec = serde_json::from_value(json!({
         "accountId": "123456789012",
         "roleArn": "arn:aws:iam::123456789012:role/qleet",
         "defaultRegion": "eu-west-1",

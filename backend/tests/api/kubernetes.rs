@@ -14,13 +14,12 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::client::Body;
-use qleet::controlplanes::driver::{ControlPlaneSpec, Endpoint, RuntimeDriver, RuntimeStatus};
-use qleet::controlplanes::kubernetes::{
+use qleet::fleet::driver::{ControlPlaneSpec, Endpoint, RuntimeDriver, RuntimeStatus};
+use qleet::fleet::kubernetes::{
     KubernetesDriver, KubernetesSettings, endpoint, manifests, namespace_name,
 };
+use qleet_test_support::kube::{expect_strictly, strictly};
 use secrecy::SecretString;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -56,55 +55,6 @@ fn settings() -> KubernetesSettings {
 // ---------------------------------------------------------------------------------------------
 // Manifests, strictly
 // ---------------------------------------------------------------------------------------------
-
-/// Deserialises `manifest` into `K` and serialises it back: k8s-openapi ignores unknown fields
-/// when deserialising, so any field that does not survive the round trip is unknown or misspelt.
-fn strictly<K: DeserializeOwned + Serialize>(manifest: &Value) -> Result<K, String> {
-    let typed: K = serde_path_to_error::deserialize(manifest)
-        .map_err(|e| format!("at {}: {}", e.path(), e.inner()))?;
-    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
-    let mut differences = Vec::new();
-    diff(manifest, &back, "", &mut differences);
-    if differences.is_empty() {
-        Ok(typed)
-    } else {
-        Err(format!(
-            "not kept by the round trip: {}",
-            differences.join(", ")
-        ))
-    }
-}
-
-fn diff(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>) {
-    match (sent, kept) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (key, value) in a {
-                let here = format!("{path}.{key}");
-                match b.get(key) {
-                    Some(other) => diff(value, other, &here, out),
-                    None => out.push(here),
-                }
-            }
-            out.extend(
-                b.keys()
-                    .filter(|k| !a.contains_key(*k))
-                    .map(|k| format!("{path}.{k} (added)")),
-            );
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                diff(x, y, &format!("{path}[{i}]"), out);
-            }
-        }
-        (a, b) if a != b => out.push(format!("{path} ({a} became {b})")),
-        _ => {}
-    }
-}
-
-fn expect_strictly<K: DeserializeOwned + Serialize>(manifest: &Value) -> K {
-    strictly(manifest)
-        .unwrap_or_else(|e| panic!("{} {}: {e}", manifest["kind"], manifest["metadata"]["name"]))
-}
 
 fn manifest_of_kind(manifests: &[Value], kind: &str) -> Value {
     manifests
@@ -337,7 +287,11 @@ fn the_deployment_runs_the_control_plane_command_with_probes_and_its_identity() 
         container.image.as_deref(),
         Some("registry.example/qleet:1.2.3")
     );
-    assert_eq!(container.args, Some(vec!["control-plane".to_owned()]));
+    assert_eq!(
+        container.command,
+        Some(vec!["qleet-control-plane".to_owned()])
+    );
+    assert_eq!(container.args, None);
     // Each variable as where its value comes from: `value X` or `secret NAME/KEY`.
     let env: BTreeMap<String, String> = container
         .env
@@ -977,10 +931,9 @@ async fn a_control_plane_starts_and_is_deleted_in_a_real_cluster_when_kubeconfig
     let deleted = driver.delete(spec.id).await;
     started.expect("start");
     match last {
-        Some(Ok(RuntimeStatus::Ready(endpoint))) => assert_eq!(
-            endpoint,
-            qleet::controlplanes::kubernetes::endpoint(spec.id)
-        ),
+        Some(Ok(RuntimeStatus::Ready(endpoint))) => {
+            assert_eq!(endpoint, qleet::fleet::kubernetes::endpoint(spec.id))
+        }
         other => panic!("not Ready within {ready_within:?}: last status {other:?}"),
     }
     deleted.expect("delete");

@@ -163,7 +163,7 @@ async fn complete_tasks(app: &TestApp, token: &str, id: Uuid) -> usize {
             let result = if task["operation"] == "delete" {
                 json!({ "succeeded": {} })
             } else {
-                json!({ "succeeded": { "outputs": crate::objects::outputs_for(&task) } })
+                json!({ "succeeded": { "outputs": qleet_test_support::cp::outputs_for(&task) } })
             };
             let resp = app
                 .http
@@ -221,7 +221,7 @@ async fn a_member_plans_applies_and_follows_an_app_in_the_browser() {
     );
 
     // The plan of the app, then applying exactly that.
-    set_yaml(&client, crate::objects::APP).await;
+    set_yaml(&client, qleet_test_support::cp::APP).await;
     click(&client, "#apply-plan").await;
     let summary = text_of(&client, "#plan-summary").await;
     assert_eq!(

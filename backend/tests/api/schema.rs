@@ -13,17 +13,3 @@ fn committed_schema_is_up_to_date() {
         "backend/schema.graphql is stale; regenerate it with `QLEET_UPDATE_SCHEMA=1 cargo test -p qleet --test api schema`"
     );
 }
-
-#[test]
-fn committed_control_plane_schema_is_up_to_date() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("control-plane.graphql");
-    let current = qleet::control_plane::sdl();
-    if std::env::var_os("QLEET_UPDATE_SCHEMA").is_some() {
-        std::fs::write(&path, &current).expect("write control-plane.graphql");
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == current,
-        "backend/control-plane.graphql is stale; regenerate it with `QLEET_UPDATE_SCHEMA=1 cargo test -p qleet --test api schema`"
-    );
-}

@@ -15,8 +15,8 @@ use qleet_protocol::TaskResult;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::kube::ApiServer;
 use crate::support::{ACCOUNT, Moto, REGION, ROLE_ARN, Recorder, TaskBuilder, account};
+use qleet_test_support::kube::ApiServer;
 
 /// The presigned URL inside a token.
 fn decode(token: &str) -> url::Url {

@@ -3,136 +3,13 @@
 //! proxy, and tasks of an agent killed half-way finished by another without duplicates. (The
 //! whole journey through the management plane is in `managed.rs`.)
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use qleet::config::{ControlPlaneAuth, ControlPlaneConfig, LogFormat};
-use secrecy::SecretString;
+use qleet_test_support::cp::Cp;
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use crate::support::{Moto, Recorded, Recorder, fresh_database};
-
-const ADMIN: &str = "test-admin-token-0123456789abcdef0123456789";
-
-/// A standalone control plane in this process.
-struct Cp {
-    url: String,
-    http: reqwest::Client,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Cp {
-    async fn start() -> Cp {
-        let db = fresh_database().await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let config = ControlPlaneConfig {
-            listen: listener.local_addr().expect("addr"),
-            database_url: SecretString::from(db),
-            id: Uuid::new_v4(),
-            auth: ControlPlaneAuth::Standalone {
-                admin_token_hash: qleet::identity::hash_secret(ADMIN),
-            },
-            log_format: LogFormat::Pretty,
-            crash_at: None,
-            poll_interval: None,
-        };
-        let app = qleet::control_plane::Application::build(config, listener)
-            .await
-            .expect("control plane");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(app.run_until(async {
-            let _ = rx.await;
-        }));
-        Cp {
-            url,
-            http: reqwest::Client::new(),
-            _shutdown: tx,
-        }
-    }
-
-    async fn gql(&self, query: &str, variables: Value) -> Value {
-        let body: Value = self
-            .http
-            .post(format!("{}/graphql", self.url))
-            .bearer_auth(ADMIN)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("graphql")
-            .json()
-            .await
-            .expect("json");
-        assert!(body.get("errors").is_none(), "{body}");
-        body["data"].clone()
-    }
-
-    async fn registration_token(&self) -> String {
-        self.gql(
-            "mutation { createAgentRegistration(ttlMinutes: 60) { token } }",
-            json!({}),
-        )
-        .await["createAgentRegistration"]["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
-    async fn apply(&self, yaml: &str) {
-        self.gql(
-            "mutation($y: String!) { apply(yaml: $y, dryRun: false, prune: false) { applied } }",
-            json!({ "y": yaml }),
-        )
-        .await;
-    }
-
-    async fn object(&self, kind: &str, name: &str) -> Value {
-        self.gql(
-            "query($k: String!, $n: String!) { object(kind: $k, name: $n) { id phase message outputs rendered events { type reason message } } }",
-            json!({ "k": kind, "n": name }),
-        )
-        .await["object"]
-            .clone()
-    }
-
-    async fn phases(&self) -> BTreeMap<String, String> {
-        let data = self.gql("{ objects { kind name phase } }", json!({})).await;
-        data["objects"]
-            .as_array()
-            .expect("objects")
-            .iter()
-            .map(|o| {
-                (
-                    format!(
-                        "{}/{}",
-                        o["kind"].as_str().unwrap_or_default(),
-                        o["name"].as_str().unwrap_or_default()
-                    ),
-                    o["phase"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect()
-    }
-
-    /// Waits (90 s at most) until every object is READY.
-    async fn wait_ready(&self, n: usize) -> BTreeMap<String, String> {
-        for _ in 0..900 {
-            let p = self.phases().await;
-            if p.len() == n && p.values().all(|v| v == "READY") {
-                return p;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let mut detail = Vec::new();
-        for (key, _) in self.phases().await {
-            let (kind, name) = key.split_once('/').unwrap_or_default();
-            detail.push(self.object(kind, name).await);
-        }
-        panic!("never all READY: {detail:#?}");
-    }
-}
+use crate::support::{Moto, Recorded, Recorder};
 
 pub const APP: &str = r#"
 kind: AwsAccount
@@ -240,7 +117,7 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
         .args(["--token", &token])
         .spawn()
         .expect("start qleet-agent");
-    cp.apply(AWS_APP).await;
+    cp.apply_ok(AWS_APP).await;
     cp.wait_ready(3).await;
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&state).expect("state file").permissions(),
@@ -260,7 +137,7 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
     );
 
     // The agent shows up with its version.
-    let agents = cp.gql("{ agents { name version } }", json!({})).await;
+    let agents = cp.gql_ok("{ agents { name version } }", json!({})).await;
     assert_eq!(agents["agents"][0]["version"], qleet_agent::VERSION);
 
     // Later runs use the state file; the token is not needed (nor usable) again. This one
@@ -330,7 +207,7 @@ async fn tasks_of_an_agent_killed_mid_way_are_finished_by_another_without_duplic
         .args(["--token", &token, "--lease-seconds", "10"])
         .spawn()
         .expect("start the first agent");
-    cp.apply(AWS_APP).await;
+    cp.apply_ok(AWS_APP).await;
     let mut made = 0;
     for _ in 0..600 {
         made = black_hole.requests().iter().filter(|r| creates(r)).count();

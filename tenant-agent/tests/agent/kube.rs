@@ -2,233 +2,20 @@
 //! agent's requests and records them; every object the agent applies is also checked strictly
 //! against its k8s-openapi type.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use http::{Request, Response};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use kube::client::Body;
 use qleet_agent::k8s::Clusters;
 use qleet_agent::task::{self, Context};
 use qleet_protocol::TaskResult;
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use qleet_test_support::kube::{ApiServer, Seen, expect_strictly};
+
 use crate::support::{Moto, REGION, ROLE_ARN, TaskBuilder};
-
-/// One request the API server saw.
-#[derive(Debug, Clone)]
-pub struct Seen {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub body: Value,
-    /// The `Authorization` header (over HTTP only; the mock has no transport).
-    pub authorization: Option<String>,
-}
-
-/// An API server in memory behind kube's mock service: applies store what was sent, reads
-/// answer it, deletes remove it.
-#[derive(Clone, Default)]
-pub struct ApiServer {
-    pub seen: Arc<Mutex<Vec<Seen>>>,
-    pub store: Arc<Mutex<BTreeMap<String, Value>>>,
-    /// Deployments applied while set never get a replica available (a pod that cannot start).
-    pub stuck_rollouts: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl ApiServer {
-    pub fn start() -> (kube::Client, ApiServer) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "default");
-        let api = ApiServer::default();
-        let server = api.clone();
-        tokio::spawn(async move {
-            while let Some((request, reply)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.expect("request body");
-                let (status, answer) =
-                    server.respond(&parts.method, &parts.uri, &parts.headers, &bytes);
-                reply.send_response(
-                    Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(Body::from(answer))
-                        .expect("response"),
-                );
-            }
-        });
-        (client, api)
-    }
-
-    /// The same API server on a loopback port, for a `qleet-agent` process: answers its URL
-    /// (a kubeconfig's `server:`) and the server.
-    pub async fn serve() -> (String, ApiServer) {
-        let api = ApiServer::default();
-        let server = api.clone();
-        let app = axum::Router::new().fallback(
-            move |method: http::Method,
-                  uri: http::Uri,
-                  headers: http::HeaderMap,
-                  body: axum::body::Bytes| {
-                let server = server.clone();
-                async move {
-                    let (status, answer) = server.respond(&method, &uri, &headers, &body);
-                    Response::builder()
-                        .status(status)
-                        .header("content-type", "application/json")
-                        .body(axum::body::Body::from(answer))
-                        .expect("response")
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        (url, api)
-    }
-
-    fn respond(
-        &self,
-        method: &http::Method,
-        uri: &http::Uri,
-        headers: &http::HeaderMap,
-        bytes: &[u8],
-    ) -> (u16, Vec<u8>) {
-        let body: Value = if bytes.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(bytes).expect("request body is JSON")
-        };
-        let seen = Seen {
-            method: method.to_string(),
-            path: uri.path().to_owned(),
-            query: uri.query().unwrap_or_default().to_owned(),
-            body,
-            authorization: headers
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        };
-        let (status, answer) = self.reply(seen);
-        (status, serde_json::to_vec(&answer).expect("json"))
-    }
-
-    /// Records a request and answers it.
-    pub fn answer(&self, method: &str, path: &str, query: &str, body: Value) -> (u16, Value) {
-        self.reply(Seen {
-            method: method.to_owned(),
-            path: path.to_owned(),
-            query: query.to_owned(),
-            body,
-            authorization: None,
-        })
-    }
-
-    fn reply(&self, seen: Seen) -> (u16, Value) {
-        self.seen.lock().expect("lock").push(seen.clone());
-        let Seen {
-            method, path, body, ..
-        } = seen;
-        let (method, path) = (method.as_str(), path.as_str());
-        let mut store = self.store.lock().expect("lock");
-        let not_found = json!({
-            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": format!("{path} not found"), "reason": "NotFound", "code": 404,
-        });
-        match method {
-            "GET" if path == "/version" => (
-                200,
-                json!({
-                    "major": "1", "minor": "33", "gitVersion": "v1.33.1", "gitCommit": "abc",
-                    "gitTreeState": "clean", "buildDate": "2026-01-01T00:00:00Z",
-                    "goVersion": "go1.24", "compiler": "gc", "platform": "linux/amd64",
-                }),
-            ),
-            "PATCH" => {
-                let mut stored = body;
-                stored["metadata"]["uid"] = json!(Uuid::new_v4().to_string());
-                stored["metadata"]["resourceVersion"] = json!("1");
-                if stored["kind"] == "Deployment" {
-                    let replicas = stored["spec"]["replicas"].as_i64().unwrap_or(1);
-                    let available = if self
-                        .stuck_rollouts
-                        .load(std::sync::atomic::Ordering::SeqCst)
-                    {
-                        0
-                    } else {
-                        replicas
-                    };
-                    stored["metadata"]["generation"] = json!(1);
-                    stored["status"] = json!({
-                        "observedGeneration": 1, "replicas": replicas, "availableReplicas": available,
-                    });
-                }
-                store.insert(path.to_owned(), stored.clone());
-                (200, stored)
-            }
-            "GET" => match store.get(path) {
-                Some(v) => (200, v.clone()),
-                None => (404, not_found),
-            },
-            "DELETE" => match store.remove(path) {
-                Some(_) => (
-                    200,
-                    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success" }),
-                ),
-                None => (404, not_found),
-            },
-            _ => (404, not_found),
-        }
-    }
-
-    pub fn requests(&self) -> Vec<Seen> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    pub fn applied(&self, path: &str) -> Vec<Seen> {
-        self.requests()
-            .into_iter()
-            .filter(|s| s.method == "PATCH" && s.path == path)
-            .collect()
-    }
-
-    pub fn deleted(&self) -> Vec<String> {
-        self.requests()
-            .into_iter()
-            .filter(|s| s.method == "DELETE")
-            .map(|s| s.path)
-            .collect()
-    }
-
-    pub fn get(&self, path: &str) -> Option<Value> {
-        self.store.lock().expect("lock").get(path).cloned()
-    }
-
-    pub fn set_label(&self, path: &str, key: &str, value: &str) {
-        if let Some(v) = self.store.lock().expect("lock").get_mut(path) {
-            v["metadata"]["labels"][key] = json!(value);
-        }
-    }
-}
-
-/// Deserialises `manifest` into `K` and back: a field that does not survive is unknown.
-fn strictly<K: DeserializeOwned + Serialize>(manifest: &Value) -> K {
-    let typed: K = serde_path_to_error::deserialize(manifest)
-        .unwrap_or_else(|e| panic!("at {}: {} in {manifest}", e.path(), e.inner()));
-    let back = serde_json::to_value(&typed).expect("serialise");
-    assert_eq!(&back, manifest, "not kept by the round trip");
-    typed
-}
 
 fn deployment() -> Value {
     json!({
@@ -360,7 +147,7 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
         );
     }
     let id = w.object_id.to_string();
-    let secret: Secret = strictly(&applies[2].body);
+    let secret: Secret = expect_strictly(&applies[2].body);
     let labels = secret.metadata.labels.clone().unwrap_or_default();
     assert_eq!(labels.get("qleet.dev/object-id"), Some(&id));
     let value = secret
@@ -374,7 +161,7 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
         base64::engine::general_purpose::STANDARD.encode("s3cret-value-from-the-account")
     );
 
-    let dep: Deployment = strictly(&applies[3].body);
+    let dep: Deployment = expect_strictly(&applies[3].body);
     assert_eq!(
         dep.metadata
             .labels
@@ -382,8 +169,8 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
             .get("qleet.dev/object-id"),
         Some(&id)
     );
-    let _: ConfigMap = strictly(&applies[4].body);
-    let ns: Namespace = strictly(&applies[0].body);
+    let _: ConfigMap = expect_strictly(&applies[4].body);
+    let ns: Namespace = expect_strictly(&applies[0].body);
     assert!(
         !ns.metadata
             .labels
@@ -391,7 +178,7 @@ async fn a_workload_is_applied_server_side_labelled_with_its_secret_materialised
             .contains_key("qleet.dev/object-id"),
         "a namespace is never the object's, so never pruned"
     );
-    let inv: ConfigMap = strictly(&applies[1].body);
+    let inv: ConfigMap = expect_strictly(&applies[1].body);
     let listed: Value = serde_json::from_str(
         inv.data
             .unwrap_or_default()
@@ -492,7 +279,7 @@ async fn helm_charts_are_rendered_by_the_helm_cli_and_applied_like_manifests() {
     assert_eq!(values, json!({ "replicas": 3 }));
     let applied = api.applied("/api/v1/namespaces/shop/configmaps/shop-rendered");
     assert_eq!(applied.len(), 1);
-    let cm: ConfigMap = strictly(&applied[0].body);
+    let cm: ConfigMap = expect_strictly(&applied[0].body);
     assert_eq!(
         cm.metadata
             .labels

@@ -1,26 +1,24 @@
 //! A Gateway's `loadBalancerHostname`: the payload the control plane renders for a Gateway is
 //! applied (ingress-nginx rendered by a stand-in `helm`), then the ingress controller Service's
 //! load balancer address is reported; until the cloud has assigned one the task fails to be
-//! retried. The API server is `kube.rs`'s in-memory one, plus the Service's status.
+//! retried. The API server is the test-support in-memory one, plus the Service's status.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use http::{Request, Response};
 use k8s_openapi::api::core::v1::Service;
-use kube::client::Body;
-use qleet::objects::kinds::Builtin;
-use qleet::objects::refs::ObjKey;
-use qleet::objects::render::{Input, desired};
 use qleet_agent::k8s::Clusters;
 use qleet_agent::task::{self, Context};
+use qleet_control_plane::objects::kinds::Builtin;
+use qleet_control_plane::objects::refs::ObjKey;
+use qleet_control_plane::objects::render::{Input, desired};
 use qleet_protocol::TaskResult;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::kube::ApiServer;
 use crate::support::{Moto, TaskBuilder};
+use qleet_test_support::kube::{ApiServer, mock_client};
 
 const SERVICE: &str = "/api/v1/namespaces/qleet-gateway/services/ingress-nginx-controller";
 
@@ -28,52 +26,40 @@ const SERVICE: &str = "/api/v1/namespaces/qleet-gateway/services/ingress-nginx-c
 /// answers the controller Service with `ingress` as its load balancer status once set (the
 /// cloud's doing, never the agent's).
 fn cluster(ingress: Arc<Mutex<Option<Value>>>) -> (kube::Client, ApiServer) {
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = kube::Client::new(service, "default");
     let api = ApiServer::default();
     let server = api.clone();
-    tokio::spawn(async move {
-        while let Some((request, reply)) = handle.next_request().await {
-            let (parts, body) = request.into_parts();
-            let bytes = body.collect_bytes().await.expect("request body");
-            let body: Value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).expect("request body is JSON")
-            };
-            let path = parts.uri.path();
-            let (status, mut answer) = if path == "/apis/cert-manager.io/v1" {
-                (
-                    200,
-                    json!({
-                        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cert-manager.io/v1",
-                        "resources": [{ "name": "clusterissuers", "singularName": "clusterissuer", "namespaced": false,
-                                        "kind": "ClusterIssuer", "verbs": ["get", "list", "create", "update", "patch", "delete"] }],
-                    }),
-                )
-            } else {
-                server.answer(
-                    parts.method.as_str(),
-                    path,
-                    parts.uri.query().unwrap_or_default(),
-                    body,
-                )
-            };
-            if parts.method == http::Method::GET
-                && path == SERVICE
-                && status == 200
-                && let Some(i) = ingress.lock().expect("lock").clone()
-            {
-                answer["status"] = json!({ "loadBalancer": { "ingress": [i] } });
-            }
-            reply.send_response(
-                Response::builder()
-                    .status(status)
-                    .header("content-type", "application/json")
-                    .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                    .expect("response"),
-            );
+    let client = mock_client(move |parts, bytes| {
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(bytes).expect("request body is JSON")
+        };
+        let path = parts.uri.path();
+        let (status, mut answer) = if path == "/apis/cert-manager.io/v1" {
+            (
+                200,
+                json!({
+                    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "cert-manager.io/v1",
+                    "resources": [{ "name": "clusterissuers", "singularName": "clusterissuer", "namespaced": false,
+                                    "kind": "ClusterIssuer", "verbs": ["get", "list", "create", "update", "patch", "delete"] }],
+                }),
+            )
+        } else {
+            server.answer(
+                parts.method.as_str(),
+                path,
+                parts.uri.query().unwrap_or_default(),
+                body,
+            )
+        };
+        if parts.method == http::Method::GET
+            && path == SERVICE
+            && status == 200
+            && let Some(i) = ingress.lock().expect("lock").clone()
+        {
+            answer["status"] = json!({ "loadBalancer": { "ingress": [i] } });
         }
+        (status, serde_json::to_vec(&answer).expect("json"))
     });
     (client, api)
 }

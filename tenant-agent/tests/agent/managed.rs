@@ -16,8 +16,8 @@ use tokio::process::{Child, Command};
 use uuid::Uuid;
 
 use crate::journey::{APP, agent_command, terminate};
-use crate::kube::ApiServer;
 use crate::support::{Moto, fresh_database};
+use qleet_test_support::kube::ApiServer;
 
 /// The `qleet` binary next to this test's own (`cargo test --workspace` builds it; after
 /// changing the backend, `cargo test -p qleet-agent` alone does not rebuild it).

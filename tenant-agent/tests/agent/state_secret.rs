@@ -8,23 +8,17 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 use clap::Parser as _;
-use http::{Request, Response};
 use k8s_openapi::api::core::v1::Secret;
-use kube::client::Body;
-use qleet::config::{ControlPlaneAuth, ControlPlaneConfig, LogFormat};
 use qleet_agent::config::{Cli, Config};
 use qleet_agent::state::Store;
 use qleet_agent::{StartError, identity};
-use secrecy::{ExposeSecret, SecretString};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use qleet_test_support::cp::Cp;
+use qleet_test_support::kube::{expect_strictly, mock_client, status};
+use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use uuid::Uuid;
 
-use crate::support::fresh_database;
-
-const ADMIN: &str = "test-admin-token-state-secret-0123456789abcdef";
 const NAMESPACE: &str = "qleet-agent";
 const NAME: &str = "agent-state";
 const PATH: &str = "/api/v1/namespaces/qleet-agent/secrets/agent-state";
@@ -47,35 +41,18 @@ struct Secrets {
     forbidden: Arc<Mutex<bool>>,
 }
 
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({ "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code })
-}
-
 impl Secrets {
     fn start() -> (kube::Client, Secrets) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = kube::Client::new(service, "default");
         let api = Secrets::default();
         let server = api.clone();
-        tokio::spawn(async move {
-            while let Some((request, reply)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.expect("request body");
-                let body: Value = if bytes.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&bytes).expect("request body is JSON")
-                };
-                let (code, answer) = server.answer(parts.method.as_str(), parts.uri.path(), body);
-                reply.send_response(
-                    Response::builder()
-                        .status(code)
-                        .header("content-type", "application/json")
-                        .body(Body::from(serde_json::to_vec(&answer).expect("json")))
-                        .expect("response"),
-                );
-            }
+        let client = mock_client(move |parts, bytes| {
+            let body: Value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(bytes).expect("request body is JSON")
+            };
+            let (code, answer) = server.answer(parts.method.as_str(), parts.uri.path(), body);
+            (code, serde_json::to_vec(&answer).expect("json"))
         });
         (client, api)
     }
@@ -151,80 +128,6 @@ impl Secrets {
     }
 }
 
-/// Deserialises `manifest` into `K` and back: a field that does not survive is unknown.
-fn strictly<K: DeserializeOwned + Serialize>(manifest: &Value) -> K {
-    let typed: K = serde_path_to_error::deserialize(manifest)
-        .unwrap_or_else(|e| panic!("at {}: {} in {manifest}", e.path(), e.inner()));
-    let back = serde_json::to_value(&typed).expect("serialise");
-    assert_eq!(&back, manifest, "not kept by the round trip");
-    typed
-}
-
-/// A standalone control plane in this process, to register with.
-struct Cp {
-    url: String,
-    _shutdown: tokio::sync::oneshot::Sender<()>,
-}
-
-impl Cp {
-    async fn start() -> Cp {
-        let db = fresh_database().await;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let config = ControlPlaneConfig {
-            listen: listener.local_addr().expect("addr"),
-            database_url: SecretString::from(db),
-            id: Uuid::new_v4(),
-            auth: ControlPlaneAuth::Standalone {
-                admin_token_hash: qleet::identity::hash_secret(ADMIN),
-            },
-            log_format: LogFormat::Pretty,
-            crash_at: None,
-            poll_interval: None,
-        };
-        let app = qleet::control_plane::Application::build(config, listener)
-            .await
-            .expect("control plane");
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(app.run_until(async {
-            let _ = rx.await;
-        }));
-        Cp { url, _shutdown: tx }
-    }
-
-    async fn gql(&self, query: &str) -> Value {
-        let body: Value = reqwest::Client::new()
-            .post(format!("{}/graphql", self.url))
-            .bearer_auth(ADMIN)
-            .json(&json!({ "query": query }))
-            .send()
-            .await
-            .expect("graphql")
-            .json()
-            .await
-            .expect("json");
-        assert!(body.get("errors").is_none(), "{body}");
-        body["data"].clone()
-    }
-
-    async fn registration_token(&self) -> String {
-        self.gql("mutation { createAgentRegistration(ttlMinutes: 60) { token } }")
-            .await["createAgentRegistration"]["token"]
-            .as_str()
-            .expect("token")
-            .to_owned()
-    }
-
-    async fn agent_ids(&self) -> Vec<String> {
-        self.gql("{ agents { id } }").await["agents"]
-            .as_array()
-            .expect("agents")
-            .iter()
-            .map(|a| a["id"].as_str().expect("id").to_owned())
-            .collect()
-    }
-}
-
 fn config(args: &[&str]) -> Config {
     let mut all = vec!["qleet-agent", "--state-secret", "qleet-agent/agent-state"];
     all.extend_from_slice(args);
@@ -262,7 +165,7 @@ async fn the_first_run_registers_and_creates_the_state_secret_and_the_next_run_r
         ]
     );
     let created = api.seen.lock().expect("lock")[1].body.clone();
-    let secret: Secret = strictly(&created);
+    let secret: Secret = expect_strictly(&created);
     assert_eq!(secret.metadata.name.as_deref(), Some(NAME));
     assert_eq!(secret.metadata.namespace.as_deref(), Some(NAMESPACE));
     assert_eq!(
@@ -346,7 +249,7 @@ async fn an_empty_placeholder_secret_is_filled_in_with_an_update_keeping_its_lab
     let methods: Vec<String> = api.requests().into_iter().map(|(m, _)| m).collect();
     assert_eq!(methods, ["GET", "POST", "GET", "PUT"]);
     let replaced = api.seen.lock().expect("lock")[3].body.clone();
-    let secret: Secret = strictly(&replaced);
+    let secret: Secret = expect_strictly(&replaced);
     assert_eq!(secret.metadata.resource_version.as_deref(), Some("7"));
     let labels = secret.metadata.labels.clone().unwrap_or_default();
     assert_eq!(

@@ -419,24 +419,4 @@ pub fn context(aws: Aws) -> Context {
     }
 }
 
-/// The admin connection that creates one database per test.
-pub fn admin_url() -> String {
-    std::env::var("QLEET_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
-
-pub async fn fresh_database() -> String {
-    use sqlx::Connection as _;
-    let admin = admin_url();
-    let name = format!("qleet_test_{}", Uuid::new_v4().simple());
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL must answer at QLEET_TEST_DATABASE_URL (scripts/test.sh starts one)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let mut url = url::Url::parse(&admin).expect("admin url");
-    url.set_path(&name);
-    url.to_string()
-}
+pub use qleet_test_support::db::fresh_database;

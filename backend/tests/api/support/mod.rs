@@ -12,15 +12,12 @@ use qleet::startup::Application;
 use reqwest::header;
 use secrecy::SecretString;
 use serde_json::{Value, json};
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use url::Url;
 
-/// Admin connection used to create one database per test.
-pub fn admin_url() -> String {
-    std::env::var("QLEET_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
-}
+pub use qleet_test_support::db::fresh_database;
+pub use qleet_test_support::error_code;
 
 /// A running Qleet.
 pub struct TestApp {
@@ -71,28 +68,12 @@ pub fn test_config(url: &str, db_url: &str) -> Config {
         log_format: LogFormat::Pretty,
         dev_sign_in: true,
         secret_key: SecretString::from(qleet::keys::Keys::generate_secret()),
-        qleet_binary: std::path::PathBuf::from(env!("CARGO_BIN_EXE_qleet")),
+        control_plane_binary: qleet_test_support::control_plane_binary(),
         billing: qleet::config::BillingConfig::dev_default(),
         hibernate_after: None,
         control_plane_retention: Duration::ZERO,
         runtime: qleet::config::Runtime::Process,
     }
-}
-
-/// Creates a fresh database and returns its URL.
-pub async fn fresh_database() -> String {
-    let admin = admin_url();
-    let name = format!("qleet_test_{}", uuid::Uuid::new_v4().simple());
-    let mut conn = PgConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL must answer at QLEET_TEST_DATABASE_URL (scripts/test.sh starts one)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("create database {name}")))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let mut url = Url::parse(&admin).expect("admin url");
-    url.set_path(&name);
-    url.to_string()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -319,11 +300,4 @@ pub fn session_cookie(resp: &reqwest::Response) -> Option<String> {
         .filter_map(|v| v.strip_prefix("qleet_session="))
         .map(|v| v.split(';').next().unwrap_or("").to_owned())
         .find(|v| !v.is_empty())
-}
-
-/// The `extensions.code` of the first error, if any.
-pub fn error_code(body: &Value) -> Option<String> {
-    body["errors"][0]["extensions"]["code"]
-        .as_str()
-        .map(str::to_owned)
 }

@@ -1,0 +1,406 @@
+//! The gateway: `/cp/{id}/...` reaches an organisation's own control plane. It authenticates the
+//! caller (session or API token), checks their role in the control plane's organisation, wakes a
+//! hibernated control plane, mints a short-lived signed token, and forwards the request.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::WebSocketUpgrade;
+use axum::extract::ws::{Message, WebSocket};
+use axum::extract::{Path, State};
+use axum::http::HeaderValue;
+use axum::http::{HeaderMap, Method, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use uuid::Uuid;
+
+use super::driver::RuntimeStatus;
+use super::{ControlPlane, Status, lifecycle};
+use crate::error::ApiError;
+use crate::identity::Principal;
+use crate::internal_token::SubjectKind;
+use crate::orgs::Role;
+use crate::state::AppState;
+
+/// How long a forwarded request may take.
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Lifetime of the token minted per request.
+const TOKEN_TTL_SECS: i64 = 300;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/cp/{id}/graphql/ws", get(websocket))
+        .route("/cp/{id}/{*rest}", any(forward))
+}
+
+/// GraphQL over WebSocket through the gateway: the same checks as HTTP, then a connection to
+/// the control plane's `/graphql/ws` with the minted token, and messages pumped both ways until
+/// either side closes.
+async fn websocket(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let upstream = match resolve(&state, &id, &headers).await {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let protocol = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split(',')
+                .map(str::trim)
+                .find(|p| ["graphql-transport-ws", "graphql-ws"].contains(p))
+        })
+        .unwrap_or("graphql-transport-ws")
+        .to_owned();
+    let url = format!("{}/graphql/ws", upstream.endpoint.replacen("http", "ws", 1));
+    let mut request = match url.as_str().into_client_request() {
+        Ok(r) => r,
+        Err(e) => return crate::error::internal(e).into_response(),
+    };
+    let auth = format!("Bearer {}", upstream.token);
+    for (name, value) in [
+        ("authorization", auth.as_str()),
+        ("sec-websocket-protocol", protocol.as_str()),
+    ] {
+        match HeaderValue::from_str(value) {
+            Ok(v) => {
+                request.headers_mut().insert(name, v);
+            }
+            Err(e) => return crate::error::internal(e).into_response(),
+        }
+    }
+    let connected =
+        tokio::time::timeout(UPSTREAM_TIMEOUT, tokio_tungstenite::connect_async(request)).await;
+    let cp_socket = match connected {
+        Ok(Ok((socket, _))) => socket,
+        _ => {
+            return ApiError::Unavailable {
+                code: "CONTROL_PLANE_UNREACHABLE",
+                message: "the control plane did not accept the WebSocket connection".into(),
+            }
+            .into_response();
+        }
+    };
+    tracing::debug!(control_plane.id = %upstream.cp.id, "WebSocket opened through the gateway");
+    upgrade
+        .protocols([protocol])
+        .on_upgrade(move |client| pump(client, cp_socket))
+}
+
+/// Copies frames between the client and the control plane until one side closes.
+async fn pump(
+    client: WebSocket,
+    cp: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message as Up;
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut cp_tx, mut cp_rx) = cp.split();
+    let to_cp = async {
+        while let Some(Ok(msg)) = client_rx.next().await {
+            let out = match msg {
+                Message::Text(t) => Up::text(t.as_str()),
+                Message::Binary(b) => Up::binary(b),
+                Message::Ping(p) => Up::Ping(p),
+                Message::Pong(p) => Up::Pong(p),
+                Message::Close(_) => break,
+            };
+            if cp_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = cp_tx.close().await;
+    };
+    let to_client = async {
+        while let Some(Ok(msg)) = cp_rx.next().await {
+            let out = match msg {
+                Up::Text(t) => Message::text(t.as_str()),
+                Up::Binary(b) => Message::binary(b),
+                Up::Ping(p) => Message::Ping(p),
+                Up::Pong(p) => Message::Pong(p),
+                Up::Close(_) | Up::Frame(_) => break,
+            };
+            if client_tx.send(out).await.is_err() {
+                break;
+            }
+        }
+        let _ = client_tx.close().await;
+    };
+    tokio::select! {
+        () = to_cp => {},
+        () = to_client => {},
+    }
+}
+
+/// The caller's role in the control plane's organisation; `NOT_FOUND` for outsiders.
+async fn role_in(
+    state: &AppState,
+    principal: &Principal,
+    cp: &ControlPlane,
+) -> Result<Role, ApiError> {
+    let not_found = || ApiError::NotFound("control plane".into());
+    match principal {
+        Principal::Token { org_id, role, .. } if *org_id == cp.org_id => Ok(*role),
+        Principal::Token { .. } => Err(not_found()),
+        Principal::User { user_id, .. } => {
+            let role: Option<String> = sqlx::query_scalar(
+                "select role from memberships where org_id = $1 and user_id = $2",
+            )
+            .bind(cp.org_id)
+            .bind(user_id)
+            .fetch_optional(&state.pool)
+            .await?;
+            Role::parse(&role.ok_or_else(not_found)?).map_err(ApiError::from)
+        }
+    }
+}
+
+fn not_ready(status: Status) -> ApiError {
+    let (code, message) = match status {
+        Status::Pending | Status::Provisioning => (
+            "CONTROL_PLANE_NOT_READY",
+            "the control plane is still being provisioned; try again shortly",
+        ),
+        Status::Suspended => (
+            "CONTROL_PLANE_SUSPENDED",
+            "the control plane is suspended; resume it first",
+        ),
+        Status::Failed => (
+            "CONTROL_PLANE_FAILED",
+            "the control plane failed; see its events",
+        ),
+        _ => (
+            "CONTROL_PLANE_GONE",
+            "the control plane is being deleted or was deleted",
+        ),
+    };
+    ApiError::Unavailable {
+        code,
+        message: message.into(),
+    }
+}
+
+async fn forward(
+    State(state): State<AppState>,
+    Path((id, rest)): Path<(String, String)>,
+    crate::web::ClientIp(ip): crate::web::ClientIp,
+    method: Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    match forward_inner(&state, &id, &rest, ip, method, headers, uri, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// A request the gateway may pass on: the control plane, where it answers, and the token to
+/// present there.
+pub(crate) struct Upstream {
+    pub(crate) cp: ControlPlane,
+    /// `http://host:port` of the control plane.
+    pub(crate) endpoint: String,
+    /// The minted bearer token for this request.
+    pub(crate) token: String,
+}
+
+/// The control plane a `/cp/{id}/...` path names; `NOT_FOUND` for a malformed or unknown id.
+async fn find(state: &AppState, id: &str) -> Result<ControlPlane, ApiError> {
+    let not_found = || ApiError::NotFound("control plane".into());
+    let id: Uuid = id.parse().map_err(|_| not_found())?;
+    super::get_by_id(&state.pool, id)
+        .await?
+        .ok_or_else(not_found)
+}
+
+/// Authenticates the caller, checks their role in the control plane's organisation, wakes the
+/// control plane if it hibernates, and mints the token for this request.
+pub(crate) async fn resolve(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+) -> Result<Upstream, ApiError> {
+    let principal = crate::identity::authenticate(&state.pool, headers)
+        .await?
+        .ok_or(ApiError::Unauthenticated)?;
+    let services = &state.controlplanes;
+    let cp = find(state, id).await?;
+    let role = role_in(state, &principal, &cp).await?;
+    // The plan's limits travel in the token; one indexed read (none without Stripe).
+    let billing = &services.billing;
+    let (plan, _) = crate::billing::plan_of(&state.pool, billing, cp.org_id).await?;
+    let limits = crate::billing::limits(billing.plans(), plan);
+    let endpoint = reach(state, &cp).await?;
+    let (sub_kind, sub) = match &principal {
+        Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
+        Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
+    };
+    let token = services.keys.signer.mint_with_limits(
+        sub_kind,
+        sub,
+        cp.org_id,
+        cp.id,
+        role,
+        chrono::Duration::seconds(TOKEN_TTL_SECS),
+        Some(limits),
+    );
+    Ok(Upstream {
+        cp,
+        endpoint,
+        token,
+    })
+}
+
+/// Wakes the control plane if it hibernates and answers where it listens, or why it cannot
+/// be reached (including an organisation suspended for non-payment).
+async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> {
+    let services = &state.controlplanes;
+    let id = cp.id;
+    if cp.billing_hold {
+        return Err(crate::billing::past_due_error());
+    }
+    let status = Status::parse(&cp.status)?;
+    match status {
+        Status::Ready => {}
+        Status::Hibernated => lifecycle::wake(&state.pool, services, cp).await?,
+        other => return Err(not_ready(other)),
+    }
+    let ready = || async {
+        match services.driver.status(id).await {
+            Ok(RuntimeStatus::Ready(ep)) => Ok(Some(ep)),
+            Ok(_) => Ok(None),
+            Err(e) => Err(crate::error::internal(e)),
+        }
+    };
+    let endpoint = match ready().await? {
+        Some(ep) => ep,
+        None => {
+            // Restarting (crash, management restart): wait briefly rather than fail.
+            lifecycle::wait_ready(services, id).await?;
+            ready()
+                .await?
+                .ok_or_else(|| not_ready(Status::Provisioning))?
+        }
+    };
+    // Recorded at most every few seconds: it feeds hibernation, not billing.
+    sqlx::query(
+        "update control_planes set last_request_at = now()
+         where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
+    )
+    .bind(cp.id)
+    .execute(&state.pool)
+    .await?;
+    Ok(endpoint.0)
+}
+
+/// Whether a request is the tenant agent's own (registration, or an agent credential): the
+/// control plane checks those itself, so the gateway passes them through unchanged.
+fn is_agent_call(rest: &str, headers: &HeaderMap) -> bool {
+    let bearer_is_agent = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|b| b.starts_with(qleet_protocol::CREDENTIAL_PREFIX));
+    rest.starts_with("agent/v1/") && (rest == "agent/v1/register" || bearer_is_agent)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward_inner(
+    state: &AppState,
+    id: &str,
+    rest: &str,
+    ip: Option<String>,
+    method: Method,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (endpoint, authorization) = if is_agent_call(rest, &headers) {
+        let cp = find(state, id).await?;
+        let endpoint = reach(state, &cp).await?;
+        (endpoint, headers.get(header::AUTHORIZATION).cloned())
+    } else {
+        let Upstream {
+            endpoint, token, ..
+        } = resolve(state, id, &headers).await?;
+        let bearer = format!("Bearer {token}")
+            .parse()
+            .map_err(crate::error::internal)?;
+        (endpoint, Some(bearer))
+    };
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let mut upstream = state
+        .http
+        .request(method, format!("{endpoint}/{rest}{query}"))
+        // Long-polling agents wait up to 30 s for work.
+        .timeout(UPSTREAM_TIMEOUT + Duration::from_secs(5))
+        .header("x-request-id", crate::telemetry::current_request_id())
+        .body(body);
+    if let Some(authorization) = authorization {
+        upstream = upstream.header(header::AUTHORIZATION, authorization);
+    }
+    for name in [header::CONTENT_TYPE, header::ACCEPT] {
+        if let Some(v) = headers.get(&name) {
+            upstream = upstream.header(name, v);
+        }
+    }
+    if let Some(ip) = ip {
+        upstream = upstream.header("x-forwarded-for", ip);
+    }
+    let response = upstream.send().await.map_err(|e| ApiError::Unavailable {
+        code: "CONTROL_PLANE_UNREACHABLE",
+        message: format!(
+            "the control plane did not answer ({})",
+            if e.is_timeout() {
+                "timeout"
+            } else {
+                "connection failed"
+            }
+        ),
+    })?;
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let bytes = response.bytes().await.map_err(crate::error::internal)?;
+    let mut out = (status, bytes).into_response();
+    if let Some(ct) = content_type {
+        out.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(out)
+}
+
+/// Runs a GraphQL request on a control plane as the principal `headers` name (the web UI's
+/// server functions use this; API clients go through [`forward`]). Answers the control plane's
+/// GraphQL response JSON.
+pub async fn graphql(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let Upstream {
+        endpoint, token, ..
+    } = resolve(state, id, headers).await?;
+    let response = state
+        .http
+        .post(format!("{endpoint}/graphql"))
+        .timeout(UPSTREAM_TIMEOUT)
+        .bearer_auth(token)
+        .header("x-request-id", crate::telemetry::current_request_id())
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| ApiError::Unavailable {
+            code: "CONTROL_PLANE_UNREACHABLE",
+            message: format!("the control plane did not answer ({e})"),
+        })?;
+    response.json().await.map_err(crate::error::internal)
+}

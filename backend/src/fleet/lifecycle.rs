@@ -1,0 +1,434 @@
+//! The lifecycle worker: drives each control plane's `status` towards what was asked for, one
+//! idempotent step at a time, persisting every transition. A management plane that dies at any
+//! point resumes where the database says it was: roles, databases and runtimes that already
+//! exist are adopted, never duplicated.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret as _, SecretString};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::driver::{ControlPlaneSpec, RuntimeStatus};
+use super::{COLUMNS, ControlPlane, Services, Status, transition};
+use crate::error::ApiError;
+
+/// How long a started control plane may take to answer its readiness check.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs forever: steps whatever needs work, sleeps until woken or a second has passed, and
+/// every few seconds checks running control planes (restart after a management restart,
+/// hibernation).
+pub async fn run(pool: PgPool, services: Arc<Services>) {
+    let mut last_sweep = std::time::Instant::now() - Duration::from_secs(60);
+    loop {
+        match step(&pool, &services).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "control-plane lifecycle step failed"),
+        }
+        if last_sweep.elapsed() >= Duration::from_secs(2) {
+            if let Err(e) = sweep(&pool, &services).await {
+                tracing::warn!(error = %e, "control-plane sweep failed");
+            }
+            last_sweep = std::time::Instant::now();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), services.wake.notified()).await;
+    }
+}
+
+/// Claims one control plane that needs work and moves it one step. Returns whether it did.
+pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> {
+    let claimed = sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
+        "update control_planes set locked_until = now() + interval '5 minutes'
+         where id = (
+             select id from control_planes
+             where next_attempt_at <= now() and (locked_until is null or locked_until < now())
+               and (status in ('pending', 'provisioning', 'deleting')
+                    or (status in ('ready', 'hibernated') and desired = 'suspended')
+                    or (status = 'suspended' and desired = 'running'))
+             order by next_attempt_at limit 1
+             for update skip locked)
+         returning {COLUMNS}"
+    )))
+    .fetch_optional(pool)
+    .await?;
+    let Some(cp) = claimed else { return Ok(false) };
+    let span = tracing::info_span!("control_plane", control_plane.id = %cp.id, status = %cp.status);
+    let result = tracing::Instrument::instrument(advance(pool, services, &cp), span).await;
+    match result {
+        Ok(()) => {
+            sqlx::query("update control_planes set locked_until = null where id = $1")
+                .bind(cp.id)
+                .execute(pool)
+                .await?;
+        }
+        Err(e) => {
+            // The operator-facing reason: the cause itself, not the generic API message.
+            let reason = match &e {
+                ApiError::Internal { source, .. } => format!("{source:#}"),
+                other => other.to_string(),
+            };
+            tracing::warn!(control_plane.id = %cp.id, error = %reason, "control-plane step failed; will retry");
+            let row: (i32, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+                "update control_planes set locked_until = null, attempts = attempts + 1, status_reason = $2,
+                     next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '5 minutes'),
+                     updated_at = now()
+                 where id = $1 returning attempts, updated_at",
+            )
+            .bind(cp.id)
+            .bind(&reason)
+            .fetch_one(pool)
+            .await?;
+            let _ = services.changes.send(super::Change {
+                org_id: cp.org_id,
+                id: cp.id,
+                status: Status::parse(&cp.status)?,
+                status_reason: Some(reason),
+                updated_at: row.1,
+            });
+        }
+    }
+    Ok(true)
+}
+
+async fn move_to(
+    pool: &PgPool,
+    services: &Services,
+    cp: &ControlPlane,
+    from: Status,
+    to: Status,
+    message: &str,
+) -> Result<(), ApiError> {
+    let mut conn = pool.acquire().await?;
+    let change = transition(&mut conn, cp.id, &[from], to, message).await?;
+    services.publish(change);
+    Ok(())
+}
+
+async fn advance(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let status = Status::parse(&cp.status)?;
+    match (status, cp.desired.as_str()) {
+        (Status::Pending, _) => {
+            move_to(
+                pool,
+                services,
+                cp,
+                status,
+                Status::Provisioning,
+                "provisioning started",
+            )
+            .await
+        }
+        (Status::Provisioning, desired) => {
+            provision_database(services, cp).await?;
+            if desired == "suspended" {
+                return move_to(
+                    pool,
+                    services,
+                    cp,
+                    status,
+                    Status::Suspended,
+                    "provisioned, suspended",
+                )
+                .await;
+            }
+            start_and_wait(services, cp).await?;
+            move_to(pool, services, cp, status, Status::Ready, "ready").await
+        }
+        (Status::Ready | Status::Hibernated, "suspended") => {
+            services.driver.stop(cp.id).await.map_err(driver_error)?;
+            move_to(pool, services, cp, status, Status::Suspended, "suspended").await
+        }
+        (Status::Suspended, "running") => {
+            start_and_wait(services, cp).await?;
+            move_to(pool, services, cp, status, Status::Ready, "resumed").await
+        }
+        (Status::Deleting, _) => delete(pool, services, cp).await,
+        _ => Ok(()),
+    }
+}
+
+fn driver_error(e: super::driver::DriverError) -> ApiError {
+    crate::error::internal(anyhow::anyhow!("runtime: {e}"))
+}
+
+/// The spec a driver needs, with the decrypted database URL.
+pub fn spec(services: &Services, cp: &ControlPlane) -> Result<ControlPlaneSpec, ApiError> {
+    Ok(ControlPlaneSpec {
+        id: cp.id,
+        org_id: cp.org_id,
+        database_url: tenant_url(services, cp)?,
+        verifying_key: services.keys.signer.public_key(),
+    })
+}
+
+/// The tenant role's password, decrypted.
+fn password(services: &Services, cp: &ControlPlane) -> Result<String, ApiError> {
+    let bytes = services
+        .keys
+        .decrypt(&cp.db_password_enc)
+        .map_err(crate::error::internal)?;
+    String::from_utf8(bytes).map_err(crate::error::internal)
+}
+
+/// The tenant's database URL: the management server, the tenant's own role and database.
+fn tenant_url(services: &Services, cp: &ControlPlane) -> Result<SecretString, ApiError> {
+    let password = password(services, cp)?;
+    let mut url =
+        url::Url::parse(services.admin_url.expose_secret()).map_err(crate::error::internal)?;
+    url.set_username(&cp.db_role)
+        .map_err(|()| crate::error::internal(anyhow::anyhow!("bad database URL")))?;
+    url.set_password(Some(&password))
+        .map_err(|()| crate::error::internal(anyhow::anyhow!("bad database URL")))?;
+    url.set_path(&cp.db_name);
+    Ok(SecretString::from(url.to_string()))
+}
+
+/// Creates the tenant's login role and database (or adopts existing ones), closes the database
+/// to everyone else, and applies the control-plane migrations as the tenant.
+async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let password = password(services, cp)?;
+    // Identifiers are `qleet_cp_<hex>` and the password base64url: nothing to escape.
+    let safe = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !safe(&cp.db_role) || !safe(&cp.db_name) || !safe(&password) {
+        return Err(crate::error::internal(anyhow::anyhow!(
+            "unexpected characters in tenant identifiers"
+        )));
+    }
+    let admin = admin_pool(services).await?;
+    let role_exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
+            .bind(&cp.db_role)
+            .fetch_one(&admin)
+            .await?;
+    let verb = if role_exists { "alter" } else { "create" };
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{verb} role {} login password '{password}' nosuperuser nocreatedb nocreaterole connection limit 50",
+        cp.db_role
+    )))
+    .execute(&admin)
+    .await?;
+    let db_exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&cp.db_name)
+            .fetch_one(&admin)
+            .await?;
+    if !db_exists {
+        let created = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "create database {} owner {}",
+            cp.db_name, cp.db_role
+        )))
+        .execute(&admin)
+        .await;
+        // A concurrent or earlier half-finished attempt may have made it: adopt it.
+        if let Err(e) = created
+            && !matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("42P04"))
+        {
+            return Err(e.into());
+        }
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "revoke all on database {} from public",
+        cp.db_name
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    // The control plane applies its own migrations when it starts, as its database's owner.
+    Ok(())
+}
+
+/// A one-connection pool on the management server with the management role (which creates
+/// tenant roles and databases).
+async fn admin_pool(services: &Services) -> Result<PgPool, ApiError> {
+    Ok(sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(services.admin_url.expose_secret())
+        .await?)
+}
+
+async fn start_and_wait(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let spec = spec(services, cp)?;
+    services.driver.start(&spec).await.map_err(driver_error)?;
+    wait_ready(services, cp.id).await
+}
+
+/// Polls the driver until the control plane answers its readiness check.
+pub async fn wait_ready(services: &Services, id: Uuid) -> Result<(), ApiError> {
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        match services.driver.status(id).await.map_err(driver_error)? {
+            RuntimeStatus::Ready(_) => return Ok(()),
+            RuntimeStatus::Failed(reason) => {
+                return Err(crate::error::internal(anyhow::anyhow!(
+                    "control plane failed to start: {reason}"
+                )));
+            }
+            RuntimeStatus::Starting | RuntimeStatus::Stopped => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(crate::error::internal(anyhow::anyhow!(
+                "control plane did not become ready in time"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops the runtime at once; drops database and role once the retention period has passed.
+async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    services.driver.delete(cp.id).await.map_err(driver_error)?;
+    if let Some(after) = cp.delete_after
+        && after > chrono::Utc::now()
+    {
+        sqlx::query(
+            "update control_planes set next_attempt_at = $2, status_reason = $3 where id = $1",
+        )
+        .bind(cp.id)
+        .bind(after)
+        .bind(format!(
+            "stopped; its database is kept until {}",
+            after.format("%Y-%m-%d %H:%M UTC")
+        ))
+        .execute(pool)
+        .await?;
+        return Ok(());
+    }
+    export(services, cp).await?;
+    let admin = admin_pool(services).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database if exists {} with (force)",
+        cp.db_name
+    )))
+    .execute(&admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop role if exists {}",
+        cp.db_role
+    )))
+    .execute(&admin)
+    .await?;
+    admin.close().await;
+    move_to(
+        pool,
+        services,
+        cp,
+        Status::Deleting,
+        Status::Deleted,
+        "deleted: runtime, database and role removed",
+    )
+    .await
+}
+
+/// Exports the tenant database with `pg_dump` (custom format) to `EXPORT_DIR/<id>.dump`, the
+/// last copy of its objects once the database is dropped. Skipped when the database is gone
+/// already (a retried deletion).
+async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let admin = admin_pool(services).await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(&cp.db_name)
+            .fetch_one(&admin)
+            .await?;
+    admin.close().await;
+    if !exists {
+        return Ok(());
+    }
+    let pg_dump = crate::embedded_pg::find_tools(&["pg_dump"])
+        .map(|d| d.join("pg_dump"))
+        .map_err(|_| {
+            crate::error::internal(anyhow::anyhow!(
+                "pg_dump not found: install the PostgreSQL client tools"
+            ))
+        })?;
+    std::fs::create_dir_all(&services.export_dir).map_err(crate::error::internal)?;
+    let file = services.export_dir.join(format!("{}.dump", cp.id));
+    let url = tenant_url(services, cp)?;
+    let out = tokio::process::Command::new(pg_dump)
+        .args(["--format=custom", "--no-owner", "--file"])
+        .arg(&file)
+        .arg(format!("--dbname={}", url.expose_secret()))
+        .output()
+        .await
+        .map_err(crate::error::internal)?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(crate::error::internal(anyhow::anyhow!(
+            "pg_dump failed: {}",
+            stderr.trim()
+        )));
+    }
+    tracing::info!(control_plane.id = %cp.id, file = %file.display(), "exported the control plane's database");
+    Ok(())
+}
+
+/// Checks Ready control planes: restarts any the runtime no longer runs (after a management
+/// restart or a crash it could not recover), and hibernates idle ones.
+async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
+    let ready = sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
+        "select {COLUMNS} from control_planes where status = 'ready' and (locked_until is null or locked_until < now())"
+    )))
+    .fetch_all(pool)
+    .await?;
+    for cp in ready {
+        let idle: bool = match services.hibernate_after {
+            Some(after) => sqlx::query_scalar(
+                "select coalesce(last_request_at, updated_at) < now() - $2 from control_planes where id = $1",
+            )
+            .bind(cp.id)
+            .bind(chrono::Duration::from_std(after).map_err(crate::error::internal)?)
+            .fetch_one(pool)
+            .await?,
+            None => false,
+        };
+        if idle {
+            services.driver.stop(cp.id).await.map_err(driver_error)?;
+            move_to(
+                pool,
+                services,
+                &cp,
+                Status::Ready,
+                Status::Hibernated,
+                "hibernated after being idle",
+            )
+            .await?;
+            continue;
+        }
+        if services.driver.status(cp.id).await.map_err(driver_error)? == RuntimeStatus::Stopped {
+            tracing::info!(control_plane.id = %cp.id, "runtime not running; starting it again");
+            services
+                .driver
+                .start(&spec(services, &cp)?)
+                .await
+                .map_err(driver_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// Wakes a hibernated control plane for a request: starts it, waits until it answers, marks it
+/// Ready. Concurrent wakers all wait for the same start.
+pub async fn wake(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    services
+        .driver
+        .start(&spec(services, cp)?)
+        .await
+        .map_err(driver_error)?;
+    wait_ready(services, cp.id).await?;
+    let mut conn = pool.acquire().await?;
+    let change = transition(
+        &mut conn,
+        cp.id,
+        &[Status::Hibernated],
+        Status::Ready,
+        "woken by a request",
+    )
+    .await?;
+    services.publish(change);
+    Ok(())
+}

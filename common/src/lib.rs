@@ -1,0 +1,9 @@
+//! What both of Qleet's servers (the management plane `qleet` and each tenant's
+//! `qleet-control-plane`) need and define once: the API error type with its stable codes and
+//! GraphQL mapping ([`error`]), logs, request spans and metrics ([`telemetry`]), random secrets
+//! and their hashes ([`secrets`]), and the shutdown signal ([`shutdown`]).
+
+pub mod error;
+pub mod secrets;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,150 @@
+//! The control plane's configuration: flags and `QLEET_CP_*` variables, checked once at start.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+use qleet_common::telemetry::LogFormat;
+use secrecy::SecretString;
+use url::Url;
+
+/// One tenant's Qleet control plane: the orchestrator over its own database, reached through the
+/// management plane's gateway (or, self-hosted, with a static admin token).
+#[derive(Debug, Parser)]
+#[command(name = "qleet-control-plane", version, about)]
+pub struct ControlPlaneArgs {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "QLEET_CP_LISTEN",
+        value_name = "QLEET_CP_LISTEN",
+        default_value = "127.0.0.1:8090"
+    )]
+    pub listen: SocketAddr,
+    /// PostgreSQL URL of this control plane's own database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// This control plane's id; its database is bound to it on first start.
+    #[arg(long, env = "QLEET_CP_ID", value_name = "QLEET_CP_ID")]
+    pub id: uuid::Uuid,
+    /// The management plane's public key (base64url Ed25519) that signs request tokens.
+    #[arg(
+        long,
+        env = "QLEET_CP_VERIFYING_KEY",
+        value_name = "QLEET_CP_VERIFYING_KEY"
+    )]
+    pub verifying_key: Option<String>,
+    /// Standalone (self-hosted) mode: a static admin token, at least 32 characters.
+    #[arg(
+        long,
+        env = "QLEET_CP_ADMIN_TOKEN",
+        value_name = "QLEET_CP_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        env = "QLEET_LOG_FORMAT",
+        value_name = "QLEET_LOG_FORMAT",
+        default_value = "json"
+    )]
+    pub log_format: LogFormat,
+    /// Benchmarks only: ignore LISTEN/NOTIFY and poll for work every this many milliseconds
+    /// (the baseline the notification-driven reconciler is compared with).
+    #[arg(
+        long,
+        env = "QLEET_CP_POLL_MS",
+        value_name = "QLEET_CP_POLL_MS",
+        hide = true
+    )]
+    pub poll_ms: Option<u64>,
+    /// Testing only: abort the process at this named point (crash-safety tests).
+    #[arg(
+        long,
+        env = "QLEET_CRASH_AT",
+        value_name = "QLEET_CRASH_AT",
+        hide = true
+    )]
+    pub crash_at: Option<String>,
+}
+
+/// How a control plane authenticates its callers.
+#[derive(Debug, Clone)]
+pub enum ControlPlaneAuth {
+    /// Tokens minted by the management plane's gateway.
+    Gateway(qleet_protocol::internal_token::Verifier),
+    /// Self-hosted: one static admin token, kept only as a hash.
+    Standalone { admin_token_hash: Vec<u8> },
+}
+
+/// A control plane's configuration, checked once at start.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    pub listen: SocketAddr,
+    pub database_url: SecretString,
+    pub id: uuid::Uuid,
+    pub auth: ControlPlaneAuth,
+    pub log_format: LogFormat,
+    /// Testing only: the named point where the process aborts on purpose.
+    pub crash_at: Option<String>,
+    /// Benchmarks only: poll every this long instead of waking on notifications.
+    pub poll_interval: Option<std::time::Duration>,
+}
+
+impl ControlPlaneConfig {
+    pub fn from_args(args: ControlPlaneArgs) -> Result<Self, ConfigError> {
+        let auth = match (args.verifying_key, args.admin_token) {
+            (Some(key), None) => ControlPlaneAuth::Gateway(
+                qleet_protocol::internal_token::Verifier::new(&key, args.id).map_err(|_| {
+                    ConfigError(
+                        "QLEET_CP_VERIFYING_KEY is not a base64url Ed25519 public key".into(),
+                    )
+                })?,
+            ),
+            (None, Some(token)) if token.len() >= 32 => ControlPlaneAuth::Standalone {
+                admin_token_hash: qleet_common::secrets::hash_secret(&token),
+            },
+            (None, Some(_)) => {
+                return Err(ConfigError(
+                    "QLEET_CP_ADMIN_TOKEN must be at least 32 characters".into(),
+                ));
+            }
+            _ => {
+                return Err(ConfigError(
+                    "give exactly one of QLEET_CP_VERIFYING_KEY (managed) or QLEET_CP_ADMIN_TOKEN (standalone)".into(),
+                ));
+            }
+        };
+        Ok(ControlPlaneConfig {
+            listen: args.listen,
+            database_url: parse_database_url(&args.database_url)?,
+            id: args.id,
+            auth,
+            log_format: args.log_format,
+            crash_at: args.crash_at,
+            poll_interval: args.poll_ms.map(std::time::Duration::from_millis),
+        })
+    }
+}
+
+/// A configuration value that cannot be used, with a one-line reason.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
+    let parsed =
+        Url::parse(url).map_err(|e| ConfigError(format!("DATABASE_URL is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(ConfigError(format!(
+            "DATABASE_URL must start with postgres:// (got {}://)",
+            parsed.scheme()
+        )));
+    }
+    Ok(SecretString::from(url.to_owned()))
+}

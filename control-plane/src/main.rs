@@ -1,0 +1,60 @@
+//! `qleet-control-plane`: one tenant's control plane server (started by the management plane's
+//! process driver or Kubernetes driver, or run standalone).
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use qleet_control_plane::Application;
+use qleet_control_plane::config::{ControlPlaneArgs, ControlPlaneConfig};
+
+fn main() -> ExitCode {
+    let args = match ControlPlaneArgs::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            // clap's report spans several lines; keep its first paragraph, on one line.
+            let rendered = e.render().to_string();
+            let reason: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            eprintln!(
+                "qleet-control-plane: {}",
+                reason.join(" ").trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    // Many control planes share a server: two workers and a small blocking pool keep an idle
+    // one's threads (and their stacks) few.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(2)
+        .enable_all()
+        .build();
+    let result = match runtime {
+        Ok(runtime) => runtime.block_on(run(args)),
+        Err(e) => Err(anyhow::Error::new(e).context("cannot start the async runtime")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qleet-control-plane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let config = ControlPlaneConfig::from_args(args)?;
+    qleet_common::telemetry::init_logging(config.log_format);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = Application::build(config, listener).await?;
+    tracing::info!(addr = %app.local_addr()?, "control plane serving");
+    app.run_until(qleet_common::shutdown::shutdown_signal())
+        .await
+}

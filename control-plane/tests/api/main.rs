@@ -1,0 +1,8 @@
+//! Integration tests of one tenant's control plane, one binary, a module per area: each starts
+//! standalone control planes (in this process, or as real `qleet-control-plane` processes) on
+//! fresh databases.
+
+mod agents;
+mod control_plane;
+mod objects;
+mod schema;
