@@ -1680,6 +1680,25 @@ async fn control_planes_beyond_the_plan_after_a_cancellation_while_past_due_stay
         .await
         .expect("count");
     assert_eq!(kept, 1, "the held control plane's data is kept");
+    // The billing page (as the server renders it) says which one is held and why.
+    let html = app
+        .http
+        .get(format!("{}/orgs/acme/billing", app.url))
+        .header("cookie", format!("qleet_session={}", alice.cookie))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let held_card = html
+        .split("id=\"billing-held\"")
+        .nth(1)
+        .expect("the held control planes card");
+    assert!(
+        held_card.contains("newer") && held_card.contains("beyond the Free plan"),
+        "{held_card}"
+    );
 
     // Subscribing again lifts the limit: the held one runs again by itself.
     ls.subscribe(&customer, "price_team").await;
