@@ -220,9 +220,9 @@ pub enum Applied {
 /// Statuses in which a subscription is over for good.
 const ENDED: [&str; 2] = ["canceled", "incomplete_expired"];
 
-/// The subscription an organisation's plan comes from, out of all its customer's subscriptions
-/// (Stripe lists them newest first): the live one with the largest plan, one in good standing
-/// before an owing one on the same plan; with none live, the newest (to show its status).
+/// The subscription an organisation's plan comes from, out of all its customer's subscriptions:
+/// the live one with the largest plan, one in good standing before an owing one on the same
+/// plan, then the newest; with none live, the newest (to show its status).
 pub fn primary<'a>(
     plans: &Plans,
     subscriptions: &'a [stripe::Subscription],
@@ -234,15 +234,13 @@ pub fn primary<'a>(
                 .iter()
                 .position(|plan| plan.stripe_price.as_deref() == Some(p))
         });
-        (plan, !OWING.contains(&s.status.as_str()))
+        (plan, !OWING.contains(&s.status.as_str()), s.created)
     };
     subscriptions
         .iter()
         .filter(|s| LIVE.contains(&s.status.as_str()))
-        // `max_by_key` keeps the last maximum; reversed, that is the newest.
-        .rev()
         .max_by_key(|s| rank(s))
-        .or_else(|| subscriptions.first())
+        .or_else(|| subscriptions.iter().max_by_key(|s| s.created))
 }
 
 /// Applies the customer's subscriptions as Stripe had them when the read started (`read_at`)
@@ -485,4 +483,43 @@ pub async fn queue_cancellation(
     .await?
     .rows_affected()
         > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, price: &str, status: &str, created: i64) -> stripe::Subscription {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "customer": "cus_1", "status": status, "created": created,
+            "items": { "data": [ { "price": { "id": price } } ] },
+        }))
+        .expect("subscription")
+    }
+
+    #[test]
+    fn the_plan_comes_from_the_largest_live_subscription_whatever_the_order() {
+        let plans =
+            Plans::from_config(None, Some("team=price_t,business=price_b"), "free").expect("plans");
+        let id = |subs: &[stripe::Subscription]| primary(&plans, subs).map(|s| s.id.clone());
+        let team = sub("sub_team", "price_t", "active", 1);
+        let business_gone = sub("sub_business", "price_b", "canceled", 2);
+        assert_eq!(
+            id(&[team.clone(), business_gone.clone()]),
+            Some("sub_team".into())
+        );
+        assert_eq!(
+            id(&[business_gone.clone(), team.clone()]),
+            Some("sub_team".into())
+        );
+        let business = sub("sub_business", "price_b", "active", 2);
+        assert_eq!(id(&[team.clone(), business]), Some("sub_business".into()));
+        // Same plan: the one in good standing before the owing one.
+        let owing = sub("sub_owing", "price_t", "past_due", 3);
+        assert_eq!(id(&[owing.clone(), team.clone()]), Some("sub_team".into()));
+        // None live: the newest, for its status.
+        let old = sub("sub_old", "price_t", "canceled", 1);
+        assert_eq!(id(&[old, business_gone]), Some("sub_business".into()));
+        assert_eq!(id(&[]), None);
+    }
 }

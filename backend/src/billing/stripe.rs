@@ -32,6 +32,9 @@ pub struct Subscription {
     pub customer: String,
     /// `active`, `trialing`, `past_due`, `unpaid`, `canceled`, `incomplete`, ...
     pub status: String,
+    /// When it was created (Unix seconds).
+    #[serde(default)]
+    pub created: i64,
     pub items: List<SubscriptionItem>,
 }
 
