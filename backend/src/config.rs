@@ -271,14 +271,25 @@ pub struct BillingArgs {
         default_value = "free"
     )]
     pub default_plan: String,
-    /// Hours a past-due organisation keeps its control planes running before they are suspended.
+    /// How long a past-due organisation keeps its control planes running before they are
+    /// suspended: a duration such as `30m`, `36h`, `7d` or `1h30m` (units s, m, h, d); a bare
+    /// number is hours. Default 7d.
+    #[arg(
+        long,
+        env = "QLEET_BILLING_GRACE",
+        value_name = "QLEET_BILLING_GRACE",
+        value_parser = parse_grace
+    )]
+    pub billing_grace: Option<Duration>,
+    /// Deprecated name of QLEET_BILLING_GRACE (same values; a bare number is hours). Setting
+    /// both is refused.
     #[arg(
         long,
         env = "QLEET_BILLING_GRACE_HOURS",
         value_name = "QLEET_BILLING_GRACE_HOURS",
-        default_value_t = 168
+        value_parser = parse_grace
     )]
-    pub billing_grace_hours: u64,
+    pub billing_grace_hours: Option<Duration>,
     /// Seconds between runs of the billing worker (grace deadlines, usage reports).
     #[arg(
         long,
@@ -295,6 +306,61 @@ pub struct BillingArgs {
         default_value_t = 300
     )]
     pub usage_sample_secs: u64,
+}
+
+/// The grace period without `QLEET_BILLING_GRACE`: a week.
+const DEFAULT_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest grace period accepted (a year): anything longer is a typo.
+const MAX_GRACE: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A grace period: `30m`, `36h`, `7d`, `1h30m`, `90s` (units s, m, h, d, combinable), or a bare
+/// number of hours (`168`, `0.5`) as `QLEET_BILLING_GRACE_HOURS` always took.
+pub fn parse_grace(input: &str) -> Result<Duration, String> {
+    let text = input.trim();
+    let refuse = || {
+        format!(
+            "{input:?} is not a duration: use e.g. 30m, 36h, 7d or 1h30m (a bare number is hours)"
+        )
+    };
+    let duration = if let Ok(hours) = text.parse::<f64>() {
+        if !hours.is_finite() || hours < 0.0 {
+            return Err(refuse());
+        }
+        Duration::try_from_secs_f64(hours * 3600.0).map_err(|_| refuse())?
+    } else {
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        if rest.is_empty() {
+            return Err(refuse());
+        }
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(refuse)?;
+            if digits == 0 {
+                return Err(refuse());
+            }
+            let n: u64 = rest[..digits].parse().map_err(|_| refuse())?;
+            let unit = rest[digits..].chars().next().ok_or_else(refuse)?;
+            let secs = match unit {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                _ => return Err(refuse()),
+            };
+            let part = n.checked_mul(secs).ok_or_else(refuse)?;
+            total = total
+                .checked_add(Duration::from_secs(part))
+                .ok_or_else(refuse)?;
+            rest = rest[digits + unit.len_utf8()..].trim_start();
+        }
+        total
+    };
+    if duration > MAX_GRACE {
+        return Err(format!("{input:?} is longer than a year"));
+    }
+    Ok(duration)
 }
 
 /// Stripe credentials and endpoints.
@@ -349,6 +415,16 @@ impl BillingConfig {
                 ));
             }
         };
+        let grace = match (args.billing_grace, args.billing_grace_hours) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set QLEET_BILLING_GRACE or its old name QLEET_BILLING_GRACE_HOURS, not both"
+                        .into(),
+                ));
+            }
+            (Some(g), None) | (None, Some(g)) => g,
+            (None, None) => DEFAULT_GRACE,
+        };
         if args.billing_interval_secs == 0 || args.usage_sample_secs == 0 {
             return Err(ConfigError(
                 "QLEET_BILLING_INTERVAL_SECS and QLEET_USAGE_SAMPLE_SECS must be at least 1".into(),
@@ -361,7 +437,7 @@ impl BillingConfig {
                 args.stripe_prices.as_deref(),
                 &args.default_plan,
             )?,
-            grace: Duration::from_secs(args.billing_grace_hours * 3600),
+            grace,
             interval: Duration::from_secs(args.billing_interval_secs),
             usage_sample_interval: Duration::from_secs(args.usage_sample_secs),
             webhook_tolerance: Duration::from_secs(300),
@@ -373,7 +449,7 @@ impl BillingConfig {
         BillingConfig {
             stripe: None,
             plans: crate::billing::plans::Plans::builtin(),
-            grace: Duration::from_secs(168 * 3600),
+            grace: DEFAULT_GRACE,
             interval: Duration::from_secs(60),
             usage_sample_interval: Duration::from_secs(300),
             webhook_tolerance: Duration::from_secs(300),
@@ -720,11 +796,50 @@ mod tests {
                 stripe_meter_event: None,
                 plans: None,
                 default_plan: "free".into(),
-                billing_grace_hours: 168,
+                billing_grace: None,
+                billing_grace_hours: None,
                 billing_interval_secs: 60,
                 usage_sample_secs: 300,
             },
         }
+    }
+
+    #[test]
+    fn the_grace_period_is_a_duration_and_a_bare_number_is_hours() {
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        assert_eq!(parse_grace("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_grace("36h"), Ok(h(36)));
+        assert_eq!(parse_grace("7d"), Ok(h(168)));
+        assert_eq!(parse_grace(" 1h30m "), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_grace("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_grace("168"), Ok(h(168)));
+        assert_eq!(parse_grace("0.01"), Ok(Duration::from_secs(36)));
+        assert_eq!(parse_grace("0"), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "h",
+            "-1",
+            "1x",
+            "1.5h",
+            "NaN",
+            "inf",
+            "400d",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_grace(bad).is_err(), "{bad:?}");
+        }
+        let mut args = common().billing;
+        assert_eq!(
+            BillingConfig::from_args(&args).expect("default").grace,
+            h(168)
+        );
+        args.billing_grace_hours = Some(h(36));
+        assert_eq!(
+            BillingConfig::from_args(&args).expect("old name").grace,
+            h(36)
+        );
+        args.billing_grace = Some(h(1));
+        assert!(BillingConfig::from_args(&args).is_err(), "both names set");
     }
 
     #[test]

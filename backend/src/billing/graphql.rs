@@ -19,6 +19,11 @@ fn billing<'a>(ctx: &Context<'a>) -> &'a Billing {
     &ctx.data_unchecked::<Arc<crate::fleet::Services>>().billing
 }
 
+/// Wakes the billing worker (e.g. a deleted organisation's cancellation was queued).
+pub fn wake_worker(ctx: &Context<'_>) {
+    billing(ctx).wake.notify_one();
+}
+
 /// A plan and what it allows (`null`: unlimited).
 #[derive(SimpleObject, Clone)]
 #[graphql(name = "Plan")]
@@ -74,7 +79,26 @@ pub struct BillingObject {
     suspend_after: Option<DateTime<Utc>>,
     /// Control planes are suspended for non-payment.
     suspended: bool,
+    /// Control planes billing holds (suspended, data kept), and why.
+    held_control_planes: Vec<HeldControlPlane>,
     usage: Usage,
+}
+
+/// Why billing holds a control plane.
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    /// The subscription is unpaid past its grace period.
+    PastDue,
+    /// It is beyond the plan's control-plane limit (the newest ones are held).
+    OverLimit,
+}
+
+/// A control plane billing holds: it runs again once the organisation pays or its plan allows it.
+#[derive(SimpleObject)]
+pub struct HeldControlPlane {
+    id: uuid::Uuid,
+    name: String,
+    reason: HoldReason,
 }
 
 /// The `billing` field of [`Organization`].
@@ -119,6 +143,13 @@ async fn load(
     .bind(org_id)
     .fetch_one(&mut *conn)
     .await?;
+    let held: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
+        "select id, name, billing_hold_reason from control_planes
+         where org_id = $1 and billing_hold order by created_at, id",
+    )
+    .bind(org_id)
+    .fetch_all(&mut *conn)
+    .await?;
     let past_due_since = account.past_due_since.filter(|_| stripe);
     let grace = chrono::Duration::from_std(billing.config.grace).unwrap_or(chrono::Duration::MAX);
     Ok(BillingObject {
@@ -136,6 +167,17 @@ async fn load(
         past_due_since,
         suspend_after: past_due_since.and_then(|s| s.checked_add_signed(grace)),
         suspended: super::grace_over(billing, &account),
+        held_control_planes: held
+            .into_iter()
+            .map(|(id, name, reason)| HeldControlPlane {
+                id,
+                name,
+                reason: match reason.as_deref() {
+                    Some("over_limit") => HoldReason::OverLimit,
+                    _ => HoldReason::PastDue,
+                },
+            })
+            .collect(),
         usage: Usage {
             control_planes: u32::try_from(control_planes).unwrap_or(u32::MAX),
             objects: objects.and_then(|n| u32::try_from(n).ok()),
@@ -165,24 +207,59 @@ pub async fn start_checkout(
             format!("the {} plan is not sold through Checkout", target.id),
         )
     })?;
-    let account = super::account(pool, access.org.id).await?;
-    if account
-        .subscription_status
-        .as_deref()
-        .is_some_and(|s| LIVE.contains(&s))
-    {
+    let customer = super::ensure_customer(pool, billing, &access.org).await?;
+    // One Checkout at a time: claim it (a short transaction), then call Stripe with no
+    // connection held. Stripe keeps a session open at least 30 minutes.
+    let expires_at = Utc::now() + chrono::Duration::minutes(31);
+    let mut tx = pool.begin().await?;
+    let (status, open_plan, open_url, open_until): (
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<DateTime<Utc>>,
+    ) = sqlx::query_as(
+        "select subscription_status, checkout_plan, checkout_url, checkout_expires_at
+         from billing_accounts where org_id = $1 for update",
+    )
+    .bind(access.org.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if status.as_deref().is_some_and(|s| LIVE.contains(&s)) {
         return Err(ApiError::Conflict(
             "this organisation already has a subscription; change its plan in the billing portal (Manage billing)".into(),
         ));
     }
-    let customer = super::ensure_customer(pool, billing, &access.org).await?;
+    if let Some(until) = open_until.filter(|t| *t > Utc::now()) {
+        if let (Some(url), Some(open)) = (open_url, open_plan.as_deref())
+            && open == target.id
+        {
+            // The same Checkout again (a second click, another tab): the open session.
+            return Ok(url);
+        }
+        return Err(ApiError::Conflict(format!(
+            "a Checkout for the {} plan is already open (until {} UTC); finish it, or start another after it expires",
+            open_plan.as_deref().unwrap_or("?"),
+            until.format("%H:%M")
+        )));
+    }
+    sqlx::query(
+        "update billing_accounts set checkout_session_id = null, checkout_url = null,
+             checkout_plan = $2, checkout_expires_at = $3
+         where org_id = $1",
+    )
+    .bind(access.org.id)
+    .bind(&target.id)
+    .bind(expires_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
     let page = format!("/orgs/{}/billing", access.org.slug);
     let usage_price = billing
         .config
         .stripe
         .as_ref()
         .and_then(|s| s.usage_price.as_deref());
-    let url = stripe
+    let session = stripe
         .checkout(
             access.org.id,
             &customer,
@@ -190,8 +267,26 @@ pub async fn start_checkout(
             usage_price,
             &config.url(&format!("{page}?checkout=success")),
             &config.url(&format!("{page}?checkout=cancelled")),
+            expires_at.timestamp(),
         )
-        .await?;
+        .await;
+    // Record the session, or give the claim up; only if it is still this call's claim.
+    let (id, url) = match &session {
+        Ok(s) => (Some(s.id.as_str()), Some(s.url.as_str())),
+        Err(_) => (None, None),
+    };
+    sqlx::query(
+        "update billing_accounts set checkout_session_id = $3, checkout_url = $4,
+             checkout_expires_at = case when $3 is null then null else checkout_expires_at end
+         where org_id = $1 and checkout_expires_at = $2",
+    )
+    .bind(access.org.id)
+    .bind(expires_at)
+    .bind(id)
+    .bind(url)
+    .execute(pool)
+    .await?;
+    let url = session?.url;
     let mut tx = pool.begin().await?;
     crate::audit::record(
         &mut tx,

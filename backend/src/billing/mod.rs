@@ -26,6 +26,8 @@ pub struct Billing {
     pub config: BillingConfig,
     /// `None` without Stripe keys.
     pub stripe: Option<stripe::StripeApi>,
+    /// Wakes the billing worker's queues (a stored event, a queued cancellation).
+    pub wake: tokio::sync::Notify,
 }
 
 impl Billing {
@@ -33,6 +35,7 @@ impl Billing {
         Billing {
             stripe: config.stripe.as_ref().map(stripe::StripeApi::new),
             config,
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -157,79 +160,126 @@ pub fn grace_over(billing: &Billing, account: &Account) -> bool {
             .is_some_and(|since| since + grace <= Utc::now())
 }
 
-/// The organisation's Stripe customer id, creating the customer once (the row is locked while
-/// it is made, so concurrent callers wait for the one customer).
+/// The organisation's Stripe customer id, creating the customer once. Stripe is called with no
+/// database connection held: the idempotency key is derived from the organisation, so concurrent
+/// callers get the same customer, and the first to store it wins.
 pub async fn ensure_customer(
     pool: &PgPool,
     billing: &Billing,
     org: &crate::orgs::Org,
 ) -> Result<String, ApiError> {
     let stripe = billing.stripe()?;
-    let mut tx = pool.begin().await?;
     sqlx::query("insert into billing_accounts (org_id) values ($1) on conflict do nothing")
         .bind(org.id)
-        .execute(&mut *tx)
+        .execute(pool)
         .await?;
-    let existing: Option<String> = sqlx::query_scalar(
-        "select stripe_customer_id from billing_accounts where org_id = $1 for update",
-    )
-    .bind(org.id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let existing: Option<String> =
+        sqlx::query_scalar("select stripe_customer_id from billing_accounts where org_id = $1")
+            .bind(org.id)
+            .fetch_one(pool)
+            .await?;
     if let Some(id) = existing {
         return Ok(id);
     }
     let id = stripe.create_customer(org.id, &org.slug, &org.name).await?;
-    sqlx::query(
-        "update billing_accounts set stripe_customer_id = $2, updated_at = now() where org_id = $1",
+    let mut tx = pool.begin().await?;
+    let stored: Option<Option<String>> = sqlx::query_scalar(
+        "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, $2),
+             updated_at = now()
+         where org_id = $1 returning stripe_customer_id",
     )
     .bind(org.id)
     .bind(&id)
-    .execute(&mut *tx)
+    .fetch_optional(&mut *tx)
     .await?;
-    crate::audit::record_system(
-        &mut tx,
-        org.id,
-        "billing.customer_created",
-        serde_json::json!({ "stripeCustomerId": id }),
-    )
-    .await?;
+    let stored = stored
+        .flatten()
+        .ok_or_else(|| ApiError::NotFound(format!("organization {:?}", org.slug)))?;
+    if stored == id {
+        crate::audit::record_system(
+            &mut tx,
+            org.id,
+            "billing.customer_created",
+            serde_json::json!({ "stripeCustomerId": id }),
+        )
+        .await?;
+    }
     tx.commit().await?;
-    Ok(id)
+    Ok(stored)
 }
 
-/// What applying a subscription's state did.
+/// What applying Stripe's state did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied {
     Changed,
-    /// A subscription that is over while another one is live: ignored.
+    Unchanged,
+    /// A newer read of Stripe was applied already: this older one is dropped.
     Stale,
 }
 
-/// Applies a subscription as Stripe has it now to the organisation (inside the webhook's
-/// transaction): its plan, whether it owes money, and releasing held control planes once it
-/// does not.
-pub async fn apply_subscription(
+/// Statuses in which a subscription is over for good.
+const ENDED: [&str; 2] = ["canceled", "incomplete_expired"];
+
+/// The subscription an organisation's plan comes from, out of all its customer's subscriptions:
+/// the live one with the largest plan, one in good standing before an owing one on the same
+/// plan, then the newest; with none live, the newest (to show its status).
+pub fn primary<'a>(
+    plans: &Plans,
+    subscriptions: &'a [stripe::Subscription],
+) -> Option<&'a stripe::Subscription> {
+    let rank = |s: &stripe::Subscription| {
+        let plan = s.price_id().and_then(|p| {
+            plans
+                .all()
+                .iter()
+                .position(|plan| plan.stripe_price.as_deref() == Some(p))
+        });
+        (plan, !OWING.contains(&s.status.as_str()), s.created)
+    };
+    subscriptions
+        .iter()
+        .filter(|s| LIVE.contains(&s.status.as_str()))
+        .max_by_key(|s| rank(s))
+        .or_else(|| subscriptions.iter().max_by_key(|s| s.created))
+}
+
+/// Applies the customer's subscriptions as Stripe had them when the read started (`read_at`)
+/// to the organisation: its plan (from all live subscriptions, not from one event's), whether it
+/// owes money, and which control planes run. Takes the organisation's billing row lock; makes
+/// no call to Stripe.
+pub async fn apply_subscriptions(
     conn: &mut PgConnection,
     billing: &Billing,
     org_id: Uuid,
-    sub: &stripe::Subscription,
+    subscriptions: &[stripe::Subscription],
+    read_at: DateTime<Utc>,
 ) -> Result<Applied, ApiError> {
-    let current = account(&mut *conn, org_id).await?;
-    let live = LIVE.contains(&sub.status.as_str());
-    let other_live = current
-        .subscription_id
-        .as_deref()
-        .is_some_and(|id| id != sub.id)
-        && current
-            .subscription_status
-            .as_deref()
-            .is_some_and(|s| LIVE.contains(&s));
-    if !live && other_live {
+    sqlx::query("insert into billing_accounts (org_id) values ($1) on conflict do nothing")
+        .bind(org_id)
+        .execute(&mut *conn)
+        .await?;
+    let last_read: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "select stripe_read_at from billing_accounts where org_id = $1 for update",
+    )
+    .bind(org_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    if last_read.is_some_and(|last| last > read_at) {
         return Ok(Applied::Stale);
     }
-    let price = sub.price_id();
-    let plan = if live {
+    let current = account(&mut *conn, org_id).await?;
+    let sub = primary(billing.plans(), subscriptions);
+    let live: Vec<&str> = subscriptions
+        .iter()
+        .filter(|s| LIVE.contains(&s.status.as_str()))
+        .map(|s| s.id.as_str())
+        .collect();
+    if live.len() > 1 {
+        tracing::warn!(org.id = %org_id, subscriptions = ?live, "the organisation has several live subscriptions; the largest plan applies");
+    }
+    let is_live = sub.is_some_and(|s| LIVE.contains(&s.status.as_str()));
+    let price = sub.and_then(stripe::Subscription::price_id);
+    let plan = if is_live {
         match price.and_then(|p| billing.plans().by_price(p)) {
             Some(plan) => Some(plan.id.clone()),
             None => {
@@ -240,52 +290,236 @@ pub async fn apply_subscription(
     } else {
         None
     };
-    let owing = OWING.contains(&sub.status.as_str());
+    let status = sub.map(|s| s.status.clone());
+    let owing = sub.is_some_and(|s| OWING.contains(&s.status.as_str()));
     sqlx::query(
         "update billing_accounts set subscription_id = $2, subscription_status = $3, price_id = $4,
              plan = $5,
              past_due_since = case when $6 then coalesce(past_due_since, now()) else null end,
-             updated_at = now()
+             stripe_read_at = $7, updated_at = now()
          where org_id = $1",
     )
     .bind(org_id)
-    .bind(&sub.id)
-    .bind(&sub.status)
+    .bind(sub.map(|s| s.id.as_str()))
+    .bind(&status)
     .bind(price)
     .bind(&plan)
     .bind(owing)
+    .bind(read_at)
     .execute(&mut *conn)
     .await?;
-    let changes = serde_json::json!({
-        "subscription": sub.id, "status": sub.status,
-        "plan": { "before": current.plan, "after": plan },
-    });
-    crate::audit::record_system(&mut *conn, org_id, "billing.subscription", changes).await?;
-    if !owing {
-        release_holds(&mut *conn, org_id).await?;
+    let changed = current.subscription_id.as_deref() != sub.map(|s| s.id.as_str())
+        || current.subscription_status != status
+        || current.plan != plan;
+    if changed {
+        let changes = serde_json::json!({
+            "subscription": sub.map(|s| &s.id), "status": status,
+            "plan": { "before": current.plan, "after": plan },
+            "liveSubscriptions": live,
+        });
+        crate::audit::record_system(&mut *conn, org_id, "billing.subscription", changes).await?;
     }
-    Ok(Applied::Changed)
+    if !owing {
+        let plan = plan
+            .as_deref()
+            .and_then(|id| billing.plans().get(id))
+            .unwrap_or_else(|| billing.plans().default_plan());
+        enforce_limits(&mut *conn, org_id, plan).await?;
+    }
+    Ok(if changed {
+        Applied::Changed
+    } else {
+        Applied::Unchanged
+    })
 }
 
-/// Asks the lifecycle to resume every control plane billing suspended.
-pub async fn release_holds(conn: &mut PgConnection, org_id: Uuid) -> Result<u64, ApiError> {
-    let released = sqlx::query(
-        "update control_planes set desired = 'running', billing_hold = false,
-             next_attempt_at = now(), updated_at = now()
-         where org_id = $1 and billing_hold",
-    )
+/// Makes the organisation's running control planes fit its plan (while it does not owe money):
+/// ranked by creation, the oldest up to the plan's limit run — those billing held are resumed —
+/// and the newer ones are held (suspended, data kept) with the reason `over_limit`. Control
+/// planes a person suspended stay suspended. Returns (resumed, held).
+pub async fn enforce_limits(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    plan: &Plan,
+) -> Result<(u64, u64), ApiError> {
+    let max = plan.control_planes.map(i64::from);
+    const RANKED: &str = "with ranked as (
+             select id, row_number() over (order by created_at, id) as n from control_planes
+             where org_id = $1 and status not in ('deleting', 'deleted'))";
+    let resumed = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "{RANKED} update control_planes c set desired = 'running', billing_hold = false,
+             billing_hold_reason = null, next_attempt_at = now(), updated_at = now()
+         from ranked r
+         where c.id = r.id and c.billing_hold and ($2::bigint is null or r.n <= $2)"
+    )))
     .bind(org_id)
+    .bind(max)
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    if released > 0 {
+    let held: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "{RANKED} update control_planes c set desired = 'suspended', billing_hold = true,
+             billing_hold_reason = 'over_limit', next_attempt_at = now(), updated_at = now()
+         from ranked r
+         where c.id = r.id and $2::bigint is not null and r.n > $2 and c.status <> 'failed'
+           and ((c.billing_hold and c.billing_hold_reason is distinct from 'over_limit')
+                or (not c.billing_hold and c.desired = 'running'))
+         returning c.id"
+    )))
+    .bind(org_id)
+    .bind(max)
+    .fetch_all(&mut *conn)
+    .await?;
+    if resumed > 0 {
         crate::audit::record_system(
-            conn,
+            &mut *conn,
             org_id,
             "billing.resume",
-            serde_json::json!({ "controlPlanes": released }),
+            serde_json::json!({ "controlPlanes": resumed }),
         )
         .await?;
     }
-    Ok(released)
+    if !held.is_empty() {
+        crate::audit::record_system(
+            &mut *conn,
+            org_id,
+            "billing.hold_over_limit",
+            serde_json::json!({ "plan": plan.id, "max": plan.control_planes, "controlPlanes": held }),
+        )
+        .await?;
+    }
+    Ok((resumed, held.len() as u64))
+}
+
+/// `QUOTA_EXCEEDED` for a control plane beyond the plan's control-plane limit.
+async fn over_limit_error(
+    pool: &PgPool,
+    billing: &Billing,
+    org_id: Uuid,
+) -> Result<ApiError, ApiError> {
+    let (plan, _) = plan_of(pool, billing, org_id).await?;
+    Ok(ApiError::QuotaExceeded {
+        limit: Resource::ControlPlanes.as_str().to_owned(),
+        max: plan.control_planes.unwrap_or(0),
+        plan: plan.id.clone(),
+        upgrade_to: billing
+            .plans()
+            .upgrade_for(plan, Resource::ControlPlanes)
+            .map(|p| p.id.clone()),
+    })
+}
+
+/// Why a control plane billing holds may not be reached or resumed: `QUOTA_EXCEEDED` when it is
+/// beyond the plan's limit, `SUBSCRIPTION_PAST_DUE` when the organisation has not paid. `Ok` when
+/// it is not held (`held` is the control plane's `billing_hold`; nothing is read then).
+pub async fn hold_error(
+    pool: &PgPool,
+    billing: &Billing,
+    org_id: Uuid,
+    control_plane_id: Uuid,
+    held: bool,
+) -> Result<(), ApiError> {
+    if !held {
+        return Ok(());
+    }
+    let reason: Option<String> =
+        sqlx::query_scalar("select billing_hold_reason from control_planes where id = $1")
+            .bind(control_plane_id)
+            .fetch_optional(pool)
+            .await?
+            .flatten();
+    match reason.as_deref() {
+        Some("over_limit") => Err(over_limit_error(pool, billing, org_id).await?),
+        _ => Err(past_due_error()),
+    }
+}
+
+/// Refuses to resume a control plane that billing holds, or one that would run beyond the
+/// plan's control-plane limit (the oldest up to the limit may run).
+pub async fn resume_check(
+    pool: &PgPool,
+    billing: &Billing,
+    org_id: Uuid,
+    control_plane_id: Uuid,
+    held: bool,
+) -> Result<(), ApiError> {
+    hold_error(pool, billing, org_id, control_plane_id, held).await?;
+    let (plan, _) = plan_of(pool, billing, org_id).await?;
+    let Some(max) = plan.control_planes else {
+        return Ok(());
+    };
+    let rank: Option<i64> = sqlx::query_scalar(
+        "select n from (select id, row_number() over (order by created_at, id) as n
+             from control_planes where org_id = $1 and status not in ('deleting', 'deleted')) r
+         where id = $2",
+    )
+    .bind(org_id)
+    .bind(control_plane_id)
+    .fetch_optional(pool)
+    .await?;
+    if rank.is_some_and(|n| n > i64::from(max)) {
+        return Err(over_limit_error(pool, billing, org_id).await?);
+    }
+    Ok(())
+}
+
+/// Queues the cancellation of every subscription of a deleted organisation's Stripe customer
+/// (in the deletion's transaction, so it cannot be lost); the billing worker does it.
+pub async fn queue_cancellation(
+    conn: &mut PgConnection,
+    org_id: Uuid,
+    org_slug: &str,
+) -> Result<bool, ApiError> {
+    Ok(sqlx::query(
+        "insert into billing_cancellations (stripe_customer_id, org_id, org_slug)
+         select stripe_customer_id, org_id, $2 from billing_accounts
+         where org_id = $1 and stripe_customer_id is not null
+         on conflict (stripe_customer_id) do update
+             set done_at = null, next_attempt_at = now(), requested_at = now()",
+    )
+    .bind(org_id)
+    .bind(org_slug)
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, price: &str, status: &str, created: i64) -> stripe::Subscription {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "customer": "cus_1", "status": status, "created": created,
+            "items": { "data": [ { "price": { "id": price } } ] },
+        }))
+        .expect("subscription")
+    }
+
+    #[test]
+    fn the_plan_comes_from_the_largest_live_subscription_whatever_the_order() {
+        let plans =
+            Plans::from_config(None, Some("team=price_t,business=price_b"), "free").expect("plans");
+        let id = |subs: &[stripe::Subscription]| primary(&plans, subs).map(|s| s.id.clone());
+        let team = sub("sub_team", "price_t", "active", 1);
+        let business_gone = sub("sub_business", "price_b", "canceled", 2);
+        assert_eq!(
+            id(&[team.clone(), business_gone.clone()]),
+            Some("sub_team".into())
+        );
+        assert_eq!(
+            id(&[business_gone.clone(), team.clone()]),
+            Some("sub_team".into())
+        );
+        let business = sub("sub_business", "price_b", "active", 2);
+        assert_eq!(id(&[team.clone(), business]), Some("sub_business".into()));
+        // Same plan: the one in good standing before the owing one.
+        let owing = sub("sub_owing", "price_t", "past_due", 3);
+        assert_eq!(id(&[owing.clone(), team.clone()]), Some("sub_team".into()));
+        // None live: the newest, for its status.
+        let old = sub("sub_old", "price_t", "canceled", 1);
+        assert_eq!(id(&[old, business_gone]), Some("sub_business".into()));
+        assert_eq!(id(&[]), None);
+    }
 }

@@ -32,18 +32,43 @@ pub struct Subscription {
     pub customer: String,
     /// `active`, `trialing`, `past_due`, `unpaid`, `canceled`, `incomplete`, ...
     pub status: String,
+    /// When it was created (Unix seconds).
+    #[serde(default)]
+    pub created: i64,
     pub items: List<SubscriptionItem>,
 }
 
 impl Subscription {
-    /// The price of its (first, licensed) item: `price.id`, or for legacy plans `plan.id`
-    /// (Stripe gives both, with the same id, for price-based subscriptions).
+    /// The price of its licensed item (the plan; a metered usage item sits beside it): `price.id`,
+    /// or for legacy plans `plan.id` (Stripe gives both, with the same id, for price-based
+    /// subscriptions).
     pub fn price_id(&self) -> Option<&str> {
-        let item = self.items.data.first()?;
-        item.price
+        self.items
+            .data
+            .iter()
+            .find(|item| !item.is_metered())
+            .and_then(SubscriptionItem::price_id)
+    }
+}
+
+impl SubscriptionItem {
+    fn price_id(&self) -> Option<&str> {
+        self.price
             .as_ref()
             .map(|p| p.id.as_str())
-            .or(item.plan.as_ref().map(|p| p.id.as_str()))
+            .or(self.plan.as_ref().map(|p| p.id.as_str()))
+    }
+
+    /// Whether the item is billed by reported usage (`recurring.usage_type` of its price, or
+    /// `usage_type` of a legacy plan).
+    fn is_metered(&self) -> bool {
+        let price = self
+            .price
+            .as_ref()
+            .and_then(|p| p.recurring.as_ref())
+            .and_then(|r| r.usage_type.as_deref());
+        let plan = self.plan.as_ref().and_then(|p| p.usage_type.as_deref());
+        price.or(plan) == Some("metered")
     }
 }
 
@@ -55,9 +80,26 @@ pub struct List<T> {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SubscriptionItem {
     #[serde(default)]
-    pub price: Option<Id>,
+    pub price: Option<Price>,
     #[serde(default)]
-    pub plan: Option<Id>,
+    pub plan: Option<Price>,
+}
+
+/// A price, or a legacy plan (which carries `usage_type` itself).
+#[derive(Debug, Clone, Deserialize)]
+pub struct Price {
+    pub id: String,
+    #[serde(default)]
+    pub usage_type: Option<String>,
+    #[serde(default)]
+    pub recurring: Option<Recurring>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Recurring {
+    /// `licensed` or `metered`.
+    #[serde(default)]
+    pub usage_type: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -68,6 +110,13 @@ pub struct Id {
 #[derive(Debug, Deserialize)]
 struct Session {
     url: String,
+}
+
+/// An open Checkout session.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub url: String,
 }
 
 impl StripeApi {
@@ -113,8 +162,9 @@ impl StripeApi {
         Ok(customer.id)
     }
 
-    /// A Checkout session subscribing `customer` to `price` (and the metered `usage_price`);
-    /// returns the URL to send the person to.
+    /// A Checkout session subscribing `customer` to `price` (and the metered `usage_price`),
+    /// open until `expires_at`; returns its id and the URL to send the person to.
+    #[allow(clippy::too_many_arguments)]
     pub async fn checkout(
         &self,
         org_id: Uuid,
@@ -123,7 +173,8 @@ impl StripeApi {
         usage_price: Option<&str>,
         success_url: &str,
         cancel_url: &str,
-    ) -> Result<String, ApiError> {
+        expires_at: i64,
+    ) -> Result<CheckoutSession, ApiError> {
         let org = org_id.to_string();
         let mut params = CreateCheckoutSession::new();
         params.mode = Some(CheckoutSessionMode::Subscription);
@@ -131,6 +182,7 @@ impl StripeApi {
         params.client_reference_id = Some(&org);
         params.success_url = Some(success_url);
         params.cancel_url = Some(cancel_url);
+        params.expires_at = Some(expires_at);
         let mut items = vec![CreateCheckoutSessionLineItems {
             price: Some(price.to_owned()),
             quantity: Some(1),
@@ -148,8 +200,7 @@ impl StripeApi {
             metadata: Some(Metadata::from([("org_id".to_owned(), org.clone())])),
             ..Default::default()
         });
-        let session: Session = call(self.client.post_form("/checkout/sessions", &params)).await?;
-        Ok(session.url)
+        call(self.client.post_form("/checkout/sessions", &params)).await
     }
 
     /// A Customer Portal session for `customer`; returns its URL.
@@ -161,12 +212,63 @@ impl StripeApi {
         Ok(session.url)
     }
 
-    /// The subscription as Stripe has it now.
-    pub async fn subscription(&self, id: &str) -> Result<Subscription, ApiError> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(ApiError::invalid("subscription", "is not a Stripe id"));
+    /// The subscription as Stripe has it now; `None` when Stripe has no such subscription.
+    pub async fn subscription(&self, id: &str) -> Result<Option<Subscription>, ApiError> {
+        if !is_stripe_id(id) {
+            return Ok(None);
         }
-        call(self.client.get(&format!("/subscriptions/{id}"))).await
+        match timed(
+            self.client
+                .get::<Subscription>(&format!("/subscriptions/{id}")),
+        )
+        .await
+        {
+            Err(CallError::Stripe(stripe::StripeError::Stripe(e))) if e.http_status == 404 => {
+                Ok(None)
+            }
+            other => other.map(Some).map_err(CallError::into_api),
+        }
+    }
+
+    /// Every subscription of `customer` in any status, as Stripe has them now.
+    pub async fn subscriptions_of(&self, customer: &str) -> Result<Vec<Subscription>, ApiError> {
+        if !is_stripe_id(customer) {
+            return Err(crate::error::internal(anyhow::anyhow!(
+                "customer id {customer:?} is not a Stripe id"
+            )));
+        }
+        #[derive(serde::Serialize)]
+        struct Params<'a> {
+            customer: &'a str,
+            status: &'a str,
+            limit: u32,
+        }
+        let params = Params {
+            customer,
+            status: "all",
+            limit: 100,
+        };
+        let list: List<Subscription> =
+            call(self.client.get_query("/subscriptions", params)).await?;
+        Ok(list.data)
+    }
+
+    /// Cancels a subscription at once (Stripe's defaults: no proration credit, no final invoice).
+    /// A subscription Stripe no longer has, or that is already cancelled, counts as cancelled.
+    pub async fn cancel_subscription(&self, id: &str) -> Result<(), ApiError> {
+        if !is_stripe_id(id) {
+            return Ok(());
+        }
+        let request = self
+            .idempotent(format!("qleet-cancel-{id}"))
+            .delete::<serde_json::Value>(&format!("/subscriptions/{id}"));
+        match timed(request).await {
+            Ok(_) => Ok(()),
+            Err(CallError::Stripe(stripe::StripeError::Stripe(e))) if e.http_status == 404 => {
+                Ok(())
+            }
+            Err(e) => Err(e.into_api()),
+        }
     }
 
     /// Sends one billing-meter event. `identifier` makes Stripe count it once however often it
@@ -215,24 +317,77 @@ fn customer_id(id: &str) -> Result<CustomerId, ApiError> {
     })
 }
 
+/// Ids Stripe makes: `sub_...`, `cus_...` (never anything that could change the request path).
+fn is_stripe_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 255 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Why a Stripe call failed, before it becomes the caller's error.
+enum CallError {
+    Stripe(stripe::StripeError),
+    Timeout,
+}
+
+impl CallError {
+    /// `STRIPE_UNAVAILABLE`, logged with Stripe's own message.
+    fn into_api(self) -> ApiError {
+        match self {
+            CallError::Stripe(e) => {
+                tracing::warn!(error = %e, "Stripe refused or failed a request");
+                ApiError::Unavailable {
+                    code: "STRIPE_UNAVAILABLE",
+                    message: "Stripe did not complete the request; try again shortly".into(),
+                }
+            }
+            CallError::Timeout => {
+                tracing::warn!("a Stripe request timed out");
+                ApiError::Unavailable {
+                    code: "STRIPE_UNAVAILABLE",
+                    message: "Stripe did not answer in time; try again shortly".into(),
+                }
+            }
+        }
+    }
+}
+
+/// Awaits a Stripe call with a timeout.
+async fn timed<T>(request: stripe::Response<T>) -> Result<T, CallError> {
+    match tokio::time::timeout(TIMEOUT, request).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(CallError::Stripe(e)),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
 /// Awaits a Stripe call with a timeout; failures become `STRIPE_UNAVAILABLE` for the caller and
 /// are logged with Stripe's own message.
 async fn call<T>(request: stripe::Response<T>) -> Result<T, ApiError> {
-    match tokio::time::timeout(TIMEOUT, request).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "Stripe refused or failed a request");
-            Err(ApiError::Unavailable {
-                code: "STRIPE_UNAVAILABLE",
-                message: "Stripe did not complete the request; try again shortly".into(),
-            })
-        }
-        Err(_) => {
-            tracing::warn!("a Stripe request timed out");
-            Err(ApiError::Unavailable {
-                code: "STRIPE_UNAVAILABLE",
-                message: "Stripe did not answer in time; try again shortly".into(),
-            })
-        }
+    timed(request).await.map_err(CallError::into_api)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_price_is_the_licensed_item_whatever_the_order() {
+        let sub: Subscription = serde_json::from_value(serde_json::json!({
+            "id": "sub_1", "customer": "cus_1", "status": "active",
+            "items": { "data": [
+                { "price": { "id": "price_usage", "recurring": { "usage_type": "metered" } } },
+                { "price": { "id": "price_team", "recurring": { "usage_type": "licensed" } } },
+            ] },
+        }))
+        .expect("subscription");
+        assert_eq!(sub.price_id(), Some("price_team"));
+        let legacy: Subscription = serde_json::from_value(serde_json::json!({
+            "id": "sub_2", "customer": "cus_1", "status": "active",
+            "items": { "data": [
+                { "plan": { "id": "plan_usage", "usage_type": "metered" } },
+                { "plan": { "id": "plan_team", "usage_type": "licensed" } },
+            ] },
+        }))
+        .expect("subscription");
+        assert_eq!(legacy.price_id(), Some("plan_team"));
     }
 }

@@ -1,8 +1,11 @@
-//! `POST /webhooks/stripe`: events from Stripe, verified by their `Stripe-Signature`, each applied
-//! once (its id is stored in the transaction that applies it). Subscription state is never taken
-//! from the event: the subscription is read from Stripe while the organisation's row is locked,
-//! so events arriving late or out of order still leave the state Stripe has now.
+//! `POST /webhooks/stripe`: events from Stripe, verified by their `Stripe-Signature`, stored once
+//! (by id) and answered `200` at once; the billing worker applies them from that queue
+//! ([`process_events`]). Subscription state is never taken from an event: all of the customer's
+//! subscriptions are read from Stripe with no database connection held, then applied in one short
+//! transaction, so events arriving late, out of order or in bursts leave the state Stripe has
+//! now, and no Stripe latency can hold the API's connections.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Router;
@@ -12,13 +15,16 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Utc};
+use futures::StreamExt as _;
 use hmac::{Hmac, Mac as _};
 use secrecy::ExposeSecret as _;
 use serde::Deserialize;
 use sha2::Sha256;
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Billing, apply_subscription};
+use super::apply_subscriptions;
+use crate::controlplanes::Services;
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -110,6 +116,19 @@ struct EventData {
     object: serde_json::Value,
 }
 
+/// Event types Qleet acts on; others are stored (for de-duplication) as done.
+const HANDLED: [&str; 9] = [
+    "checkout.session.completed",
+    "checkout.session.expired",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "customer.subscription.paused",
+];
+
 async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let billing = &state.controlplanes.billing;
     let Some(config) = billing.config.stripe.as_ref() else {
@@ -129,142 +148,328 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         tracing::warn!(reason = %e, "refused a Stripe webhook");
         return (StatusCode::BAD_REQUEST, format!("signature refused: {e}")).into_response();
     }
-    let event: Event = match serde_json::from_slice(&body) {
+    let (event, payload): (Event, serde_json::Value) = match serde_json::from_slice(&body)
+        .and_then(|v: serde_json::Value| Ok((serde_json::from_value(v.clone())?, v)))
+    {
         Ok(e) => e,
         Err(e) => {
             return (StatusCode::BAD_REQUEST, format!("not a Stripe event: {e}")).into_response();
         }
     };
+    if !event.data.object.is_object() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "not a Stripe event: no data.object",
+        )
+            .into_response();
+    }
     let span = tracing::info_span!("stripe_event", event.id = %event.id, event.type = %event.kind);
-    match tracing::Instrument::instrument(handle(&state, billing, &event), span).await {
-        Ok(outcome) => (StatusCode::OK, outcome).into_response(),
+    let _enter = span.enter();
+    match store(&state.pool, &event, &payload).await {
+        Ok(true) => {
+            billing.wake.notify_one();
+            (StatusCode::OK, "queued").into_response()
+        }
+        Ok(false) => (StatusCode::OK, "duplicate").into_response(),
         // Stripe retries anything but 2xx, with backoff, for days.
         Err(e) => e.into_response(),
     }
 }
 
-/// The ids an event points at.
-struct Target {
-    customer: Option<String>,
-    subscription: Option<String>,
-    org_hint: Option<Uuid>,
-}
-
-fn target(event: &Event) -> Option<Target> {
-    let object = &event.data.object;
-    let text = |key: &str| object.get(key).and_then(|v| v.as_str()).map(str::to_owned);
-    match event.kind.as_str() {
-        "checkout.session.completed" => Some(Target {
-            customer: text("customer"),
-            subscription: text("subscription"),
-            org_hint: text("client_reference_id").and_then(|s| s.parse().ok()),
-        }),
-        "customer.subscription.created"
-        | "customer.subscription.updated"
-        | "customer.subscription.deleted" => Some(Target {
-            customer: text("customer"),
-            subscription: text("id"),
-            org_hint: None,
-        }),
-        // localstripe (and older API versions) send invoice.payment_succeeded for invoice.paid.
-        "invoice.paid" | "invoice.payment_succeeded" | "invoice.payment_failed" => Some(Target {
-            customer: text("customer"),
-            subscription: text("subscription"),
-            org_hint: None,
-        }),
-        _ => None,
-    }
-}
-
-/// Applies one event exactly once. Returns a short note for the response body.
-async fn handle(
-    state: &AppState,
-    billing: &Billing,
+/// Stores a verified event for the worker; false when it was stored before (a redelivery).
+/// Events Qleet does not act on are stored as done.
+async fn store(
+    pool: &PgPool,
     event: &Event,
-) -> Result<&'static str, ApiError> {
-    let seen: bool =
-        sqlx::query_scalar("select exists (select 1 from stripe_events where id = $1)")
-            .bind(&event.id)
-            .fetch_one(&state.pool)
-            .await?;
-    if seen {
-        return Ok("duplicate");
-    }
-    let created = DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
-    let mut tx = state.pool.begin().await?;
-    let Some(target) = target(event) else {
-        record(&mut tx, event, created).await?;
-        tx.commit().await?;
-        return Ok("ignored");
-    };
-    // The organisation: by its stored customer id (locking its row: one event per organisation
-    // at a time), else, for a completed Checkout, by the org id we put into it.
-    let mut org: Option<Uuid> = match &target.customer {
-        Some(c) => {
-            sqlx::query_scalar(
-                "select org_id from billing_accounts where stripe_customer_id = $1 for update",
-            )
-            .bind(c)
-            .fetch_optional(&mut *tx)
-            .await?
-        }
-        None => None,
-    };
-    if org.is_none()
-        && let (Some(hint), Some(customer)) = (target.org_hint, &target.customer)
-    {
-        let linked = sqlx::query_scalar::<_, Uuid>(
-            "update billing_accounts set stripe_customer_id = $2, updated_at = now()
-             where org_id = $1 and stripe_customer_id is null returning org_id",
-        )
-        .bind(hint)
-        .bind(customer)
-        .fetch_optional(&mut *tx)
-        .await?;
-        org = linked;
-    }
-    let Some(org_id) = org else {
-        tracing::warn!(customer = ?target.customer, "Stripe event for a customer of no organisation");
-        record(&mut tx, event, created).await?;
-        tx.commit().await?;
-        return Ok("unknown customer");
-    };
-    if !record(&mut tx, event, created).await? {
-        return Ok("duplicate");
-    }
-    if let Some(sub_id) = &target.subscription {
-        let sub = billing.stripe()?.subscription(sub_id).await?;
-        if Some(&sub.customer) != target.customer.as_ref() && target.customer.is_some() {
-            return Err(crate::error::internal(anyhow::anyhow!(
-                "subscription {} belongs to {}, not to the event's customer",
-                sub.id,
-                sub.customer
-            )));
-        }
-        apply_subscription(&mut tx, billing, org_id, &sub).await?;
-    }
-    tx.commit().await?;
-    // Released holds and changed plans: the lifecycle picks them up now.
-    state.controlplanes.wake.notify_one();
-    Ok("applied")
-}
-
-/// Stores the event id; false when another delivery stored it first.
-async fn record(
-    conn: &mut sqlx::PgConnection,
-    event: &Event,
-    created: DateTime<Utc>,
+    payload: &serde_json::Value,
 ) -> Result<bool, ApiError> {
+    let created = DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
+    let handled = HANDLED.contains(&event.kind.as_str());
     Ok(sqlx::query(
-        "insert into stripe_events (id, type, created) values ($1, $2, $3) on conflict do nothing",
+        "insert into stripe_events (id, type, created, payload, applied_at)
+         values ($1, $2, $3, $4, case when $5 then null else now() end)
+         on conflict do nothing",
     )
     .bind(&event.id)
     .bind(&event.kind)
     .bind(created)
-    .execute(conn)
+    .bind(payload)
+    .bind(handled)
+    .execute(pool)
     .await?
     .rows_affected()
         == 1)
+}
+
+/// A stored event claimed for applying, and what it points at.
+#[derive(Debug)]
+struct Claimed {
+    id: String,
+    kind: String,
+    customer: Option<String>,
+    subscription: Option<String>,
+    /// The organisation a Checkout was started for (`client_reference_id`).
+    org_hint: Option<Uuid>,
+    checkout_session: Option<String>,
+    attempts: i32,
+}
+
+impl Claimed {
+    fn new(id: String, kind: String, payload: Option<serde_json::Value>, attempts: i32) -> Self {
+        let object = payload
+            .as_ref()
+            .and_then(|p| p.get("data"))
+            .and_then(|d| d.get("object"));
+        let text = |key: &str| {
+            object
+                .and_then(|o| o.get(key))
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        let mut claimed = Claimed {
+            id,
+            kind,
+            customer: text("customer"),
+            subscription: None,
+            org_hint: None,
+            checkout_session: None,
+            attempts,
+        };
+        match claimed.kind.as_str() {
+            "checkout.session.completed" | "checkout.session.expired" => {
+                claimed.subscription = text("subscription");
+                claimed.org_hint = text("client_reference_id").and_then(|s| s.parse().ok());
+                claimed.checkout_session = text("id");
+            }
+            k if k.starts_with("customer.subscription.") => claimed.subscription = text("id"),
+            _ => claimed.subscription = text("subscription"),
+        }
+        claimed
+    }
+
+    /// An expired Checkout changes no subscription: nothing to read from Stripe.
+    fn needs_stripe(&self) -> bool {
+        self.kind != "checkout.session.expired"
+    }
+}
+
+/// How long a claimed event is left to the worker that claimed it before another may retry it.
+const LEASE: Duration = Duration::from_secs(120);
+/// Customers whose events are applied at the same time.
+const CONCURRENCY: usize = 4;
+
+/// Applies every stored event that is due, customer by customer (one read of Stripe per customer
+/// however many of its events are waiting), until none is left. Returns how many were done.
+pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
+    let mut done = 0;
+    loop {
+        let rows: Vec<(String, String, Option<serde_json::Value>, i32)> = sqlx::query_as(
+            "update stripe_events set attempts = attempts + 1, next_attempt_at = now() + $1
+             where id in (select id from stripe_events
+                          where applied_at is null and next_attempt_at <= now()
+                          order by created, id limit 100 for update skip locked)
+             returning id, type, payload, attempts",
+        )
+        .bind(chrono::Duration::from_std(LEASE).map_err(crate::error::internal)?)
+        .fetch_all(pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(done);
+        }
+        done += rows.len() as u64;
+        let mut groups: BTreeMap<Option<String>, Vec<Claimed>> = BTreeMap::new();
+        for (id, kind, payload, attempts) in rows {
+            let claimed = Claimed::new(id, kind, payload, attempts);
+            groups
+                .entry(claimed.customer.clone())
+                .or_default()
+                .push(claimed);
+        }
+        futures::stream::iter(groups)
+            .for_each_concurrent(CONCURRENCY, |(customer, events)| async move {
+                let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+                let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(1);
+                let span = tracing::info_span!("stripe_events", customer = ?customer, events = ?ids);
+                let result = tracing::Instrument::instrument(
+                    apply_group(pool, services, customer, events),
+                    span,
+                )
+                .await;
+                if let Err(e) = result {
+                    tracing::warn!(events = ?ids, error = %e, "applying Stripe events failed; they will be retried");
+                    let retry = super::worker::backoff(&services.billing, attempts);
+                    let _ = sqlx::query(
+                        "update stripe_events set last_error = $2, next_attempt_at = now() + $3
+                         where id = any($1)",
+                    )
+                    .bind(&ids)
+                    .bind(e.to_string())
+                    .bind(retry)
+                    .execute(pool)
+                    .await;
+                }
+            })
+            .await;
+        services.wake.notify_one();
+    }
+}
+
+/// Marks events done, with a warning for those that could not be acted on as they asked.
+async fn finish(
+    conn: impl sqlx::PgExecutor<'_>,
+    done: &[(String, Option<String>)],
+) -> Result<(), ApiError> {
+    let ids: Vec<&str> = done.iter().map(|(id, _)| id.as_str()).collect();
+    let warnings: Vec<Option<&str>> = done.iter().map(|(_, w)| w.as_deref()).collect();
+    sqlx::query(
+        "update stripe_events e set applied_at = now(), warning = w.warning, last_error = null
+         from unnest($1::text[], $2::text[]) as w(id, warning) where e.id = w.id",
+    )
+    .bind(&ids)
+    .bind(&warnings)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Applies the events of one customer (or of none, for events that name no customer).
+async fn apply_group(
+    pool: &PgPool,
+    services: &Services,
+    customer: Option<String>,
+    events: Vec<Claimed>,
+) -> Result<(), ApiError> {
+    let billing = &services.billing;
+    let stripe = billing.stripe()?;
+    let mut warnings: BTreeMap<String, String> = BTreeMap::new();
+    // Events that name only a subscription: its customer, as Stripe has it.
+    let customer = match customer {
+        Some(c) => Some(c),
+        None => {
+            let mut found = None;
+            for e in events.iter().filter(|e| e.needs_stripe()) {
+                if let Some(sub) = &e.subscription {
+                    match stripe.subscription(sub).await? {
+                        Some(s) => found = Some(s.customer),
+                        None => {
+                            warnings.insert(
+                                e.id.clone(),
+                                format!("Stripe has no subscription {sub:?}"),
+                            );
+                        }
+                    }
+                }
+            }
+            found
+        }
+    };
+    // Checkouts that ended (either way) are no longer open.
+    let sessions: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e.checkout_session.as_deref())
+        .collect();
+    if !sessions.is_empty() {
+        sqlx::query(
+            "update billing_accounts set checkout_session_id = null, checkout_plan = null,
+                 checkout_url = null, checkout_expires_at = null
+             where checkout_session_id = any($1)",
+        )
+        .bind(&sessions)
+        .execute(pool)
+        .await?;
+    }
+    let done = |warnings: &BTreeMap<String, String>| -> Vec<(String, Option<String>)> {
+        events
+            .iter()
+            .map(|e| (e.id.clone(), warnings.get(&e.id).cloned()))
+            .collect()
+    };
+    let Some(customer) = customer.filter(|_| events.iter().any(Claimed::needs_stripe)) else {
+        return finish(pool, &done(&warnings)).await;
+    };
+
+    // The organisation: by its stored customer id, else, for a completed Checkout, by the org
+    // id we put into it.
+    let mut org: Option<Uuid> =
+        sqlx::query_scalar("select org_id from billing_accounts where stripe_customer_id = $1")
+            .bind(&customer)
+            .fetch_optional(pool)
+            .await?;
+    if org.is_none()
+        && let Some(hint) = events.iter().find_map(|e| e.org_hint)
+    {
+        org = sqlx::query_scalar::<_, Uuid>(
+            "update billing_accounts set stripe_customer_id = $2, updated_at = now()
+             where org_id = $1 and stripe_customer_id is null returning org_id",
+        )
+        .bind(hint)
+        .bind(&customer)
+        .fetch_optional(pool)
+        .await?;
+    }
+    let Some(org_id) = org else {
+        // A deleted organisation's customer: whatever the event says, its subscriptions are
+        // cancelled (again, if one appeared since, e.g. from a Checkout left open).
+        let deleted = sqlx::query(
+            "update billing_cancellations set done_at = null, next_attempt_at = now()
+             where stripe_customer_id = $1",
+        )
+        .bind(&customer)
+        .execute(pool)
+        .await?
+        .rows_affected()
+            > 0;
+        if deleted {
+            billing.wake.notify_one();
+            tracing::info!(
+                customer,
+                "event for a deleted organisation's customer: its subscriptions are cancelled"
+            );
+        } else {
+            tracing::warn!(customer, "Stripe event for a customer of no organisation");
+            for e in &events {
+                warnings
+                    .entry(e.id.clone())
+                    .or_insert_with(|| format!("customer {customer:?} belongs to no organisation"));
+            }
+        }
+        return finish(pool, &done(&warnings)).await;
+    };
+
+    // Stripe's state now, read with no connection held.
+    let read_at = Utc::now();
+    let subscriptions = stripe.subscriptions_of(&customer).await?;
+    for e in &events {
+        let Some(sub) = &e.subscription else { continue };
+        if subscriptions.iter().any(|s| &s.id == sub) {
+            continue;
+        }
+        let warning = match stripe.subscription(sub).await? {
+            None => format!("Stripe has no subscription {sub:?}"),
+            Some(s) => format!(
+                "subscription {sub:?} belongs to customer {:?}, not {customer:?}",
+                s.customer
+            ),
+        };
+        warnings.insert(e.id.clone(), warning);
+    }
+    for (id, warning) in &warnings {
+        tracing::warn!(event.id = %id, org.id = %org_id, warning, "Stripe event acknowledged without effect");
+    }
+    let mut tx = pool.begin().await?;
+    apply_subscriptions(&mut tx, billing, org_id, &subscriptions, read_at).await?;
+    if !warnings.is_empty() {
+        crate::audit::record_system(
+            &mut tx,
+            org_id,
+            "billing.event_warning",
+            serde_json::json!({ "events": warnings }),
+        )
+        .await?;
+    }
+    finish(&mut *tx, &done(&warnings)).await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

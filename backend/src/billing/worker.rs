@@ -1,5 +1,8 @@
-//! The billing worker: holds the control planes of organisations whose grace period ran out,
-//! samples object counts and reports usage to Stripe, every `QLEET_BILLING_INTERVAL_SECS`.
+//! The billing worker: applies stored Stripe events and cancels deleted organisations'
+//! subscriptions as soon as it is woken (and retries both every interval, with backoff); holds
+//! the control planes of organisations whose grace period ran out, resumes control planes held
+//! over a plan limit once they fit, samples object counts and reports usage to Stripe, every
+//! `QLEET_BILLING_INTERVAL_SECS`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,10 +15,43 @@ use crate::fleet::Services;
 
 /// Runs forever (only when Stripe is configured: without it nobody is ever past due).
 pub async fn run(pool: PgPool, services: Arc<Services>) {
-    let billing = services.billing.clone();
-    if billing.stripe.is_none() {
+    if services.billing.stripe.is_none() {
         return;
     }
+    // One future, so aborting the worker stops both loops.
+    tokio::join!(queues(&pool, &services), ticks(&pool, &services));
+}
+
+/// The queues: stored events and cancellations, right after they are queued.
+async fn queues(pool: &PgPool, services: &Services) {
+    let billing = &services.billing;
+    loop {
+        if let Err(e) = super::webhook::process_events(pool, services).await {
+            tracing::warn!(error = %e, "billing: applying Stripe events failed");
+        }
+        if let Err(e) = cancel_deleted(pool, services).await {
+            tracing::warn!(error = %e, "billing: cancelling deleted organisations' subscriptions failed");
+        }
+        // Woken by a new event or cancellation; retries are due by the interval at the latest.
+        let _ = tokio::time::timeout(billing.config.interval, billing.wake.notified()).await;
+    }
+}
+
+/// How long before the `attempts`-th failed try is retried: the worker's interval doubled per
+/// attempt, at most an hour.
+pub fn backoff(billing: &super::Billing, attempts: i32) -> chrono::Duration {
+    let factor = 1u32 << attempts.clamp(0, 16);
+    let delay = billing
+        .config
+        .interval
+        .saturating_mul(factor)
+        .min(std::time::Duration::from_secs(3600));
+    chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::hours(1))
+}
+
+async fn ticks(pool: &PgPool, services: &Services) {
+    let pool = pool.clone();
+    let billing = services.billing.clone();
     let mut tick = tokio::time::interval(billing.config.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sample: Option<Instant> = None;
@@ -24,8 +60,11 @@ pub async fn run(pool: PgPool, services: Arc<Services>) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Err(e) = suspend_overdue(&pool, &services).await {
+        if let Err(e) = suspend_overdue(&pool, services).await {
             tracing::warn!(error = %e, "billing: suspending overdue organisations failed");
+        }
+        if let Err(e) = refit_over_limit(&pool, services).await {
+            tracing::warn!(error = %e, "billing: resuming control planes held over a limit failed");
         }
         let metering = billing
             .config
@@ -37,7 +76,7 @@ pub async fn run(pool: PgPool, services: Arc<Services>) {
         }
         if last_sample.is_none_or(|t| t.elapsed() >= billing.config.usage_sample_interval) {
             last_sample = Some(Instant::now());
-            if let Err(e) = super::usage::sample_all(&pool, &services).await {
+            if let Err(e) = super::usage::sample_all(&pool, services).await {
                 tracing::warn!(error = %e, "billing: sampling usage failed");
             }
         }
@@ -58,7 +97,7 @@ pub async fn suspend_overdue(pool: &PgPool, services: &Services) -> Result<u64, 
     let mut tx = pool.begin().await?;
     let held: Vec<(Uuid, Uuid)> = sqlx::query_as(
         "update control_planes c set desired = 'suspended', billing_hold = true,
-             next_attempt_at = now(), updated_at = now()
+             billing_hold_reason = 'past_due', next_attempt_at = now(), updated_at = now()
          from billing_accounts b
          where b.org_id = c.org_id and b.past_due_since <= now() - $1
            and c.desired = 'running' and not c.billing_hold
@@ -94,4 +133,88 @@ pub async fn suspend_overdue(pool: &PgPool, services: &Services) -> Result<u64, 
         services.wake.notify_one();
     }
     Ok(held.len() as u64)
+}
+
+/// Re-fits organisations with control planes held over their plan's limit: one may have been
+/// deleted since, freeing a place. Organisations that owe money are left to dunning.
+pub async fn refit_over_limit(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
+    let billing = &services.billing;
+    let orgs: Vec<Uuid> = sqlx::query_scalar(
+        "select distinct c.org_id from control_planes c
+         left join billing_accounts b on b.org_id = c.org_id
+         where c.billing_hold and c.billing_hold_reason = 'over_limit'
+           and b.past_due_since is null",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut resumed = 0;
+    for org in orgs {
+        let mut tx = pool.begin().await?;
+        let (plan, account) = super::plan_of(&mut *tx, billing, org).await?;
+        if account.past_due_since.is_none() {
+            resumed += super::enforce_limits(&mut tx, org, plan).await?.0;
+        }
+        tx.commit().await?;
+    }
+    if resumed > 0 {
+        services.wake.notify_one();
+    }
+    Ok(resumed)
+}
+
+/// Cancels, at once, every live subscription of each deleted organisation's Stripe customer
+/// that is due. Stripe is called with no database connection held; a failure is retried with
+/// backoff. Returns how many customers are done.
+pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
+    let billing = &services.billing;
+    let stripe = billing.stripe()?;
+    let due: Vec<(String, Uuid, i32)> = sqlx::query_as(
+        "update billing_cancellations set attempts = attempts + 1, next_attempt_at = now() + interval '2 minutes'
+         where stripe_customer_id in (select stripe_customer_id from billing_cancellations
+                                      where done_at is null and next_attempt_at <= now()
+                                      limit 20 for update skip locked)
+         returning stripe_customer_id, org_id, attempts",
+    )
+    .fetch_all(pool)
+    .await?;
+    let mut done = 0;
+    for (customer, org, attempts) in due {
+        let result = async {
+            let mut cancelled = Vec::new();
+            for sub in stripe.subscriptions_of(&customer).await? {
+                if !super::ENDED.contains(&sub.status.as_str()) {
+                    stripe.cancel_subscription(&sub.id).await?;
+                    cancelled.push(sub.id);
+                }
+            }
+            Ok::<_, ApiError>(cancelled)
+        }
+        .await;
+        match result {
+            Ok(cancelled) => {
+                tracing::info!(org.id = %org, customer, subscriptions = ?cancelled, "billing: cancelled a deleted organisation's subscriptions");
+                sqlx::query(
+                    "update billing_cancellations set done_at = now(), last_error = null
+                     where stripe_customer_id = $1",
+                )
+                .bind(&customer)
+                .execute(pool)
+                .await?;
+                done += 1;
+            }
+            Err(e) => {
+                tracing::warn!(org.id = %org, customer, error = %e, "billing: cancelling a deleted organisation's subscriptions failed; retrying");
+                sqlx::query(
+                    "update billing_cancellations set last_error = $2, next_attempt_at = now() + $3
+                     where stripe_customer_id = $1",
+                )
+                .bind(&customer)
+                .bind(e.to_string())
+                .bind(backoff(billing, attempts))
+                .execute(pool)
+                .await?;
+            }
+        }
+    }
+    Ok(done)
 }

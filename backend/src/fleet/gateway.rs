@@ -265,9 +265,14 @@ pub(crate) async fn resolve(
 async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> {
     let services = &state.controlplanes;
     let id = cp.id;
-    if cp.billing_hold {
-        return Err(crate::billing::past_due_error());
-    }
+    crate::billing::hold_error(
+        &state.pool,
+        &services.billing,
+        cp.org_id,
+        id,
+        cp.billing_hold,
+    )
+    .await?;
     let status = Status::parse(&cp.status)?;
     match status {
         Status::Ready => {}

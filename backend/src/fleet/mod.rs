@@ -386,9 +386,8 @@ pub async fn request(
             ("suspended", None, "control_plane.suspend")
         }
         Request::Resume => {
-            if cp.billing_hold {
-                return Err(crate::billing::past_due_error());
-            }
+            crate::billing::resume_check(pool, &services.billing, cp.org_id, id, cp.billing_hold)
+                .await?;
             if status != Status::Suspended {
                 return Err(ApiError::Conflict(format!(
                     "only a suspended control plane can be resumed (this one is {})",

@@ -205,6 +205,7 @@ impl OrgMutation {
         store::delete(pool(ctx), &actor, &slug, &confirm_slug)
             .await
             .gql()?;
+        crate::billing::graphql::wake_worker(ctx);
         Ok(true)
     }
 

@@ -90,6 +90,7 @@ pub async fn rename(
 }
 
 /// Deletes an organisation with everything in it (owners only; `confirm` must repeat the slug).
+/// Its Stripe subscriptions are queued for cancellation; wake the billing worker after.
 pub async fn delete(
     pool: &PgPool,
     actor: &Actor,
@@ -126,6 +127,9 @@ pub async fn delete(
         serde_json::json!({ "slug": { "before": access.org.slug }, "name": { "before": access.org.name } }),
     )
     .await?;
+    // Its Stripe subscriptions are cancelled by the billing worker, from a queue written in
+    // this transaction: never lost, even while Stripe is unreachable.
+    crate::billing::queue_cancellation(&mut tx, access.org.id, &access.org.slug).await?;
     sqlx::query("delete from organizations where id = $1")
         .bind(access.org.id)
         .execute(&mut *tx)

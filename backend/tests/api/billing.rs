@@ -10,7 +10,9 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::support::stripe::{CHECKOUT_URL, LocalStripe, PORTAL_URL, RecordingStripe, SECRET_KEY};
+use crate::support::stripe::{
+    CHECKOUT_URL, LocalStripe, PORTAL_URL, RecordingStripe, SECRET_KEY, StripeProxy,
+};
 use crate::support::{Auth, Session, TestApp, error_code, spawn_app, spawn_app_with};
 
 const WEBHOOK_SECRET: &str = "whsec_qleet_test_secret";
@@ -151,6 +153,24 @@ fn sign(body: &[u8]) -> String {
     qleet::billing::webhook::sign(body, WEBHOOK_SECRET, now())
 }
 
+/// Waits until the stored event `id` has been applied by the billing worker (it answers 200 as
+/// soon as the event is stored); returns its warning, if any.
+async fn wait_applied(app: &TestApp, id: &str) -> Option<String> {
+    for _ in 0..300 {
+        let row: Option<(Option<chrono::DateTime<chrono::Utc>>, Option<String>)> =
+            sqlx::query_as("select applied_at, warning from stripe_events where id = $1")
+                .bind(id)
+                .fetch_optional(&app.pool)
+                .await
+                .expect("event");
+        if let Some((Some(_), warning)) = row {
+            return warning;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("event {id} was never applied");
+}
+
 async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&app.pool)
@@ -198,7 +218,8 @@ async fn webhook_signatures_are_checked_and_each_event_applies_once() {
 
     // Valid: the plan follows the subscription Stripe has.
     let (status, text) = deliver(&app, &body, &good).await;
-    assert_eq!(status, 200, "{text}");
+    assert_eq!((status, text.as_str()), (200, "queued"));
+    assert_eq!(wait_applied(&app, "evt_team_1").await, None);
     assert_eq!(billing(&app, &alice, "acme").await["plan"]["id"], "team");
     assert_eq!(count(&app, events).await, 1);
     assert_eq!(count(&app, applied).await, 1);
@@ -259,11 +280,13 @@ async fn subscription_events_out_of_order_end_in_stripes_current_state() {
         object("price_team"),
     );
     assert_eq!(deliver(&app, &newer, &sign(&newer)).await.0, 200);
+    wait_applied(&app, "evt_new").await;
     assert_eq!(
         billing(&app, &alice, "acme").await["plan"]["id"],
         "business"
     );
     assert_eq!(deliver(&app, &older, &sign(&older)).await.0, 200);
+    wait_applied(&app, "evt_old").await;
     assert_eq!(
         billing(&app, &alice, "acme").await["plan"]["id"],
         "business",
@@ -281,6 +304,7 @@ async fn subscription_events_out_of_order_end_in_stripes_current_state() {
         json!({ "id": old_id, "object": "subscription", "customer": customer, "status": "canceled" }),
     );
     assert_eq!(deliver(&app, &deleted, &sign(&deleted)).await.0, 200);
+    wait_applied(&app, "evt_old_deleted").await;
     let b = billing(&app, &alice, "acme").await;
     assert_eq!(b["plan"]["id"], "business", "{b}");
     assert_eq!(b["subscriptionStatus"], "active");
@@ -387,6 +411,7 @@ async fn localstripe_webhooks_drive_entitlements_quotas_and_plan_changes() {
         json!({ "id": sub_id, "object": "subscription", "customer": customer }),
     );
     assert_eq!(deliver(&app, &updated, &sign(&updated)).await.0, 200);
+    wait_applied(&app, "evt_plan_change").await;
     assert_eq!(
         billing(&app, &alice, "acme").await["plan"]["id"],
         "business"
@@ -516,7 +541,45 @@ async fn checkout_and_portal_send_the_documented_requests_and_use_stripes_answer
         "metered prices take no quantity"
     );
 
-    // The customer is made once and reused.
+    // Open at least Stripe's minimum of 30 minutes, so the claim below cannot outlive it.
+    let expires: i64 = s
+        .field("expires_at")
+        .and_then(|t| t.parse().ok())
+        .expect("expires_at");
+    assert!(
+        (now() + 30 * 60..=now() + 32 * 60).contains(&expires),
+        "{expires}"
+    );
+
+    // While that Checkout is open: the same plan reuses it, another plan is refused, and Stripe
+    // is not asked for a second session (two would make two subscriptions).
+    let again = app
+        .gql_ok(
+            Auth::Session(&alice),
+            CHECKOUT,
+            json!({ "o": "acme", "p": "team" }),
+        )
+        .await;
+    assert_eq!(again["startCheckout"], CHECKOUT_URL);
+    let body = app
+        .gql(
+            Auth::Session(&alice),
+            CHECKOUT,
+            json!({ "o": "acme", "p": "business" }),
+        )
+        .await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+    assert_eq!(peer.to("/v1/checkout/sessions").len(), 1);
+
+    // Once Stripe says it expired, another Checkout may start; the customer is reused.
+    let expired = event(
+        "evt_checkout_expired",
+        "checkout.session.expired",
+        now(),
+        json!({ "id": "cs_test_a1qleet", "object": "checkout.session", "customer": customer_of(&app, "acme").await, "client_reference_id": org.to_string(), "status": "expired" }),
+    );
+    assert_eq!(deliver(&app, &expired, &sign(&expired)).await.0, 200);
+    wait_applied(&app, "evt_checkout_expired").await;
     app.gql_ok(
         Auth::Session(&alice),
         CHECKOUT,
@@ -1145,6 +1208,507 @@ async fn object_and_agent_quotas_follow_the_plan_and_an_upgrade_lifts_them() {
     assert!(
         body["data"]["createAgentRegistration"]["token"].is_string(),
         "{body}"
+    );
+    app.stop().await;
+}
+
+const DELETE_ORG: &str = "mutation($o: String!) { deleteOrganization(slug: $o, confirmSlug: $o) }";
+
+/// Polls localstripe until `done` holds for the subscription.
+async fn wait_remote(ls: &LocalStripe, sub: &str, what: &str, done: impl Fn(&Value) -> bool) {
+    for _ in 0..300 {
+        if done(&ls.get(&format!("subscriptions/{sub}")).await) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "{what} never happened: {}",
+        ls.get(&format!("subscriptions/{sub}")).await
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_organisation_cancels_its_subscription_even_while_stripe_is_unreachable() {
+    let ls = LocalStripe::start().await;
+    ls.catalogue().await;
+    let proxy = StripeProxy::start(&ls.url).await;
+    let app = spawn_billing(&proxy.url, |c| {
+        c.billing.interval = Duration::from_millis(200);
+    })
+    .await;
+    ls.send_webhooks_to(&format!("{}/webhooks/stripe", app.url), WEBHOOK_SECRET)
+        .await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let customer = customer_in_localstripe(&app, &ls, &alice, "acme").await;
+    let sub = ls.subscribe(&customer, "price_team").await;
+    let sub_id = sub["id"].as_str().expect("sub").to_owned();
+    wait_billing(&app, &alice, "acme", "the Team plan", |b| {
+        b["plan"]["id"] == "team"
+    })
+    .await;
+
+    // Stripe is unreachable when the organisation is deleted: the deletion still succeeds, and
+    // the cancellation waits in the queue, failing and retrying.
+    proxy.set_down(true);
+    let data = app
+        .gql_ok(Auth::Session(&alice), DELETE_ORG, json!({ "o": "acme" }))
+        .await;
+    assert_eq!(data["deleteOrganization"], true);
+    let mut tries = 0;
+    for _ in 0..300 {
+        tries = count(
+            &app,
+            "select count(*) from billing_cancellations where attempts >= 2 and last_error is not null and done_at is null",
+        )
+        .await;
+        if tries == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(tries, 1, "the cancellation is retried while Stripe is down");
+    assert_eq!(
+        ls.get(&format!("subscriptions/{sub_id}")).await["status"],
+        "active"
+    );
+
+    // Stripe is back: the subscription is cancelled at once.
+    proxy.set_down(false);
+    wait_remote(&ls, &sub_id, "the cancellation", |s| {
+        s["status"] == "canceled"
+    })
+    .await;
+
+    // A subscription that appears for the deleted organisation's customer later (a Checkout
+    // left open, completed after the deletion): its event is handled, and it is cancelled too.
+    let late = ls.subscribe(&customer, "price_business").await;
+    let late_id = late["id"].as_str().expect("sub").to_owned();
+    wait_remote(&ls, &late_id, "the late subscription's cancellation", |s| {
+        s["status"] == "canceled"
+    })
+    .await;
+    let warnings = count(
+        &app,
+        "select count(*) from stripe_events where warning is not null",
+    )
+    .await;
+    assert_eq!(
+        warnings, 0,
+        "no event was dismissed as an unknown customer's"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_plan_comes_from_every_live_subscription_not_from_the_last_event() {
+    let ls = LocalStripe::start().await;
+    ls.catalogue().await;
+    let app = spawn_billing(&ls.url, |_| {}).await;
+    ls.send_webhooks_to(&format!("{}/webhooks/stripe", app.url), WEBHOOK_SECRET)
+        .await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let customer = customer_in_localstripe(&app, &ls, &alice, "acme").await;
+    // Two live subscriptions (however they came about): Team, then Business.
+    ls.subscribe(&customer, "price_team").await;
+    wait_billing(&app, &alice, "acme", "the Team plan", |b| {
+        b["plan"]["id"] == "team"
+    })
+    .await;
+    let business = ls.subscribe(&customer, "price_business").await;
+    let business_id = business["id"].as_str().expect("sub");
+    wait_billing(&app, &alice, "acme", "the Business plan", |b| {
+        b["plan"]["id"] == "business"
+    })
+    .await;
+    // Business is cancelled: Team is still active and paid, so the organisation is on Team.
+    ls.delete(&format!("subscriptions/{business_id}")).await;
+    let mut applied = 0;
+    for _ in 0..300 {
+        applied = count(
+            &app,
+            "select count(*) from stripe_events where type = 'customer.subscription.deleted' and applied_at is not null",
+        )
+        .await;
+        if applied == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(applied, 1, "the cancellation's event was applied");
+    let b = billing(&app, &alice, "acme").await;
+    assert_eq!(
+        (b["plan"]["id"].as_str(), b["subscriptionStatus"].as_str()),
+        (Some("team"), Some("active")),
+        "{b}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_event_naming_a_subscription_stripe_does_not_have_is_acknowledged_with_a_warning() {
+    let ls = LocalStripe::start().await;
+    ls.catalogue().await;
+    let app = spawn_billing(&ls.url, |_| {}).await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let customer = customer_in_localstripe(&app, &ls, &alice, "acme").await;
+    let body = event(
+        "evt_ghost",
+        "customer.subscription.updated",
+        now(),
+        json!({ "id": "sub_NoSuchThing", "object": "subscription", "customer": customer, "status": "active" }),
+    );
+    let (status, text) = deliver(&app, &body, &sign(&body)).await;
+    assert_eq!((status, text.as_str()), (200, "queued"));
+    let warning = wait_applied(&app, "evt_ghost").await.expect("a warning");
+    assert!(warning.contains("sub_NoSuchThing"), "{warning}");
+    let (attempts, error): (i32, Option<String>) =
+        sqlx::query_as("select attempts, last_error from stripe_events where id = 'evt_ghost'")
+            .fetch_one(&app.pool)
+            .await
+            .expect("event");
+    assert_eq!(
+        (attempts, error),
+        (1, None),
+        "done on the first try, not retried"
+    );
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from audit_log where action = 'billing.event_warning'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(billing(&app, &alice, "acme").await["plan"]["id"], "free");
+    // Stripe retrying it changes nothing.
+    assert_eq!(deliver(&app, &body, &sign(&body)).await.1, "duplicate");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_plan_is_read_from_the_licensed_item_beside_a_metered_one() {
+    // localstripe makes subscriptions of one item only: the recording peer answers the
+    // subscription list with Stripe's documented shape, the metered item first.
+    let peer = RecordingStripe::start().await;
+    let app = spawn_billing(&peer.url, |c| {
+        if let Some(s) = c.billing.stripe.as_mut() {
+            s.usage_price = Some("price_object_hours".into());
+        }
+    })
+    .await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    app.gql_ok(Auth::Session(&alice), PORTAL, json!({ "o": "acme" }))
+        .await;
+    let customer = customer_of(&app, "acme").await.expect("customer");
+    let item = |id: &str, price: &str, usage: &str| {
+        json!({ "id": id, "object": "subscription_item", "quantity": if usage == "metered" { Value::Null } else { json!(1) },
+                "price": { "id": price, "object": "price", "type": "recurring",
+                           "recurring": { "interval": "month", "interval_count": 1, "usage_type": usage } },
+                "plan": { "id": price, "object": "plan", "interval": "month", "usage_type": usage } })
+    };
+    let subscription = json!({
+        "id": "sub_1MowQVLkdIwHu7ixeRlqHVzs", "object": "subscription", "customer": customer,
+        "status": "active", "cancel_at_period_end": false, "created": now(),
+        "items": { "object": "list", "has_more": false, "url": "/v1/subscription_items?subscription=sub_1MowQVLkdIwHu7ixeRlqHVzs",
+                   "data": [ item("si_metered", "price_object_hours", "metered"), item("si_plan", "price_team", "licensed") ] },
+    });
+    peer.answer(
+        "/v1/subscriptions",
+        json!({ "object": "list", "url": "/v1/subscriptions", "has_more": false, "data": [subscription] }),
+    );
+    let body = event(
+        "evt_metered",
+        "customer.subscription.created",
+        now(),
+        json!({ "id": "sub_1MowQVLkdIwHu7ixeRlqHVzs", "object": "subscription", "customer": customer }),
+    );
+    assert_eq!(deliver(&app, &body, &sign(&body)).await.0, 200);
+    assert_eq!(wait_applied(&app, "evt_metered").await, None);
+    assert_eq!(billing(&app, &alice, "acme").await["plan"]["id"], "team");
+    let listed = peer.to("/v1/subscriptions");
+    assert_eq!(listed.len(), 1);
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(listed[0].query.as_deref().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    for pair in [("customer", customer.as_str()), ("status", "all")] {
+        assert!(
+            query.contains(&(pair.0.to_owned(), pair.1.to_owned())),
+            "{query:?}"
+        );
+    }
+    app.stop().await;
+}
+
+/// `{ me }` `n` times in a row; returns each answer's time, panicking on anything but success.
+async fn time_me(app: &TestApp, who: &Session, n: usize) -> Vec<Duration> {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = std::time::Instant::now();
+        let resp = app
+            .authed(
+                app.http
+                    .post(format!("{}/graphql", app.url))
+                    .json(&json!({ "query": "{ me { email } }" })),
+                Auth::Session(who),
+            )
+            .send()
+            .await
+            .expect("me");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        times.push(start.elapsed());
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["data"]["me"]["email"], who.email, "{body}");
+    }
+    times
+}
+
+fn describe(times: &mut [Duration]) -> String {
+    times.sort();
+    let at = |q: f64| times[((times.len() - 1) as f64 * q) as usize];
+    format!(
+        "n={} p50={:?} p95={:?} max={:?}",
+        times.len(),
+        at(0.5),
+        at(0.95),
+        at(1.0)
+    )
+}
+
+/// Delivers `n` signed subscription events at once; every one must be answered `200` (no 5xx).
+async fn burst(app: &TestApp, prefix: &str, n: usize, sub: &str, customer: &str) {
+    let deliveries = (0..n).map(|i| {
+        let body = event(
+            &format!("{prefix}_{i}"),
+            "customer.subscription.updated",
+            now(),
+            json!({ "id": sub, "object": "subscription", "customer": customer }),
+        );
+        async move { deliver(app, &body, &sign(&body)).await }
+    });
+    for (status, text) in futures::future::join_all(deliveries).await {
+        assert_eq!(status, 200, "{text}");
+    }
+}
+
+async fn wait_all_applied(app: &TestApp, prefix: &str, n: i64) {
+    let sql = format!(
+        "select count(*) from stripe_events where id like '{prefix}\\_%' and applied_at is not null"
+    );
+    for _ in 0..600 {
+        if count(app, &sql).await == n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not all {prefix} events were applied");
+}
+
+#[tokio::test]
+async fn stripe_latency_never_holds_webhooks_or_starves_unrelated_api_requests() {
+    let ls = LocalStripe::start().await;
+    ls.catalogue().await;
+    let proxy = StripeProxy::start(&ls.url).await;
+    let app = spawn_billing(&proxy.url, |_| {}).await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let customer = customer_in_localstripe(&app, &ls, &alice, "acme").await;
+    let sub = ls.subscribe(&customer, "price_team").await;
+    let sub_id = sub["id"].as_str().expect("sub").to_owned();
+    let mut baseline = time_me(&app, &alice, 30).await;
+
+    // Stripe stops answering. 50 events for the organisation are each answered 200 at once
+    // (before, each waited for Stripe holding a pooled connection), and while the worker is
+    // stuck waiting on Stripe, unrelated requests are answered.
+    proxy.pause();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        burst(&app, "evt_held", 50, &sub_id, &customer),
+    )
+    .await
+    .expect("webhooks must not wait for Stripe");
+    proxy.wait_for_held(1).await;
+    let mut while_held = time_me(&app, &alice, 40).await;
+    let concurrent = futures::future::join_all((0..40).map(|_| time_me(&app, &alice, 1))).await;
+    assert_eq!(concurrent.len(), 40);
+    assert_eq!(
+        count(
+            &app,
+            "select count(*) from stripe_events where applied_at is null"
+        )
+        .await,
+        50,
+        "nothing was applied without Stripe"
+    );
+    proxy.resume();
+    wait_all_applied(&app, "evt_held", 50).await;
+    assert_eq!(billing(&app, &alice, "acme").await["plan"]["id"], "team");
+
+    // Stripe answers, 250 ms late each time: 50 more events while `me` is measured.
+    proxy.set_delay(Duration::from_millis(250));
+    let (_, mut slow) = tokio::join!(
+        burst(&app, "evt_slow", 50, &sub_id, &customer),
+        time_me(&app, &alice, 40)
+    );
+    wait_all_applied(&app, "evt_slow", 50).await;
+    let stripe_calls = count(
+        &app,
+        "select count(*) from stripe_events where id like 'evt\\_%' and attempts > 1",
+    )
+    .await;
+    assert_eq!(stripe_calls, 0, "no event needed a retry");
+    eprintln!(
+        "me latency: baseline {} | Stripe held {} | Stripe +250ms {}",
+        describe(&mut baseline),
+        describe(&mut while_held),
+        describe(&mut slow)
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn control_planes_beyond_the_plan_after_a_cancellation_while_past_due_stay_held() {
+    let ls = LocalStripe::start().await;
+    ls.catalogue().await;
+    let app = spawn_billing(&ls.url, |c| {
+        c.billing.grace = Duration::from_secs(2);
+        c.billing.interval = Duration::from_millis(200);
+        if let Some(free) = c.billing.plans.plan_mut("free") {
+            free.control_planes = Some(1);
+        }
+        if let Some(team) = c.billing.plans.plan_mut("team") {
+            team.control_planes = Some(2);
+        }
+    })
+    .await;
+    ls.send_webhooks_to(&format!("{}/webhooks/stripe", app.url), WEBHOOK_SECRET)
+        .await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let customer = customer_in_localstripe(&app, &ls, &alice, "acme").await;
+    let sub = ls.subscribe(&customer, "price_team").await;
+    let sub_id = sub["id"].as_str().expect("sub").to_owned();
+    wait_billing(&app, &alice, "acme", "the Team plan", |b| {
+        b["plan"]["id"] == "team"
+    })
+    .await;
+    let mut ids = Vec::new();
+    for name in ["older", "newer"] {
+        let id = app
+            .gql_ok(
+                Auth::Session(&alice),
+                CREATE_CP,
+                json!({ "o": "acme", "n": name }),
+            )
+            .await["createControlPlane"]["id"]
+            .as_str()
+            .expect("id")
+            .to_owned();
+        wait_cp(&app, &alice, &id, "READY").await;
+        ids.push(id);
+    }
+    let (older, newer) = (&ids[0], &ids[1]);
+
+    // Unpaid past the grace period: both are held.
+    ls.fail_renewal(&customer, &sub_id).await;
+    wait_cp(&app, &alice, older, "SUSPENDED").await;
+    wait_cp(&app, &alice, newer, "SUSPENDED").await;
+
+    // Cancelled while past due: the organisation is on Free (one control plane). The older one
+    // runs again; the newer one stays held, its data kept, and says why.
+    ls.delete(&format!("subscriptions/{sub_id}")).await;
+    let b = wait_billing(&app, &alice, "acme", "the cancellation", |b| {
+        b["subscriptionStatus"] == "canceled"
+    })
+    .await;
+    assert_eq!(
+        (b["plan"]["id"].as_str(), b["pastDue"].as_bool()),
+        (Some("free"), Some(false)),
+        "{b}"
+    );
+    wait_cp(&app, &alice, older, "READY").await;
+    let held_query = "query($o: String!) { organization(slug: $o) { billing { heldControlPlanes { id name reason } } } }";
+    let held = app
+        .gql_ok(Auth::Session(&alice), held_query, json!({ "o": "acme" }))
+        .await;
+    assert_eq!(
+        held["organization"]["billing"]["heldControlPlanes"],
+        json!([{ "id": newer, "name": "newer", "reason": "OVER_LIMIT" }])
+    );
+    let q = "query($o: String!, $id: UUID!) { organization(slug: $o) { controlPlane(id: $id) { status } } }";
+    let status = app
+        .gql_ok(
+            Auth::Session(&alice),
+            q,
+            json!({ "o": "acme", "id": newer }),
+        )
+        .await;
+    assert_eq!(
+        status["organization"]["controlPlane"]["status"],
+        "SUSPENDED"
+    );
+    let (code, body) = through_gateway(&app, &alice, newer).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (403, Some("QUOTA_EXCEEDED")),
+        "{body}"
+    );
+    assert_eq!(through_gateway(&app, &alice, older).await.0, 200);
+    let resume = app
+        .gql(
+            Auth::Session(&alice),
+            "mutation($o: String!, $id: UUID!) { resumeControlPlane(org: $o, id: $id) { id } }",
+            json!({ "o": "acme", "id": newer }),
+        )
+        .await;
+    assert_eq!(
+        error_code(&resume).as_deref(),
+        Some("QUOTA_EXCEEDED"),
+        "{resume}"
+    );
+    assert_eq!(resume["errors"][0]["extensions"]["upgradeTo"], "team");
+    let db = format!("qleet_cp_{}", newer.replace('-', ""));
+    let kept: i64 = sqlx::query_scalar("select count(*) from pg_database where datname = $1")
+        .bind(&db)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+    assert_eq!(kept, 1, "the held control plane's data is kept");
+    // The billing page (as the server renders it) says which one is held and why.
+    let html = app
+        .http
+        .get(format!("{}/orgs/acme/billing", app.url))
+        .header("cookie", format!("qleet_session={}", alice.cookie))
+        .send()
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let held_card = html
+        .split("id=\"billing-held\"")
+        .nth(1)
+        .expect("the held control planes card");
+    assert!(
+        held_card.contains("newer") && held_card.contains("beyond the Free plan"),
+        "{held_card}"
+    );
+
+    // Subscribing again lifts the limit: the held one runs again by itself.
+    ls.subscribe(&customer, "price_team").await;
+    wait_cp(&app, &alice, newer, "READY").await;
+    let held = app
+        .gql_ok(Auth::Session(&alice), held_query, json!({ "o": "acme" }))
+        .await;
+    assert_eq!(
+        held["organization"]["billing"]["heldControlPlanes"],
+        json!([])
     );
     app.stop().await;
 }

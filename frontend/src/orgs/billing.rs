@@ -45,7 +45,18 @@ pub struct Billing {
     pub past_due_since: Option<String>,
     pub suspend_after: Option<String>,
     pub suspended: bool,
+    /// Control planes billing holds (suspended, data kept) and why.
+    #[serde(default)]
+    pub held_control_planes: Vec<HeldControlPlane>,
     pub usage: Usage,
+}
+
+/// A control plane billing holds: `reason` is `PAST_DUE` or `OVER_LIMIT`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HeldControlPlane {
+    pub id: String,
+    pub name: String,
+    pub reason: String,
 }
 
 #[server(endpoint = "billing")]
@@ -61,6 +72,7 @@ pub async fn get_billing(org: String) -> Result<Access<Billing>, ServerFnError> 
     const BILLING_FIELDS: &str = "plan { id name controlPlanes agents objects purchasable } \
         plans { id name controlPlanes agents objects purchasable } stripeEnabled subscriptionStatus \
         hasCustomer pastDue pastDueSince suspendAfter suspended \
+        heldControlPlanes { id name reason } \
         usage { controlPlanes objects objectHoursThisMonth }";
     let query = format!(
         "query Billing($org: String!) {{ organization(slug: $org) {{ billing {{ {BILLING_FIELDS} }} }} }}"
@@ -73,12 +85,16 @@ pub async fn get_billing(org: String) -> Result<Access<Billing>, ServerFnError> 
     })
 }
 
-/// The banner's facts: `Some` only for owners and admins of a past-due organisation.
+/// The banner's facts: `Some` only for owners and admins of a past-due organisation, or of one
+/// with control planes held over its plan's limit.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PastDue {
+    pub past_due: bool,
     pub suspend_after: Option<String>,
     pub suspended: bool,
+    /// Names of the control planes held because the plan allows fewer.
+    pub over_limit: Vec<String>,
 }
 
 #[server(endpoint = "billing_alert")]
@@ -97,16 +113,27 @@ pub async fn billing_alert(org: String) -> Result<Option<PastDue>, ServerFnError
         past_due: bool,
         suspend_after: Option<String>,
         suspended: bool,
+        held_control_planes: Vec<HeldControlPlane>,
     }
     let query = "query BillingAlert($org: String!) { organization(slug: $org) \
-                 { billing { pastDue suspendAfter suspended } } }";
+                 { billing { pastDue suspendAfter suspended heldControlPlanes { id name reason } } } }";
     match crate::api::gql_raw::<Data>(query, serde_json::json!({ "org": org }), None).await {
         Ok(data) => {
             let alert = data.organization.billing;
-            Ok(alert.past_due.then_some(PastDue {
-                suspend_after: alert.suspend_after,
-                suspended: alert.suspended,
-            }))
+            let over_limit: Vec<String> = alert
+                .held_control_planes
+                .into_iter()
+                .filter(|h| h.reason == "OVER_LIMIT")
+                .map(|h| h.name)
+                .collect();
+            Ok(
+                (alert.past_due || !over_limit.is_empty()).then_some(PastDue {
+                    past_due: alert.past_due,
+                    suspend_after: alert.suspend_after,
+                    suspended: alert.suspended,
+                    over_limit,
+                }),
+            )
         }
         // Lower roles are not told; the page itself shows other errors.
         Err(_) => Ok(None),
@@ -265,6 +292,40 @@ fn billing_view(
             </section>
         }
     });
+    let held = (!b.held_control_planes.is_empty()).then(|| {
+        let items = b
+            .held_control_planes
+            .iter()
+            .map(|h| {
+                let why = if h.reason == "OVER_LIMIT" {
+                    format!(
+                        "beyond the {} plan's limit of {} — upgrade, or delete another control plane, to run it again",
+                        b.plan.name,
+                        b.plan
+                            .control_planes
+                            .map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
+                    )
+                } else {
+                    "the subscription is unpaid past its grace period — pay to run it again".to_owned()
+                };
+                view! {
+                    <li>
+                        <strong>{h.name.clone()}</strong>
+                        {format!(": suspended, data kept; {why}.")}
+                    </li>
+                }
+            })
+            .collect_view();
+        view! {
+            <section class="card" id="billing-held">
+                <h2>"Held control planes"</h2>
+                <p class="hint">
+                    "The oldest control planes, up to the plan's limit, run; newer ones are held."
+                </p>
+                <ul>{items}</ul>
+            </section>
+        }
+    });
     let plans = b
         .plans
         .iter()
@@ -304,6 +365,7 @@ fn billing_view(
                 {format!("Object-hours reported this month: {}", b.usage.object_hours_this_month)}
             </p>
         </section>
+        {held}
         {upgrade_forms}
         {manage}
         <section class="card">
@@ -352,7 +414,12 @@ pub fn PastDueBanner() -> impl IntoView {
                 Suspend::new(async move {
                     let alert = alert.await.ok().flatten()?;
                     let when = alert.suspend_after.as_deref().map(format_time);
-                    let text = if alert.suspended {
+                    let text = if !alert.past_due {
+                        format!(
+                            "This organisation has more control planes than its plan allows: {} stay suspended (nothing was deleted) until you upgrade or delete others.",
+                            alert.over_limit.join(", "),
+                        )
+                    } else if alert.suspended {
                         "Payment failed and the grace period is over: this organisation's control planes are suspended (nothing was deleted). Pay to resume them.".to_owned()
                     } else {
                         format!(

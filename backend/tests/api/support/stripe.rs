@@ -236,6 +236,7 @@ impl LocalStripe {
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    pub query: Option<String>,
     pub headers: HeaderMap,
     /// The form body, decoded, in order.
     pub form: Vec<(String, String)>,
@@ -259,6 +260,8 @@ struct PeerState {
     requests: Arc<Mutex<Vec<Recorded>>>,
     /// How many of the next requests to answer with a 500.
     fail_next: Arc<Mutex<u32>>,
+    /// Answers set by the test for a path (e.g. a subscription list localstripe cannot make).
+    answers: Arc<Mutex<std::collections::HashMap<String, Value>>>,
 }
 
 /// A loopback HTTP server standing in for api.stripe.com where localstripe cannot: it records
@@ -300,6 +303,15 @@ impl RecordingStripe {
     pub fn fail_next(&self, n: u32) {
         *self.state.fail_next.lock().expect("lock") = n;
     }
+
+    /// Answers `body` to every request for `path` from now on.
+    pub fn answer(&self, path: &str, body: Value) {
+        self.state
+            .answers
+            .lock()
+            .expect("lock")
+            .insert(path.to_owned(), body);
+    }
 }
 
 async fn answer(
@@ -315,6 +327,7 @@ async fn answer(
     state.requests.lock().expect("lock").push(Recorded {
         method: method.to_string(),
         path: path.clone(),
+        query: uri.query().map(str::to_owned),
         headers,
         form,
     });
@@ -330,6 +343,9 @@ async fn answer(
             )
                 .into_response();
         }
+    }
+    if let Some(body) = state.answers.lock().expect("lock").get(&path).cloned() {
+        return axum::Json(body).into_response();
     }
     let now = chrono::Utc::now().timestamp();
     // A new customer id per customer, as Stripe makes them.
@@ -370,4 +386,124 @@ async fn answer(
         }
     };
     axum::Json(body).into_response()
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    upstream: String,
+    http: reqwest::Client,
+    /// Added before each request is forwarded.
+    delay: Arc<Mutex<Duration>>,
+    /// Answer every request with Stripe's 503 instead of forwarding it.
+    down: Arc<std::sync::atomic::AtomicBool>,
+    /// While true, requests wait (Stripe not answering).
+    paused: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting on the pause right now.
+    waiting: tokio::sync::watch::Sender<usize>,
+}
+
+/// A loopback proxy in front of localstripe that adds latency, holds requests or plays
+/// unreachable, to see what Stripe being slow or down does to Qleet.
+pub struct StripeProxy {
+    pub url: String,
+    state: ProxyState,
+}
+
+impl StripeProxy {
+    pub async fn start(upstream: &str) -> StripeProxy {
+        let state = ProxyState {
+            upstream: upstream.to_owned(),
+            http: reqwest::Client::new(),
+            delay: Arc::default(),
+            down: Arc::default(),
+            paused: tokio::sync::watch::channel(false).0,
+            waiting: tokio::sync::watch::channel(0).0,
+        };
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        StripeProxy { url, state }
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.state.delay.lock().expect("lock") = delay;
+    }
+
+    pub fn set_down(&self, down: bool) {
+        self.state
+            .down
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Holds every request until [`StripeProxy::resume`].
+    pub fn pause(&self) {
+        self.state.paused.send_replace(true);
+    }
+
+    pub fn resume(&self) {
+        self.state.paused.send_replace(false);
+    }
+
+    /// Returns once at least `n` requests are held by the pause.
+    pub async fn wait_for_held(&self, n: usize) {
+        let mut rx = self.state.waiting.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|w| *w >= n))
+            .await
+            .expect("Stripe was never called")
+            .expect("proxy alive");
+    }
+}
+
+async fn forward(
+    State(state): State<ProxyState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if state.down.load(std::sync::atomic::Ordering::SeqCst) {
+        let error = json!({ "error": { "type": "api_error", "message": "Stripe is unreachable (test proxy)" } });
+        return (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(error),
+        )
+            .into_response();
+    }
+    let mut paused = state.paused.subscribe();
+    if *paused.borrow() {
+        state.waiting.send_modify(|w| *w += 1);
+        let _ = paused.wait_for(|p| !*p).await;
+        state.waiting.send_modify(|w| *w -= 1);
+    }
+    let delay = *state.delay.lock().expect("lock");
+    tokio::time::sleep(delay).await;
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut request = state
+        .http
+        .request(method, format!("{}{path}", state.upstream))
+        .body(body);
+    for name in [
+        "authorization",
+        "content-type",
+        "idempotency-key",
+        "stripe-version",
+    ] {
+        if let Some(v) = headers.get(name) {
+            request = request.header(name, v);
+        }
+    }
+    match request.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            (status, [("content-type", "application/json")], body).into_response()
+        }
+        Err(e) => (axum::http::StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
 }
