@@ -57,9 +57,9 @@ impl Client {
     }
 
     fn token(&self) -> Result<&str> {
-        self.token.as_deref().ok_or_else(|| {
-            Failure::auth("not signed in: run `qleetctl login`, or set QLEET_TOKEN")
-        })
+        self.token
+            .as_deref()
+            .ok_or_else(|| Failure::auth("not signed in: run `qleetctl login`, or set QLEET_TOKEN"))
     }
 
     async fn post(&self, endpoint: &str, query: &str, variables: Value) -> Result<Value> {
@@ -123,13 +123,11 @@ impl Client {
                 .map_err(|_| Failure::usage("the token contains characters a header cannot"))?;
             headers.insert(name, value);
         }
-        let (mut socket, _) = tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            tokio_tungstenite::connect_async(request),
-        )
-        .await
-        .map_err(|_| Failure::unavailable(format!("{ws_url}: no answer")))?
-        .map_err(|e| ws_refused(&ws_url, e))?;
+        let (mut socket, _) =
+            tokio::time::timeout(REQUEST_TIMEOUT, tokio_tungstenite::connect_async(request))
+                .await
+                .map_err(|_| Failure::unavailable(format!("{ws_url}: no answer")))?
+                .map_err(|e| ws_refused(&ws_url, e))?;
         let send = |v: Value| Message::Text(v.to_string().into());
         let io = |e: tokio_tungstenite::tungstenite::Error| {
             Failure::unavailable(format!("live updates: {e}"))
@@ -216,8 +214,14 @@ impl Client {
 }
 
 fn unreachable(url: &str, e: &reqwest::Error) -> Failure {
-    let what = if e.is_timeout() { "timed out" } else { "cannot be reached" };
-    Failure::unavailable(format!("{url} {what} (is QLEET_URL right and Qleet running?)"))
+    let what = if e.is_timeout() {
+        "timed out"
+    } else {
+        "cannot be reached"
+    };
+    Failure::unavailable(format!(
+        "{url} {what} (is QLEET_URL right and Qleet running?)"
+    ))
 }
 
 fn ws_refused(url: &str, e: tokio_tungstenite::tungstenite::Error) -> Failure {

@@ -55,7 +55,10 @@ pub fn load() -> Result<Stored> {
             ))
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Stored::default()),
-        Err(e) => Err(Failure::failed(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => Err(Failure::failed(format!(
+            "cannot read {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -95,6 +98,9 @@ pub fn remove() -> Result<bool> {
     match std::fs::remove_file(&path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Failure::failed(format!("cannot remove {}: {e}", path.display()))),
+        Err(e) => Err(Failure::failed(format!(
+            "cannot remove {}: {e}",
+            path.display()
+        ))),
     }
 }

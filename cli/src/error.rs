@@ -99,8 +99,14 @@ mod tests {
     fn codes_map_to_the_documented_exits_with_hints() {
         let f = Failure::from_code("QUOTA_EXCEEDED", "too many", &json!({"upgradeTo": "team"}));
         assert_eq!(f.exit, Exit::Failed);
-        assert_eq!(f.message, "QUOTA_EXCEEDED: too many (upgrade to the team plan to allow more)");
-        assert_eq!(Failure::from_code("FORBIDDEN", "no", &json!({})).exit, Exit::Auth);
+        assert_eq!(
+            f.message,
+            "QUOTA_EXCEEDED: too many (upgrade to the team plan to allow more)"
+        );
+        assert_eq!(
+            Failure::from_code("FORBIDDEN", "no", &json!({})).exit,
+            Exit::Auth
+        );
         assert_eq!(
             Failure::from_code("CONTROL_PLANE_NOT_READY", "no", &json!({})).exit,
             Exit::Unavailable

@@ -17,8 +17,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-pub use error::{Exit, Failure};
 use error::Result;
+pub use error::{Exit, Failure};
 use output::Format;
 
 const EXAMPLES: &str = "\
@@ -56,10 +56,21 @@ struct Global {
     #[arg(long, env = "QLEET_ORG", global = true)]
     org: Option<String>,
     /// Control plane (name or id) to act on (default: the current context).
-    #[arg(long = "control-plane", visible_alias = "cp", env = "QLEET_CONTROL_PLANE", global = true)]
+    #[arg(
+        long = "control-plane",
+        visible_alias = "cp",
+        env = "QLEET_CONTROL_PLANE",
+        global = true
+    )]
     control_plane: Option<String>,
     /// Output format.
-    #[arg(short = 'o', long = "output", value_enum, default_value = "table", global = true)]
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
     output: Format,
 }
 
@@ -185,9 +196,13 @@ impl Ctx {
 
 pub(crate) fn is_uuid(s: &str) -> bool {
     s.len() == 36
-        && s.chars()
-            .enumerate()
-            .all(|(i, c)| if [8, 13, 18, 23].contains(&i) { c == '-' } else { c.is_ascii_hexdigit() })
+        && s.chars().enumerate().all(|(i, c)| {
+            if [8, 13, 18, 23].contains(&i) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
 }
 
 /// Parses `30s`, `5m`, `1h` or plain seconds.
@@ -251,7 +266,11 @@ async fn run(cli: Cli) -> Result<()> {
         .url
         .clone()
         .or_else(|| stored.url.clone())
-        .ok_or_else(|| Failure::auth("not signed in: run `qleetctl login --url URL`, or set QLEET_URL and QLEET_TOKEN"))?;
+        .ok_or_else(|| {
+            Failure::auth(
+                "not signed in: run `qleetctl login --url URL`, or set QLEET_URL and QLEET_TOKEN",
+            )
+        })?;
     // The environment wins over the stored token (CI), read here once.
     let token = std::env::var("QLEET_TOKEN")
         .ok()
@@ -292,12 +311,14 @@ async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-const WHOAMI: &str = "{ me { id email displayName organizations { role organization { slug name } } } }";
+const WHOAMI: &str =
+    "{ me { id email displayName organizations { role organization { slug name } } } }";
 
 async fn login(g: Global, mut stored: config::Stored, args: LoginArgs) -> Result<()> {
-    let url = g.url.or_else(|| stored.url.clone()).ok_or_else(|| {
-        Failure::usage("which Qleet? pass --url URL (or set QLEET_URL)")
-    })?;
+    let url = g
+        .url
+        .or_else(|| stored.url.clone())
+        .ok_or_else(|| Failure::usage("which Qleet? pass --url URL (or set QLEET_URL)"))?;
     let probe = client::Client::new(&url, None)?;
     probe.reachable().await?;
     let (token, org) = match args.token {
@@ -330,7 +351,10 @@ async fn login(g: Global, mut stored: config::Stored, args: LoginArgs) -> Result
     // Check the token before keeping it.
     let client = client::Client::new(&url, Some(token.clone()))?;
     let me = client.management(WHOAMI, json!({})).await?;
-    let orgs = me["me"]["organizations"].as_array().cloned().unwrap_or_default();
+    let orgs = me["me"]["organizations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let org = org.or(g.org).or_else(|| {
         // An API token acts in exactly one organisation.
         (orgs.len() == 1)
@@ -372,7 +396,11 @@ async fn logout(g: Global, stored: config::Stored, keep_token: bool) -> Result<(
         (true, true) => "Signed out; the token was revoked.".to_owned(),
         (true, false) => "Signed out (the token was forgotten, not revoked).".to_owned(),
     };
-    output::print_or(g.output, &json!({ "signedOut": removed, "revoked": revoked }), &human);
+    output::print_or(
+        g.output,
+        &json!({ "signedOut": removed, "revoked": revoked }),
+        &human,
+    );
     Ok(())
 }
 
@@ -390,7 +418,13 @@ async fn whoami(ctx: &Ctx) -> Result<()> {
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|m| format!("{} ({})", output::cell(&m["organization"]["slug"]), output::cell(&m["role"]).to_lowercase()))
+                .map(|m| {
+                    format!(
+                        "{} ({})",
+                        output::cell(&m["organization"]["slug"]),
+                        output::cell(&m["role"]).to_lowercase()
+                    )
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -405,7 +439,11 @@ async fn whoami(ctx: &Ctx) -> Result<()> {
         "URL:           {}\nUser:          {}\nOrganisations: {}\nContext:       org {}, control plane {}",
         ctx.client.url,
         output::cell(&me["email"]),
-        if orgs.is_empty() { "-".into() } else { orgs.join(", ") },
+        if orgs.is_empty() {
+            "-".into()
+        } else {
+            orgs.join(", ")
+        },
         ctx.org.as_deref().unwrap_or("-"),
         cp,
     );

@@ -75,7 +75,10 @@ pub async fn browser(
                     "200 OK",
                     "Signed in. You can close this tab and return to qleetctl.",
                 ),
-                None => ("400 Bad Request", "This is not the sign-in qleetctl is waiting for."),
+                None => (
+                    "400 Bad Request",
+                    "This is not the sign-in qleetctl is waiting for.",
+                ),
             };
             let reply = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n\

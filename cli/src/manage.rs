@@ -145,7 +145,11 @@ pub async fn org(ctx: &Ctx, cmd: OrgCommand) -> Result<()> {
                 )
                 .await?;
             let o = &data["createOrganization"];
-            output::print_or(ctx.format, o, &format!("Created organisation {}.", output::cell(&o["slug"])));
+            output::print_or(
+                ctx.format,
+                o,
+                &format!("Created organisation {}.", output::cell(&o["slug"])),
+            );
         }
         OrgCommand::Rename { slug, name } => {
             let data = c
@@ -155,7 +159,11 @@ pub async fn org(ctx: &Ctx, cmd: OrgCommand) -> Result<()> {
                 )
                 .await?;
             let o = &data["renameOrganization"];
-            output::print_or(ctx.format, o, &format!("Renamed {slug} to {}.", output::cell(&o["name"])));
+            output::print_or(
+                ctx.format,
+                o,
+                &format!("Renamed {slug} to {}.", output::cell(&o["name"])),
+            );
         }
         OrgCommand::Delete { slug, confirm } => {
             c.management(
@@ -163,7 +171,11 @@ pub async fn org(ctx: &Ctx, cmd: OrgCommand) -> Result<()> {
                 json!({ "s": slug, "c": confirm }),
             )
             .await?;
-            output::print_or(ctx.format, &json!({ "deleted": slug }), &format!("Deleted organisation {slug}."));
+            output::print_or(
+                ctx.format,
+                &json!({ "deleted": slug }),
+                &format!("Deleted organisation {slug}."),
+            );
         }
     }
     Ok(())
@@ -189,9 +201,18 @@ async fn member_id(ctx: &Ctx, who: &str) -> Result<String> {
     list.as_array()
         .into_iter()
         .flatten()
-        .find(|m| m["email"].as_str().is_some_and(|e| e.eq_ignore_ascii_case(who)))
+        .find(|m| {
+            m["email"]
+                .as_str()
+                .is_some_and(|e| e.eq_ignore_ascii_case(who))
+        })
         .and_then(|m| m["userId"].as_str().map(str::to_owned))
-        .ok_or_else(|| Failure::failed(format!("{who} is not a member of {}", ctx.org().unwrap_or("-"))))
+        .ok_or_else(|| {
+            Failure::failed(format!(
+                "{who} is not a member of {}",
+                ctx.org().unwrap_or("-")
+            ))
+        })
 }
 
 pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<()> {
@@ -203,7 +224,13 @@ pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<()> {
                 ctx.format,
                 &rows,
                 &rows,
-                &[("EMAIL", "/email"), ("NAME", "/displayName"), ("ROLE", "/role"), ("JOINED", "/joinedAt"), ("USER ID", "/userId")],
+                &[
+                    ("EMAIL", "/email"),
+                    ("NAME", "/displayName"),
+                    ("ROLE", "/role"),
+                    ("JOINED", "/joinedAt"),
+                    ("USER ID", "/userId"),
+                ],
             );
         }
         MemberCommand::Invite { email, role } => {
@@ -217,7 +244,10 @@ pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<()> {
             output::print_or(
                 ctx.format,
                 inv,
-                &format!("Invited {email} as {role}. Pass on this link: {}", output::cell(&inv["acceptUrl"])),
+                &format!(
+                    "Invited {email} as {role}. Pass on this link: {}",
+                    output::cell(&inv["acceptUrl"])
+                ),
             );
         }
         MemberCommand::Role { member, role } => {
@@ -229,7 +259,11 @@ pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<()> {
                 )
                 .await?;
             let m = &data["changeMemberRole"];
-            output::print_or(ctx.format, m, &format!("{} is now {role}.", output::cell(&m["email"])));
+            output::print_or(
+                ctx.format,
+                m,
+                &format!("{} is now {role}.", output::cell(&m["email"])),
+            );
         }
         MemberCommand::Remove { member } => {
             let id = member_id(ctx, &member).await?;
@@ -238,7 +272,11 @@ pub async fn member(ctx: &Ctx, cmd: MemberCommand) -> Result<()> {
                 json!({ "o": ctx.org()?, "u": id }),
             )
             .await?;
-            output::print_or(ctx.format, &json!({ "removed": id }), &format!("Removed {member}."));
+            output::print_or(
+                ctx.format,
+                &json!({ "removed": id }),
+                &format!("Removed {member}."),
+            );
         }
     }
     Ok(())
@@ -259,7 +297,13 @@ pub async fn invitation(ctx: &Ctx, cmd: InvitationCommand) -> Result<()> {
                 ctx.format,
                 rows,
                 rows,
-                &[("ID", "/id"), ("EMAIL", "/email"), ("ROLE", "/role"), ("INVITED BY", "/invitedBy"), ("EXPIRES", "/expiresAt")],
+                &[
+                    ("ID", "/id"),
+                    ("EMAIL", "/email"),
+                    ("ROLE", "/role"),
+                    ("INVITED BY", "/invitedBy"),
+                    ("EXPIRES", "/expiresAt"),
+                ],
             );
         }
         InvitationCommand::Revoke { id } => {
@@ -270,7 +314,11 @@ pub async fn invitation(ctx: &Ctx, cmd: InvitationCommand) -> Result<()> {
                     json!({ "o": ctx.org()?, "id": id }),
                 )
                 .await?;
-            output::print_or(ctx.format, &json!({ "revoked": id }), &format!("Revoked invitation {id}."));
+            output::print_or(
+                ctx.format,
+                &json!({ "revoked": id }),
+                &format!("Revoked invitation {id}."),
+            );
         }
     }
     Ok(())
@@ -280,7 +328,9 @@ fn uuid_arg(s: &str, what: &str) -> Result<()> {
     if crate::is_uuid(s) {
         Ok(())
     } else {
-        Err(Failure::usage(format!("{s:?} is not a valid {what} (a UUID)")))
+        Err(Failure::usage(format!(
+            "{s:?} is not a valid {what} (a UUID)"
+        )))
     }
 }
 
@@ -308,7 +358,11 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {
             let rows = &data["organization"]["apiTokens"];
             output::print(ctx.format, rows, rows, TOKEN_COLUMNS);
         }
-        TokenCommand::Create { name, role, expires_in_days } => {
+        TokenCommand::Create {
+            name,
+            role,
+            expires_in_days,
+        } => {
             let expires = expires_in_days.map(|d| {
                 let at = std::time::SystemTime::now() + Duration::from_secs(u64::from(d) * 86_400);
                 rfc3339(at)
@@ -323,7 +377,11 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {
             output::print_or(
                 ctx.format,
                 t,
-                &format!("{}\n(shown once: store it now; id {})", output::cell(&t["token"]), output::cell(&t["apiToken"]["id"])),
+                &format!(
+                    "{}\n(shown once: store it now; id {})",
+                    output::cell(&t["token"]),
+                    output::cell(&t["apiToken"]["id"])
+                ),
             );
         }
         TokenCommand::Revoke { id } => {
@@ -334,7 +392,11 @@ pub async fn token(ctx: &Ctx, cmd: TokenCommand) -> Result<()> {
                     json!({ "o": ctx.org()?, "id": id }),
                 )
                 .await?;
-            output::print_or(ctx.format, &data["revokeApiToken"], &format!("Revoked token {id}."));
+            output::print_or(
+                ctx.format,
+                &data["revokeApiToken"],
+                &format!("Revoked token {id}."),
+            );
         }
     }
     Ok(())
@@ -498,7 +560,15 @@ pub async fn control_plane(ctx: &Ctx, cmd: CpCommand) -> Result<()> {
                 println!("\nEndpoint: {}\n\nEvents:", output::cell(&cp["endpoint"]));
                 print!(
                     "{}",
-                    output::table(&cp["events"], &[("AT", "/at"), ("FROM", "/from"), ("TO", "/to"), ("MESSAGE", "/message")])
+                    output::table(
+                        &cp["events"],
+                        &[
+                            ("AT", "/at"),
+                            ("FROM", "/from"),
+                            ("TO", "/to"),
+                            ("MESSAGE", "/message")
+                        ]
+                    )
                 );
             } else {
                 output::print(ctx.format, &cp, &cp, &[]);
@@ -514,7 +584,10 @@ pub async fn control_plane(ctx: &Ctx, cmd: CpCommand) -> Result<()> {
                 .await?;
             (data["createControlPlane"].clone(), wait, "READY")
         }
-        CpCommand::Suspend { control_plane, wait } => {
+        CpCommand::Suspend {
+            control_plane,
+            wait,
+        } => {
             let id = find_control_plane(ctx, &control_plane).await?["id"].clone();
             let data = c
                 .management(
@@ -524,7 +597,10 @@ pub async fn control_plane(ctx: &Ctx, cmd: CpCommand) -> Result<()> {
                 .await?;
             (data["suspendControlPlane"].clone(), wait, "SUSPENDED")
         }
-        CpCommand::Resume { control_plane, wait } => {
+        CpCommand::Resume {
+            control_plane,
+            wait,
+        } => {
             let id = find_control_plane(ctx, &control_plane).await?["id"].clone();
             let data = c
                 .management(
@@ -534,7 +610,11 @@ pub async fn control_plane(ctx: &Ctx, cmd: CpCommand) -> Result<()> {
                 .await?;
             (data["resumeControlPlane"].clone(), wait, "READY")
         }
-        CpCommand::Delete { control_plane, confirm, wait } => {
+        CpCommand::Delete {
+            control_plane,
+            confirm,
+            wait,
+        } => {
             let id = find_control_plane(ctx, &control_plane).await?["id"].clone();
             let data = c
                 .management(
@@ -566,7 +646,13 @@ pub async fn audit(ctx: &Ctx, limit: u32) -> Result<()> {
         ctx.format,
         rows,
         rows,
-        &[("AT", "/at"), ("ACTOR", "/actor"), ("ACTION", "/action"), ("IP", "/ip"), ("CHANGES", "/changes")],
+        &[
+            ("AT", "/at"),
+            ("ACTOR", "/actor"),
+            ("ACTION", "/action"),
+            ("IP", "/ip"),
+            ("CHANGES", "/changes"),
+        ],
     );
     Ok(())
 }

@@ -137,11 +137,16 @@ fn read_yaml(path: &PathBuf) -> Result<String> {
             .map_err(|e| Failure::failed(format!("cannot read standard input: {e}")))?;
         s
     } else {
-        let meta = std::fs::metadata(path).map_err(|e| Failure::failed(format!("cannot read {shown}: {}", io_reason(&e))))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Failure::failed(format!("cannot read {shown}: {}", io_reason(&e))))?;
         if meta.len() > MAX_FILE {
-            return Err(Failure::failed(format!("{shown} is larger than {} MiB", MAX_FILE / 1024 / 1024)));
+            return Err(Failure::failed(format!(
+                "{shown} is larger than {} MiB",
+                MAX_FILE / 1024 / 1024
+            )));
         }
-        std::fs::read_to_string(path).map_err(|e| Failure::failed(format!("cannot read {shown}: {}", io_reason(&e))))?
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::failed(format!("cannot read {shown}: {}", io_reason(&e))))?
     };
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| {
         let first = e.to_string();
@@ -194,10 +199,8 @@ pub fn render_plan(plan: &Value, colour: bool) -> String {
             let multiline = |v: &Value| v.as_str().is_some_and(|s| s.contains('\n'));
             if multiline(before) || multiline(after) {
                 out.push_str(&format!("    {path}:\n"));
-                let lines = output::line_diff(
-                    before.as_str().unwrap_or(""),
-                    after.as_str().unwrap_or(""),
-                );
+                let lines =
+                    output::line_diff(before.as_str().unwrap_or(""), after.as_str().unwrap_or(""));
                 for (mark, line) in lines {
                     let text = format!("      {mark} {line}");
                     let text = match mark {
@@ -218,7 +221,11 @@ pub fn render_plan(plan: &Value, colour: bool) -> String {
         }
     }
     let s = &plan["summary"];
-    let verb = if plan["applied"] == true { "Applied" } else { "Plan" };
+    let verb = if plan["applied"] == true {
+        "Applied"
+    } else {
+        "Plan"
+    };
     out.push_str(&format!(
         "{verb}: {} to create, {} to update, {} to delete, {} unchanged.\n",
         s["create"], s["update"], s["delete"], s["unchanged"]
@@ -258,7 +265,11 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
     };
     let data = ctx
         .client
-        .control_plane(&cp, PLAN, json!({ "y": yaml, "d": false, "p": args.file.prune }))
+        .control_plane(
+            &cp,
+            PLAN,
+            json!({ "y": yaml, "d": false, "p": args.file.prune }),
+        )
         .await?;
     let plan = &data["apply"];
     match ctx.format {
@@ -273,7 +284,10 @@ pub async fn apply(ctx: &Ctx, args: ApplyArgs) -> Result<()> {
         .into_iter()
         .flatten()
         .filter_map(|c| {
-            let key = (c["kind"].as_str()?.to_owned(), c["name"].as_str()?.to_owned());
+            let key = (
+                c["kind"].as_str()?.to_owned(),
+                c["name"].as_str()?.to_owned(),
+            );
             match c["action"].as_str()? {
                 "CREATE" | "UPDATE" | "UNCHANGED" => Some((key, Want::Ready)),
                 "DELETE" => Some((key, Want::Gone)),
@@ -307,7 +321,8 @@ async fn subscribe(
     }
 }
 
-const PHASES: &str = "{ objects { kind name phase message generation observedGeneration deleting } }";
+const PHASES: &str =
+    "{ objects { kind name phase message generation observedGeneration deleting } }";
 
 /// Follows `targets` until each is Ready (phase READY at its current generation) or gone,
 /// printing each phase change; FAILED or the timeout end it with exit 1.
@@ -352,7 +367,15 @@ async fn wait_for(
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|o| Some(((o["kind"].as_str()?.to_owned(), o["name"].as_str()?.to_owned()), o.clone())))
+                .filter_map(|o| {
+                    Some((
+                        (
+                            o["kind"].as_str()?.to_owned(),
+                            o["name"].as_str()?.to_owned(),
+                        ),
+                        o.clone(),
+                    ))
+                })
                 .collect();
             let keys: Vec<_> = targets.keys().cloned().collect();
             for key in keys {
@@ -367,7 +390,12 @@ async fn wait_for(
                         }
                         targets.remove(&key);
                     }
-                    Some(Err(msg)) => return Err(Failure::failed(format!("{}/{} FAILED: {msg}", key.0, key.1))),
+                    Some(Err(msg)) => {
+                        return Err(Failure::failed(format!(
+                            "{}/{} FAILED: {msg}",
+                            key.0, key.1
+                        )));
+                    }
                     None => {}
                 }
             }
@@ -383,7 +411,10 @@ async fn wait_for(
             let pending: Vec<String> = targets
                 .keys()
                 .map(|k| {
-                    let phase = seen.get(k).map(|s| s.0.clone()).unwrap_or_else(|| "?".into());
+                    let phase = seen
+                        .get(k)
+                        .map(|s| s.0.clone())
+                        .unwrap_or_else(|| "?".into());
                     format!("{}/{} ({phase})", k.0, k.1)
                 })
                 .collect();
@@ -394,7 +425,11 @@ async fn wait_for(
             )));
         }
         // Poll every 5 s anyway (and every second without live updates), as a backstop.
-        let tick = if live.is_some() { Duration::from_secs(5) } else { Duration::from_secs(1) };
+        let tick = if live.is_some() {
+            Duration::from_secs(5)
+        } else {
+            Duration::from_secs(1)
+        };
         let sleep = tokio::time::sleep(tick.min(deadline - now));
         tokio::select! {
             msg = async { match live.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
@@ -438,9 +473,16 @@ fn report(
     o: &Value,
     progress: &impl Fn(String),
 ) {
-    let now = (output::cell(&o["phase"]), o["message"].as_str().unwrap_or("").to_owned());
+    let now = (
+        output::cell(&o["phase"]),
+        o["message"].as_str().unwrap_or("").to_owned(),
+    );
     if seen.get(key) != Some(&now) {
-        progress(format!("{}/{}  {}  {}", key.0, key.1, now.0, now.1).trim_end().to_owned());
+        progress(
+            format!("{}/{}  {}  {}", key.0, key.1, now.0, now.1)
+                .trim_end()
+                .to_owned(),
+        );
         seen.insert(key.clone(), now);
     }
 }
@@ -461,7 +503,14 @@ pub async fn get(ctx: &Ctx, args: GetArgs) -> Result<()> {
         _ => None,
     };
     if let Some((kind, name)) = one {
-        let obj = object(ctx, &cp, &kind, &name, "kind name phase message generation observedGeneration spec outputs").await?;
+        let obj = object(
+            ctx,
+            &cp,
+            &kind,
+            &name,
+            "kind name phase message generation observedGeneration spec outputs",
+        )
+        .await?;
         output::print(ctx.format, &obj, &obj, OBJECT_COLUMNS);
         return Ok(());
     }
@@ -483,12 +532,16 @@ async fn object(ctx: &Ctx, cp: &str, kind: &str, name: &str, fields: &str) -> Re
         .client
         .control_plane(
             cp,
-            &format!("query($k: String!, $n: String!) {{ object(kind: $k, name: $n) {{ {fields} }} }}"),
+            &format!(
+                "query($k: String!, $n: String!) {{ object(kind: $k, name: $n) {{ {fields} }} }}"
+            ),
             json!({ "k": kind, "n": name }),
         )
         .await?;
     match &data["object"] {
-        Value::Null => Err(Failure::failed(format!("NOT_FOUND: there is no {kind}/{name}"))),
+        Value::Null => Err(Failure::failed(format!(
+            "NOT_FOUND: there is no {kind}/{name}"
+        ))),
         o => Ok(o.clone()),
     }
 }
@@ -508,13 +561,22 @@ pub async fn describe(ctx: &Ctx, args: TargetArgs) -> Result<()> {
             .as_array()
             .into_iter()
             .flatten()
-            .map(|r| format!("{}/{} ({})", output::cell(&r["kind"]), output::cell(&r["name"]), output::cell(&r["phase"])))
+            .map(|r| {
+                format!(
+                    "{}/{} ({})",
+                    output::cell(&r["kind"]),
+                    output::cell(&r["name"]),
+                    output::cell(&r["phase"])
+                )
+            })
             .collect();
-        if list.is_empty() { "-".into() } else { list.join(", ") }
+        if list.is_empty() {
+            "-".into()
+        } else {
+            list.join(", ")
+        }
     };
-    let indent = |text: String| -> String {
-        text.lines().map(|l| format!("  {l}\n")).collect()
-    };
+    let indent = |text: String| -> String { text.lines().map(|l| format!("  {l}\n")).collect() };
     let mut out = format!(
         "Object:       {kind}/{name}\nPhase:        {}\nMessage:      {}\nGeneration:   {} (observed {})\nOwner:        {}\nDependencies: {}\nDependents:   {}\nCreated:      {}\nUpdated:      {}\n",
         output::cell(&o["phase"]),
@@ -538,7 +600,13 @@ pub async fn describe(ctx: &Ctx, args: TargetArgs) -> Result<()> {
     out.push_str("Conditions:\n");
     out.push_str(&indent(output::table(
         &o["conditions"],
-        &[("TYPE", "/type"), ("STATUS", "/status"), ("REASON", "/reason"), ("SINCE", "/lastTransitionAt"), ("MESSAGE", "/message")],
+        &[
+            ("TYPE", "/type"),
+            ("STATUS", "/status"),
+            ("REASON", "/reason"),
+            ("SINCE", "/lastTransitionAt"),
+            ("MESSAGE", "/message"),
+        ],
     )));
     out.push_str("Events:\n");
     out.push_str(&indent(output::table(&o["events"], EVENT_COLUMNS)));
@@ -556,7 +624,17 @@ const EVENT_COLUMNS: &[Column<'_>] = &[
 pub async fn events(ctx: &Ctx, args: EventsArgs) -> Result<()> {
     let (kind, name) = parse_target(&args.target.target, args.target.name.as_deref())?;
     let cp = ctx.control_plane().await?;
-    let o = object(ctx, &cp, &kind, &name, &format!("events(last: {}) {{ at type reason message }}", args.limit.min(1000))).await?;
+    let o = object(
+        ctx,
+        &cp,
+        &kind,
+        &name,
+        &format!(
+            "events(last: {}) {{ at type reason message }}",
+            args.limit.min(1000)
+        ),
+    )
+    .await?;
     let rows = &o["events"];
     output::print(ctx.format, rows, rows, EVENT_COLUMNS);
     Ok(())
@@ -588,7 +666,15 @@ pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<()> {
             .into_iter()
             .flatten()
             .filter(|c| c["action"] == "DELETE")
-            .filter_map(|c| Some(((c["kind"].as_str()?.to_owned(), c["name"].as_str()?.to_owned()), Want::Gone)))
+            .filter_map(|c| {
+                Some((
+                    (
+                        c["kind"].as_str()?.to_owned(),
+                        c["name"].as_str()?.to_owned(),
+                    ),
+                    Want::Gone,
+                ))
+            })
             .collect();
         wait_for(ctx, &cp, targets, timeout, live).await?;
     }
@@ -598,7 +684,11 @@ pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> Result<()> {
 pub async fn wait(ctx: &Ctx, args: WaitArgs) -> Result<()> {
     let (kind, name) = parse_target(&args.target.target, args.target.name.as_deref())?;
     let cp = ctx.control_plane().await?;
-    let want = if args.condition == "deleted" { Want::Gone } else { Want::Ready };
+    let want = if args.condition == "deleted" {
+        Want::Gone
+    } else {
+        Want::Ready
+    };
     let live = subscribe(ctx, &cp, Some(&kind), Some(&name)).await;
     let targets = BTreeMap::from([((kind, name), want)]);
     wait_for(ctx, &cp, targets, args.timeout, live).await
@@ -622,7 +712,11 @@ pub async fn watch(ctx: &Ctx, args: WatchArgs) -> Result<()> {
                     output::cell(&o["at"]),
                     output::cell(&o["kind"]),
                     output::cell(&o["name"]),
-                    if o["deleted"] == true { "DELETED".to_owned() } else { output::cell(&o["phase"]) },
+                    if o["deleted"] == true {
+                        "DELETED".to_owned()
+                    } else {
+                        output::cell(&o["phase"])
+                    },
                     o["message"].as_str().unwrap_or("")
                 ),
                 Format::Json => println!("{o}"),
@@ -641,7 +735,11 @@ pub async fn graph(ctx: &Ctx, args: GraphArgs) -> Result<()> {
     let cp = ctx.control_plane().await?;
     let data = ctx
         .client
-        .control_plane(&cp, "{ graph { nodes { kind name phase } edges { from { kind name } to { kind name } } } }", json!({}))
+        .control_plane(
+            &cp,
+            "{ graph { nodes { kind name phase } edges { from { kind name } to { kind name } } } }",
+            json!({}),
+        )
         .await?;
     let g = &data["graph"];
     if ctx.format != Format::Table {
@@ -650,7 +748,10 @@ pub async fn graph(ctx: &Ctx, args: GraphArgs) -> Result<()> {
     }
     let id = |r: &Value| format!("{}/{}", output::cell(&r["kind"]), output::cell(&r["name"]));
     let nodes: Vec<&Value> = g["nodes"].as_array().into_iter().flatten().collect();
-    let phase: BTreeMap<String, String> = nodes.iter().map(|n| (id(n), output::cell(&n["phase"]))).collect();
+    let phase: BTreeMap<String, String> = nodes
+        .iter()
+        .map(|n| (id(n), output::cell(&n["phase"])))
+        .collect();
     // from (dependent) → to (dependency).
     let mut uses: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut used = std::collections::BTreeSet::new();
@@ -673,7 +774,14 @@ pub async fn graph(ctx: &Ctx, args: GraphArgs) -> Result<()> {
         return Ok(());
     }
     // A tree from each object nothing uses, down through what it uses.
-    fn walk(n: &str, depth: usize, uses: &BTreeMap<String, Vec<String>>, phase: &BTreeMap<String, String>, path: &mut Vec<String>, out: &mut String) {
+    fn walk(
+        n: &str,
+        depth: usize,
+        uses: &BTreeMap<String, Vec<String>>,
+        phase: &BTreeMap<String, String>,
+        path: &mut Vec<String>,
+        out: &mut String,
+    ) {
         let p = phase.get(n).map(String::as_str).unwrap_or("-");
         out.push_str(&format!("{}{n} ({p})\n", "  ".repeat(depth)));
         if path.iter().any(|x| x == n) || depth > 50 {
@@ -727,7 +835,11 @@ pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> Result<()> {
                  On Kubernetes (Helm):\n  helm install qleet-agent deploy/agent/helm --namespace qleet-agent --create-namespace \\\n    --set controlPlaneUrl='{url}' --set registrationToken='{token}'",
                 output::cell(&r["expiresAt"])
             );
-            output::print_or(ctx.format, &json!({ "token": token, "expiresAt": r["expiresAt"], "url": url }), &human);
+            output::print_or(
+                ctx.format,
+                &json!({ "token": token, "expiresAt": r["expiresAt"], "url": url }),
+                &human,
+            );
         }
         AgentCommand::List => {
             let data = ctx
@@ -739,18 +851,35 @@ pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> Result<()> {
                 ctx.format,
                 rows,
                 rows,
-                &[("ID", "/id"), ("NAME", "/name"), ("VERSION", "/version"), ("STATUS", "/status"), ("RUNNING", "/running"), ("LAST SEEN", "/lastSeenAt")],
+                &[
+                    ("ID", "/id"),
+                    ("NAME", "/name"),
+                    ("VERSION", "/version"),
+                    ("STATUS", "/status"),
+                    ("RUNNING", "/running"),
+                    ("LAST SEEN", "/lastSeenAt"),
+                ],
             );
         }
         AgentCommand::Revoke { id } => {
             if !crate::is_uuid(&id) {
-                return Err(Failure::usage(format!("{id:?} is not a valid agent id (a UUID)")));
+                return Err(Failure::usage(format!(
+                    "{id:?} is not a valid agent id (a UUID)"
+                )));
             }
             let data = ctx
                 .client
-                .control_plane(&cp, "mutation($id: UUID!) { revokeAgent(id: $id) { id name status revokedAt } }", json!({ "id": id }))
+                .control_plane(
+                    &cp,
+                    "mutation($id: UUID!) { revokeAgent(id: $id) { id name status revokedAt } }",
+                    json!({ "id": id }),
+                )
                 .await?;
-            output::print_or(ctx.format, &data["revokeAgent"], &format!("Revoked agent {id}."));
+            output::print_or(
+                ctx.format,
+                &data["revokeAgent"],
+                &format!("Revoked agent {id}."),
+            );
         }
     }
     Ok(())
@@ -762,8 +891,14 @@ mod tests {
 
     #[test]
     fn targets_are_kind_slash_name_or_two_words() {
-        assert_eq!(parse_target("Workload/web", None).ok(), Some(("Workload".into(), "web".into())));
-        assert_eq!(parse_target("Workload", Some("web")).ok(), Some(("Workload".into(), "web".into())));
+        assert_eq!(
+            parse_target("Workload/web", None).ok(),
+            Some(("Workload".into(), "web".into()))
+        );
+        assert_eq!(
+            parse_target("Workload", Some("web")).ok(),
+            Some(("Workload".into(), "web".into()))
+        );
         assert!(parse_target("web", None).is_err());
         assert!(parse_target("Workload/", None).is_err());
     }

@@ -169,7 +169,13 @@ fn scalar(v: &Value, indent: usize) -> String {
             let body: Vec<String> = s
                 .trim_end_matches('\n')
                 .split('\n')
-                .map(|l| if l.is_empty() { String::new() } else { format!("{pad}{l}") })
+                .map(|l| {
+                    if l.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{pad}{l}")
+                    }
+                })
                 .collect();
             if s.starts_with(' ') {
                 serde_json::to_string(s).unwrap_or_default()

@@ -63,7 +63,10 @@ fn escape(s: &str) -> String {
 }
 
 /// The signed-in person behind the browser's session cookie, if any.
-async fn session_user(state: &AppState, headers: &HeaderMap) -> Result<Option<(Principal, String)>, ApiError> {
+async fn session_user(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<(Principal, String)>, ApiError> {
     let Some(raw) = session::cookie_value(headers) else {
         return Ok(None);
     };
