@@ -140,6 +140,11 @@ enum Command {
     /// Tenant agents of the current control plane.
     #[command(subcommand)]
     Agent(objects::AgentCommand),
+    /// Print a shell completion script, e.g. `qleetctl completion bash > /etc/bash_completion.d/qleetctl`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -254,6 +259,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Command::Completion { shell } = cli.command {
+        use clap::CommandFactory as _;
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "qleetctl",
+            &mut std::io::stdout(),
+        );
+        return Ok(());
+    }
     let stored = config::load()?;
     let g = cli.global;
     if let Command::Login(args) = cli.command {
@@ -287,7 +302,7 @@ async fn run(cli: Cli) -> Result<()> {
         format: g.output,
     };
     match cli.command {
-        Command::Login(_) | Command::Logout { .. } => Ok(()),
+        Command::Login(_) | Command::Logout { .. } | Command::Completion { .. } => Ok(()),
         Command::Whoami => whoami(&ctx).await,
         Command::Use { org, control_plane } => use_context(ctx, org, control_plane).await,
         Command::Org(c) => manage::org(&ctx, c).await,

@@ -18,6 +18,9 @@ async fn bad_input_gives_one_line_errors_and_the_documented_exit_codes() {
     assert_eq!(out.code, 2, "{out:?}");
     let out = run(&app, &["apply", "-f", "x.yaml", "--wait=soon"]).await;
     assert_eq!(out.code, 2, "{out:?}");
+    // Completion needs no sign-in.
+    let out = run(&app, &["completion", "bash"]).await;
+    assert!(out.ok().contains("_qleetctl()"), "{out:?}");
     // Not signed in at all.
     let out = run(&app, &["whoami"]).await;
     assert!(out.fails(3).contains("not signed in"), "{out:?}");
