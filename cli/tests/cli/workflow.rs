@@ -114,7 +114,20 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
     assert_eq!(orgs[0]["organization"]["slug"], "acme");
     assert_eq!(orgs[0]["role"], "OWNER");
     let table = run(&app, &["org", "list"]).await;
-    assert_eq!(table.ok().lines().next(), Some("SLUG  NAME  ROLE"));
+    assert_eq!(table.ok(), "SLUG  NAME  ROLE\nacme  acme  OWNER\n");
+    let yaml = run(&app, &["org", "list", "-o", "yaml"]).await;
+    let text = yaml.ok();
+    let masked: String = text
+        .lines()
+        .map(|l| match l.split_once(": ") {
+            Some((k, _)) if k.trim() == "id" || k.trim() == "createdAt" => format!("{k}: *\n"),
+            _ => format!("{l}\n"),
+        })
+        .collect();
+    assert_eq!(
+        masked,
+        "- organization:\n    createdAt: *\n    id: *\n    name: acme\n    slug: acme\n  role: OWNER\n"
+    );
     // Tokens act within their organisation but cannot invite or mint tokens: refused by the
     // server, exit 3 with its code (the browser or a person's session does those).
     let out = run(
