@@ -210,6 +210,10 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
     ));
     let out = run(&app, &["wait", "AwsAccount/main", "--timeout", "60s"]).await;
     assert!(out.ok().contains("Done: everything is Ready."), "{out:?}");
+    assert!(!out.stderr.contains("no live updates"), "{out:?}");
+    // `watch` follows the same subscription until its timeout.
+    let watch = run(&app, &["watch", "--timeout", "2s", "-o", "json"]).await;
+    assert_eq!(watch.code, 0, "{watch:?}");
     let out = run(&app, &["apply", "-f", file, "--wait=90s"]).await;
     let text = out.ok();
     assert!(text.contains("5 unchanged"), "{text}");
