@@ -85,6 +85,7 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/auth/logout", post(logout))
+        .merge(crate::identity::cli::router())
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

@@ -24,8 +24,8 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::apply_subscriptions;
-use crate::controlplanes::Services;
 use crate::error::ApiError;
+use crate::fleet::Services;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {

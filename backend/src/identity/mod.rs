@@ -1,6 +1,7 @@
 //! Who is calling: users and their sign-in identities, browser sessions, API tokens, and the
 //! [`Principal`] every request is authenticated as.
 
+pub mod cli;
 pub mod dev;
 pub mod graphql;
 pub mod oidc;
