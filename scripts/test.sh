@@ -44,6 +44,8 @@ export QLEET_SITE_DIR
 
 say "cargo fmt --check"
 cargo fmt --all --check
+say "the README's crate graph matches cargo metadata"
+scripts/crate-graph.sh --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --features qleet/kubernetes -- -D warnings
 cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings

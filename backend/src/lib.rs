@@ -1,6 +1,9 @@
 //! Qleet's management plane: identity (OpenID Connect sign-in, sessions, API tokens),
-//! organisations with members, roles and invitations, the audit log, the GraphQL API and the
-//! server-rendered web UI, served by one axum application over the management database.
+//! organisations with members, roles and invitations, billing, the audit log, the fleet of
+//! tenant control planes (registry, lifecycle, runtime drivers, the gateway that forwards to
+//! them over HTTP), the GraphQL API and the server-rendered web UI, served by one axum
+//! application over the management database. Tenant control planes are a separate crate and
+//! binary (`qleet-control-plane`); this crate only talks to them over HTTP.
 
 pub mod audit;
 pub mod billing;
