@@ -175,6 +175,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             web::check_origin,
         ))
+        .layer(axum::middleware::from_fn(web::refuse_nul_in_uri))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(axum::middleware::from_fn(telemetry::observe))
         .with_state(state)

@@ -51,30 +51,65 @@ pub fn client_ip(parts: &Parts, trust_proxy_headers: bool) -> Option<String> {
 /// Middleware: a state-changing browser request (one that carries the session cookie) must come
 /// from Qleet's own origin. Together with SameSite=Lax cookies and the per-session CSRF token
 /// on forms, this stops cross-site request forgery.
+///
+/// A WebSocket upgrade is a GET, but what is sent over it can change state, and a browser opens
+/// one from any page with the cookie attached: an upgrade carrying the session cookie needs
+/// Qleet's origin too (browsers always send `Origin` on upgrades). Server-sent events are read
+/// only, yet a cross-site `EventSource` names its page in `Origin`: one that names another
+/// origin is refused (a same-origin `EventSource` sends none).
 pub async fn check_origin(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let headers = req.headers();
-    if !safe
-        && session::cookie_value(headers).is_some()
-        && !headers.contains_key(header::AUTHORIZATION)
-    {
-        let origin = headers
-            .get(header::ORIGIN)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| {
-                let referer = headers.get(header::REFERER)?.to_str().ok()?;
-                Some(
-                    url::Url::parse(referer)
-                        .ok()?
-                        .origin()
-                        .ascii_serialization(),
-                )
-            });
-        if origin.as_deref() != Some(state.config.public_origin().as_str()) {
+    let with_cookie =
+        session::cookie_value(headers).is_some() && !headers.contains_key(header::AUTHORIZATION);
+    if with_cookie {
+        let ours = state.config.public_origin();
+        let origin = request_origin(headers);
+        let refuse = if is_upgrade(headers)
+            || !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        {
+            origin.as_deref() != Some(ours.as_str())
+        } else {
+            headers.contains_key(header::ORIGIN) && origin.as_deref() != Some(ours.as_str())
+        };
+        if refuse {
             tracing::warn!(origin = ?origin, "refused a cross-origin request carrying the session cookie");
             return ApiError::Csrf.into_response();
         }
+    }
+    next.run(req).await
+}
+
+/// The origin a browser request names: `Origin`, or failing that the origin of `Referer`.
+fn request_origin(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            let referer = headers.get(header::REFERER)?.to_str().ok()?;
+            Some(
+                url::Url::parse(referer)
+                    .ok()?
+                    .origin()
+                    .ascii_serialization(),
+            )
+        })
+}
+
+/// Whether the request asks to switch protocols (a WebSocket upgrade).
+fn is_upgrade(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) || headers.contains_key("sec-websocket-key")
+}
+
+/// Middleware: a path or query that spells a NUL (`%00`) is refused (`INVALID_INPUT`, 400)
+/// before any route reads it: the pages and the gateway look path segments up in PostgreSQL,
+/// which cannot store the character.
+pub async fn refuse_nul_in_uri(req: Request, next: Next) -> Response {
+    let uri = req.uri();
+    let spells_nul = |s: &str| s.contains("%00") || s.contains('\0');
+    if spells_nul(uri.path()) || uri.query().is_some_and(spells_nul) {
+        return ApiError::invalid("path", "text with a NUL character cannot be stored")
+            .into_response();
     }
     next.run(req).await
 }

@@ -88,8 +88,17 @@ async fn heartbeat(
 }
 
 /// Parses a JSON body into `T`, answering a readable INVALID_INPUT instead of axum's text.
+/// Text PostgreSQL cannot store (a NUL) is refused here too, whatever field holds it.
 fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::invalid("body", e.to_string()))
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::invalid("body", e.to_string()))?;
+    if !qleet_common::text::json_storable(&value) {
+        return Err(ApiError::invalid(
+            "body",
+            "text with a NUL character cannot be stored",
+        ));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid("body", e.to_string()))
 }
 
 fn task_id(id: &str) -> Result<Uuid, ApiError> {

@@ -53,6 +53,7 @@ pub fn schema(engine: &Engine) -> ControlPlaneSchema {
     .data(ControlPlaneId(engine.control_plane))
     .limit_depth(10)
     .limit_complexity(1000)
+    .extension(qleet_common::text::StorableText)
     .finish()
 }
 

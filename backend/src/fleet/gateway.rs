@@ -307,15 +307,33 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
     Ok(endpoint.0)
 }
 
-/// Whether a request is the tenant agent's own (registration, or an agent credential): the
-/// control plane checks those itself, so the gateway passes them through unchanged.
+/// Whether a request is the tenant agent's own (registration, or an agent credential on one of
+/// the agent API's routes): the control plane checks those itself, so the gateway passes them
+/// through unchanged. Any other path goes through the gateway's own authentication.
 fn is_agent_call(rest: &str, headers: &HeaderMap) -> bool {
     let bearer_is_agent = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .is_some_and(|b| b.starts_with(qleet_protocol::CREDENTIAL_PREFIX));
-    rest.starts_with("agent/v1/") && (rest == "agent/v1/register" || bearer_is_agent)
+    match rest.split('/').collect::<Vec<_>>().as_slice() {
+        ["agent", "v1", "register"] => true,
+        ["agent", "v1", "heartbeat"] | ["agent", "v1", "tasks", "lease"] => bearer_is_agent,
+        ["agent", "v1", "tasks", id, "renew" | "release" | "report"] => {
+            bearer_is_agent && id.parse::<Uuid>().is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// Whether a (percent-decoded) path has a `.` or `..` segment, or one that the URL parser would
+/// read as such once forwarded (`%2e`, a backslash as separator): the gateway refuses those
+/// rather than let the forwarded URL resolve to another route of the control plane.
+fn has_dot_segment(rest: &str) -> bool {
+    rest.split(['/', '\\']).any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,6 +347,12 @@ async fn forward_inner(
     uri: axum::http::Uri,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    if has_dot_segment(rest) {
+        return Err(ApiError::invalid(
+            "path",
+            "dot segments (`.`, `..`) are not allowed",
+        ));
+    }
     let (endpoint, authorization) = if is_agent_call(rest, &headers) {
         let cp = find(state, id).await?;
         let endpoint = reach(state, &cp).await?;
@@ -408,4 +432,55 @@ pub async fn graphql(
             message: format!("the control plane did not answer ({e})"),
         })?;
     response.json().await.map_err(crate::error::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_dot_segments_however_spelt() {
+        for path in [
+            "agent/v1/../../graphql",
+            "agent/v1/./heartbeat",
+            "agent/v1/%2e%2E/graphql",
+            "agent/v1/.%2e/graphql",
+            "agent/v1\\..\\graphql",
+            "..",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in ["graphql", "agent/v1/tasks/lease", "a/..b/c.", "x/.../y"] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn passes_through_only_the_agent_routes() {
+        let mut agent = HeaderMap::new();
+        agent.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer qleet_agent_x"),
+        );
+        let id = Uuid::new_v4();
+        for rest in [
+            "agent/v1/heartbeat".to_owned(),
+            "agent/v1/tasks/lease".to_owned(),
+            format!("agent/v1/tasks/{id}/renew"),
+            format!("agent/v1/tasks/{id}/release"),
+            format!("agent/v1/tasks/{id}/report"),
+        ] {
+            assert!(is_agent_call(&rest, &agent), "{rest}");
+            assert!(!is_agent_call(&rest, &HeaderMap::new()), "{rest}");
+        }
+        assert!(is_agent_call("agent/v1/register", &HeaderMap::new()));
+        for rest in [
+            "agent/v1/graphql",
+            "agent/v1/tasks/x/report",
+            "agent/v1/heartbeat/extra",
+            "graphql",
+        ] {
+            assert!(!is_agent_call(rest, &agent), "{rest}");
+        }
+    }
 }

@@ -54,6 +54,7 @@ pub fn schema(
         .limit_depth(10)
         .limit_complexity(1000)
         .limit_recursive_depth(32)
+        .extension(qleet_common::text::StorableText)
         .finish()
 }
 

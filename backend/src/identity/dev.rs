@@ -31,6 +31,13 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<DevForm>,
 ) -> Response {
+    if !qleet_common::text::storable(&form.name) || !qleet_common::text::storable(&form.email) {
+        return crate::error::ApiError::invalid(
+            "name",
+            "text with a NUL character cannot be stored",
+        )
+        .into_response();
+    }
     let email = match crate::orgs::invitations::parse_email(&form.email) {
         Ok(e) => e.to_lowercase(),
         Err(e) => return super::oidc::signin_error(&format!("Development sign-in: {e}")),

@@ -213,9 +213,10 @@ pub async fn accept(pool: &PgPool, actor: &Actor, token: &str) -> Result<OrgAcce
             .fetch_one(&mut *tx)
             .await?;
     if !user_email.eq_ignore_ascii_case(&email) {
-        return Err(ApiError::forbidden(format!(
-            "this invitation was sent to a different email address; sign in as {email} to accept it"
-        )));
+        // The address stays unsaid: whoever holds the link learns nothing about the invitee.
+        return Err(ApiError::forbidden(
+            "this invitation is for someone else; sign in with the invited account to accept it",
+        ));
     }
     if !verified {
         return Err(ApiError::forbidden(

@@ -16,6 +16,7 @@ mod oidc;
 mod orgs;
 mod roles;
 mod schema;
+mod security;
 mod sessions;
 mod support;
 mod tokens;

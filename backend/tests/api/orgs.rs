@@ -122,7 +122,7 @@ async fn an_invitation_is_single_use_and_only_for_its_address() {
         body["errors"][0]["message"]
             .as_str()
             .unwrap_or("")
-            .contains("different email")
+            .contains("for someone else")
     );
     assert_eq!(app.snapshot().await, before);
 

@@ -80,6 +80,10 @@ pub fn parse(yaml: &str) -> Result<Vec<Manifest>, ApiError> {
             e.to_string().lines().next().unwrap_or_default()
         ))
     })?;
+    // YAML can spell a NUL (`"\0"`), which neither `text` nor `jsonb` can hold.
+    if !docs.iter().all(qleet_common::text::json_storable) {
+        return Err(invalid("text with a NUL character cannot be stored"));
+    }
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     for (i, doc) in docs.into_iter().enumerate() {
