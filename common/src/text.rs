@@ -29,9 +29,7 @@ pub fn json_storable(value: &serde_json::Value) -> bool {
     match value {
         serde_json::Value::String(s) => storable(s),
         serde_json::Value::Array(items) => items.iter().all(json_storable),
-        serde_json::Value::Object(map) => map
-            .iter()
-            .all(|(k, v)| storable(k) && json_storable(v)),
+        serde_json::Value::Object(map) => map.iter().all(|(k, v)| storable(k) && json_storable(v)),
         _ => true,
     }
 }
@@ -120,11 +118,12 @@ fn selection_storable(set: &SelectionSet) -> bool {
 
 fn document_storable(document: &ExecutableDocument) -> bool {
     document.operations.iter().all(|(_, op)| {
-        op.node
-            .variable_definitions
-            .iter()
-            .all(|d| d.node.default_value.as_ref().is_none_or(|v| const_storable(&v.node)))
-            && selection_storable(&op.node.selection_set.node)
+        op.node.variable_definitions.iter().all(|d| {
+            d.node
+                .default_value
+                .as_ref()
+                .is_none_or(|v| const_storable(&v.node))
+        }) && selection_storable(&op.node.selection_set.node)
     }) && document
         .fragments
         .values()

@@ -17,8 +17,9 @@ const EVIL: &str = "http://evil.example";
 async fn raw(app: &TestApp, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
     let addr = app.url.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 2\r\nContent-Type: application/json\r\n");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 2\r\nContent-Type: application/json\r\n"
+    );
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -82,7 +83,9 @@ async fn a_websocket_or_event_stream_with_the_session_cookie_needs_qleets_origin
     }
     let (mut socket, _) = connect(Some(&app.url)).await.expect("same origin");
     socket
-        .send(Message::text(json!({"type": "connection_init"}).to_string()))
+        .send(Message::text(
+            json!({"type": "connection_init"}).to_string(),
+        ))
         .await
         .expect("init");
     let ack = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
@@ -161,7 +164,11 @@ async fn the_gateway_passes_an_agent_credential_only_to_the_agent_api_routes() {
     ] {
         let (status, body) = raw(&app, "POST", &format!("/cp/{cp}/{rest}"), &agent).await;
         assert_eq!(status, 401, "{rest}: {body}");
-        assert_eq!(rest_code(&body).as_deref(), Some("UNAUTHENTICATED"), "{rest}");
+        assert_eq!(
+            rest_code(&body).as_deref(),
+            Some("UNAUTHENTICATED"),
+            "{rest}"
+        );
     }
     // The agent API's own routes go on towards the control plane (here: one that does not exist).
     let task = Uuid::new_v4();
@@ -288,9 +295,18 @@ async fn a_nul_in_objects_or_the_agent_api_is_invalid_input_not_an_internal_erro
         "kind: Bucket\u{0}\nmetadata: {name: a}\nspec: {}\n",
     ] {
         let (_, body) = app
-            .gateway(owner, id, "graphql", json!({"query": apply, "variables": {"y": yaml}}))
+            .gateway(
+                owner,
+                id,
+                "graphql",
+                json!({"query": apply, "variables": {"y": yaml}}),
+            )
             .await;
-        assert_eq!(error_code(&body).as_deref(), Some("INVALID_INPUT"), "{yaml:?}: {body}");
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some("INVALID_INPUT"),
+            "{yaml:?}: {body}"
+        );
     }
     let lookup = "query($k: String!, $n: String!) { object(kind: $k, name: $n) { name } }";
     for (kind, name) in [("Bucket\u{0}", "a"), ("Bucket", "a\u{0}")] {
@@ -302,7 +318,11 @@ async fn a_nul_in_objects_or_the_agent_api_is_invalid_input_not_an_internal_erro
                 json!({"query": lookup, "variables": {"k": kind, "n": name}}),
             )
             .await;
-        assert_eq!(error_code(&body).as_deref(), Some("INVALID_INPUT"), "{body}");
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some("INVALID_INPUT"),
+            "{body}"
+        );
     }
 
     // The agent API: a heartbeat's version, a lease's agent name.
@@ -335,9 +355,22 @@ async fn a_nul_in_objects_or_the_agent_api_is_invalid_input_not_an_internal_erro
             json!({"version": "1\u{0}"}),
         )
         .await;
-    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("INVALID_INPUT")), "{body}");
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("INVALID_INPUT")),
+        "{body}"
+    );
     let (code, body) = app
-        .gateway(owner, id, "agent/v1/tasks/lease", json!({"agent": "x\u{0}", "max": 1}))
+        .gateway(
+            owner,
+            id,
+            "agent/v1/tasks/lease",
+            json!({"agent": "x\u{0}", "max": 1}),
+        )
         .await;
-    assert_eq!((code, body["error"]["code"].as_str()), (400, Some("INVALID_INPUT")), "{body}");
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (400, Some("INVALID_INPUT")),
+        "{body}"
+    );
 }
