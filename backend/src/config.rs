@@ -707,15 +707,7 @@ pub fn sibling_binary(name: &str) -> Result<PathBuf, ConfigError> {
 }
 
 fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
-    let parsed =
-        Url::parse(url).map_err(|e| ConfigError(format!("DATABASE_URL is not a URL ({e})")))?;
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(ConfigError(format!(
-            "DATABASE_URL must start with postgres:// (got {}://)",
-            parsed.scheme()
-        )));
-    }
-    Ok(SecretString::from(url.to_owned()))
+    qleet_common::database_url::parse(url).map_err(ConfigError)
 }
 
 fn check_public_url(url: &Url) -> Result<(), ConfigError> {

@@ -1,9 +1,10 @@
 //! What both of Qleet's servers (the management plane `qleet` and each tenant's
 //! `qleet-control-plane`) need and define once: the API error type with its stable codes and
 //! GraphQL mapping ([`error`]), logs, request spans and metrics ([`telemetry`]), random secrets
-//! and their hashes ([`secrets`]), the shutdown signal ([`shutdown`]), and the refusal of text
-//! PostgreSQL cannot store ([`text`]).
+//! and their hashes ([`secrets`]), the shutdown signal ([`shutdown`]), the `DATABASE_URL` check
+//! ([`database_url`]), and the refusal of text PostgreSQL cannot store ([`text`]).
 
+pub mod database_url;
 pub mod error;
 pub mod secrets;
 pub mod shutdown;

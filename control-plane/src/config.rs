@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use clap::Parser;
 use qleet_common::telemetry::LogFormat;
 use secrecy::SecretString;
-use url::Url;
 
 /// One tenant's Qleet control plane: the orchestrator over its own database, reached through the
 /// management plane's gateway (or, self-hosted, with a static admin token).
@@ -138,13 +137,5 @@ impl ControlPlaneConfig {
 pub struct ConfigError(pub String);
 
 fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
-    let parsed =
-        Url::parse(url).map_err(|e| ConfigError(format!("DATABASE_URL is not a URL ({e})")))?;
-    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(ConfigError(format!(
-            "DATABASE_URL must start with postgres:// (got {}://)",
-            parsed.scheme()
-        )));
-    }
-    Ok(SecretString::from(url.to_owned()))
+    qleet_common::database_url::parse(url).map_err(ConfigError)
 }
