@@ -480,6 +480,20 @@ async fn control_planes(ctx: &Ctx) -> Result<Value> {
 }
 
 /// A control plane of the current organisation by name or id (a usage error if none).
+/// Runs `mutation` (`suspendControlPlane`, `resumeControlPlane`) on the named control plane;
+/// answers the control plane as it now is.
+async fn transition(ctx: &Ctx, mutation: &str, control_plane: &str) -> Result<Value> {
+    let id = find_control_plane(ctx, control_plane).await?["id"].clone();
+    let data = ctx
+        .client
+        .management(
+            &format!("mutation($o: String!, $id: UUID!) {{ {mutation}(org: $o, id: $id) {{ {CP_FIELDS} }} }}"),
+            json!({ "o": ctx.org()?, "id": id }),
+        )
+        .await?;
+    Ok(data[mutation].clone())
+}
+
 pub async fn find_control_plane(ctx: &Ctx, name_or_id: &str) -> Result<Value> {
     let list = control_planes(ctx).await?;
     list.as_array()
@@ -587,29 +601,19 @@ pub async fn control_plane(ctx: &Ctx, cmd: CpCommand) -> Result<()> {
         CpCommand::Suspend {
             control_plane,
             wait,
-        } => {
-            let id = find_control_plane(ctx, &control_plane).await?["id"].clone();
-            let data = c
-                .management(
-                    &format!("mutation($o: String!, $id: UUID!) {{ suspendControlPlane(org: $o, id: $id) {{ {CP_FIELDS} }} }}"),
-                    json!({ "o": ctx.org()?, "id": id }),
-                )
-                .await?;
-            (data["suspendControlPlane"].clone(), wait, "SUSPENDED")
-        }
+        } => (
+            transition(ctx, "suspendControlPlane", &control_plane).await?,
+            wait,
+            "SUSPENDED",
+        ),
         CpCommand::Resume {
             control_plane,
             wait,
-        } => {
-            let id = find_control_plane(ctx, &control_plane).await?["id"].clone();
-            let data = c
-                .management(
-                    &format!("mutation($o: String!, $id: UUID!) {{ resumeControlPlane(org: $o, id: $id) {{ {CP_FIELDS} }} }}"),
-                    json!({ "o": ctx.org()?, "id": id }),
-                )
-                .await?;
-            (data["resumeControlPlane"].clone(), wait, "READY")
-        }
+        } => (
+            transition(ctx, "resumeControlPlane", &control_plane).await?,
+            wait,
+            "READY",
+        ),
         CpCommand::Delete {
             control_plane,
             confirm,
