@@ -16,7 +16,7 @@ use crate::support::stripe::{
 use crate::support::{Auth, Session, TestApp, error_code, spawn_app, spawn_app_with};
 
 const WEBHOOK_SECRET: &str = "whsec_qleet_test_secret";
-const BILLING: &str = "query($o: String!) { organization(slug: $o) { billing { plan { id } subscriptionStatus pastDue pastDueSince suspendAfter suspended hasCustomer usage { controlPlanes } } } }";
+const BILLING: &str = "query($o: String!) { organization(slug: $o) { billing { plan { id } subscriptionStatus pastDue pastDueSince suspendAfter suspended hasCustomer usage { controlPlanes } heldControlPlanes { id name reason } } } }";
 const CHECKOUT: &str = "mutation($o: String!, $p: String!) { startCheckout(org: $o, plan: $p) }";
 const PORTAL: &str = "mutation($o: String!) { billingPortalUrl(org: $o) }";
 const CREATE_CP: &str =
