@@ -1,5 +1,14 @@
 //! A private PostgreSQL cluster for `qleet dev`, run from the server binaries installed on the
 //! machine, under Qleet's data directory. Created on first start, reused after.
+//!
+//! The cluster listens on loopback only and authenticates with scram-sha-256: its superuser's
+//! password is generated on first start and kept beside the cluster in `postgres.password`
+//! (mode 0600), so no other local user can connect as a tenant or as the superuser. A cluster made
+//! by an older Qleet with `trust` is moved to a password on its next start.
+//!
+//! As root, PostgreSQL runs as the `postgres` account. When that account cannot enter the data
+//! directory (a checkout in root's home directory), the cluster lives under
+//! `/var/lib/qleet/postgres/` instead and the data directory holds a symbolic link to it.
 
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
@@ -21,7 +30,11 @@ pub struct EmbeddedPostgres {
     bin: PathBuf,
     port: u16,
     run_as: Option<(u32, u32)>,
+    password: String,
 }
+
+/// Where a cluster lives when the `postgres` account cannot reach the data directory.
+const ROOT_FALLBACK_DIR: &str = "/var/lib/qleet/postgres";
 
 impl EmbeddedPostgres {
     /// Starts (initialising it first if needed) the cluster in `dir`, and makes sure the `qleet`
@@ -36,34 +49,47 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let dir = dir.canonicalize()?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-        if let Some((uid, gid)) = run_as {
-            std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
-        }
+        let password_file = dir.with_extension("password");
+        let dir = prepare_dir(dir, run_as).await?;
+        let fresh = !dir.join("PG_VERSION").exists();
+        let password = match std::fs::read_to_string(&password_file) {
+            Ok(p) if !p.trim().is_empty() => p.trim().to_owned(),
+            _ => {
+                let p = generate_password();
+                write_private(&password_file, &p, None)?;
+                p
+            }
+        };
         let mut pg = EmbeddedPostgres {
             dir,
             bin,
             port: 0,
             run_as,
+            password,
         };
-        if !pg.dir.join("PG_VERSION").exists() {
+        if fresh {
             tracing::info!(dir = %pg.dir.display(), "initialising private PostgreSQL cluster");
+            // initdb reads the password from a file the account it runs as can read (not in
+            // the cluster's directory, which must be empty); it is removed once initdb is done.
+            let pwfile = std::env::temp_dir()
+                .join(format!("qleet-initdb-{}", uuid::Uuid::new_v4().simple()));
+            write_private(&pwfile, &pg.password, pg.run_as)?;
             let out = pg
                 .command("initdb")
                 .arg("-D")
                 .arg(&pg.dir)
+                .arg(format!("--pwfile={}", pwfile.display()))
                 .args([
                     "-U",
                     "postgres",
-                    "--auth=trust",
+                    "--auth=scram-sha-256",
                     "--encoding=UTF8",
                     "--no-instructions",
                 ])
                 .output()
-                .await?;
-            check(&out, "initdb")?;
+                .await;
+            let _ = std::fs::remove_file(&pwfile);
+            check(&out?, "initdb")?;
         }
         if let Some(port) = pg.running_port() {
             tracing::info!(
@@ -93,13 +119,59 @@ impl EmbeddedPostgres {
                 )
             })?;
         }
+        pg.require_password().await?;
         pg.ensure_database().await?;
         Ok(pg)
     }
 
     /// URL of the `qleet` database in this cluster.
     pub fn url(&self) -> SecretString {
-        SecretString::from(format!("postgres://postgres@127.0.0.1:{}/qleet", self.port))
+        SecretString::from(self.database_url("qleet"))
+    }
+
+    fn database_url(&self, database: &str) -> String {
+        // The password is alphanumeric: nothing to escape.
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/{database}",
+            self.password, self.port
+        )
+    }
+
+    /// Makes sure the cluster asks for the password: a cluster initialised with `trust` (by an
+    /// older Qleet) gets the superuser's password set and its `pg_hba.conf` rewritten.
+    async fn require_password(&self) -> anyhow::Result<()> {
+        use sqlx::Connection as _;
+        let hba_file = self.dir.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_file)
+            .with_context(|| format!("cannot read {}", hba_file.display()))?;
+        let trusts = hba
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+            .any(|l| l.split_whitespace().last() == Some("trust"));
+        if !trusts {
+            return Ok(());
+        }
+        tracing::info!("moving the private PostgreSQL from trust to password authentication");
+        let mut conn = sqlx::PgConnection::connect(&self.database_url("postgres"))
+            .await
+            .context("connecting to the private PostgreSQL")?;
+        // ALTER ROLE takes no bind parameters; the password is alphanumeric (checked).
+        anyhow::ensure!(
+            self.password.chars().all(|c| c.is_ascii_alphanumeric()),
+            "the password in the private PostgreSQL's password file must be alphanumeric"
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "alter role postgres password '{}'",
+            self.password
+        )))
+        .execute(&mut conn)
+        .await?;
+        write_private(&hba_file, HBA, self.run_as)?;
+        sqlx::query("select pg_reload_conf()")
+            .execute(&mut conn)
+            .await?;
+        conn.close().await?;
+        Ok(())
     }
 
     /// Stops the cluster (fast shutdown: open connections are closed).
@@ -137,10 +209,15 @@ impl EmbeddedPostgres {
 
     async fn ensure_database(&self) -> anyhow::Result<()> {
         use sqlx::Connection as _;
-        let admin = format!("postgres://postgres@127.0.0.1:{}/postgres", self.port);
-        let mut conn = sqlx::PgConnection::connect(&admin)
+        let mut conn = sqlx::PgConnection::connect(&self.database_url("postgres"))
             .await
-            .context("connecting to the private PostgreSQL")?;
+            .with_context(|| {
+                format!(
+                    "connecting to the private PostgreSQL in {} with the password in its \
+                     postgres.password file (if that file was removed, remove the cluster too)",
+                    self.dir.display()
+                )
+            })?;
         let exists: bool =
             sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'qleet')")
                 .fetch_one(&mut conn)
@@ -152,6 +229,106 @@ impl EmbeddedPostgres {
         }
         Ok(())
     }
+}
+
+/// `pg_hba.conf` of the private cluster: loopback TCP only, always with a password.
+const HBA: &str = "\
+# Written by Qleet: the private cluster of `qleet dev` listens on loopback only and every
+# connection authenticates with the password kept beside the cluster (postgres.password).
+local   all   all                  scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+";
+
+/// Creates the cluster's directory (mode 0700, owned by the account PostgreSQL runs as) and
+/// returns the real path PostgreSQL uses: `dir` itself, or, as root when the `postgres` account
+/// cannot enter `dir`, a directory under [`ROOT_FALLBACK_DIR`] that `dir` then links to.
+async fn prepare_dir(dir: &Path, run_as: Option<(u32, u32)>) -> anyhow::Result<PathBuf> {
+    if dir.is_symlink() {
+        // Made by an earlier start, below.
+        return dir
+            .canonicalize()
+            .with_context(|| format!("{} links to a directory that is gone", dir.display()));
+    }
+    let fresh = !dir.exists();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let Some((uid, gid)) = run_as else {
+        return Ok(dir);
+    };
+    std::os::unix::fs::chown(&dir, Some(uid), Some(gid))?;
+    if can_enter(&dir, uid, gid).await? {
+        return Ok(dir);
+    }
+    let empty = std::fs::read_dir(&dir)?.next().is_none();
+    if !(fresh || empty) {
+        bail!(
+            "the postgres account cannot enter {} (a parent directory is closed to it); give it              access, or move Qleet's data directory (QLEET_DATA_DIR) somewhere it can reach",
+            dir.display()
+        );
+    }
+    std::fs::remove_dir(&dir)?;
+    let mut name = dir.to_string_lossy().replace('/', "-");
+    name = name.trim_start_matches('-').to_owned();
+    let target = Path::new(ROOT_FALLBACK_DIR).join(name);
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::chown(&target, Some(uid), Some(gid))?;
+    std::os::unix::fs::symlink(&target, &dir)
+        .with_context(|| format!("cannot link {} to {}", dir.display(), target.display()))?;
+    tracing::info!(
+        dir = %dir.display(),
+        cluster = %target.display(),
+        "the postgres account cannot enter the data directory: the private cluster lives elsewhere"
+    );
+    Ok(target)
+}
+
+/// Whether the account `uid`/`gid` can enter and write `dir`, asked of the kernel by running
+/// `test` as that account (so ACLs and groups count).
+async fn can_enter(dir: &Path, uid: u32, gid: u32) -> anyhow::Result<bool> {
+    let status = Command::new("test")
+        .arg("-w")
+        .arg(dir)
+        .arg("-a")
+        .arg("-x")
+        .arg(dir)
+        .uid(uid)
+        .gid(gid)
+        .status()
+        .await
+        .context("running `test` as the postgres account")?;
+    Ok(status.success())
+}
+
+/// A fresh 32-character alphanumeric password.
+fn generate_password() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(32)
+        .map(char::from)
+        .collect()
+}
+
+/// Writes `contents` to `path` readable by its owner only, owned by `owner` when given.
+fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 fn check(out: &Output, what: &str) -> anyhow::Result<()> {

@@ -204,3 +204,92 @@ fn qleet_schema_prints_the_committed_sdl() {
         .expect("schema");
     assert_eq!(stdout, committed);
 }
+
+/// The port a running cluster listens on, from line 4 of its `postmaster.pid`.
+fn cluster_port(cluster: &Path) -> u16 {
+    let pid_file = std::fs::read_to_string(cluster.join("postmaster.pid")).expect("postmaster.pid");
+    pid_file
+        .lines()
+        .nth(3)
+        .expect("port line")
+        .trim()
+        .parse()
+        .expect("port")
+}
+
+async fn connects(url: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection as _;
+    sqlx::PgConnection::connect(url).await?.close().await
+}
+
+#[tokio::test]
+async fn qleet_dev_s_postgres_wants_its_generated_password_even_from_a_closed_home() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    // A home directory nobody else may enter (as root's is): as root, PostgreSQL runs as the
+    // `postgres` account, which cannot reach a cluster under it.
+    let home =
+        std::env::temp_dir().join(format!("qleet-dev-home-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&home).expect("home");
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let data_dir = home.join("checkout/.qleet");
+    std::fs::create_dir_all(&data_dir).expect("data dir");
+    let cluster = data_dir.join("postgres");
+    let password_file = data_dir.join("postgres.password");
+
+    let (child, _) = start(&data_dir, free_port()).await;
+    let meta = std::fs::metadata(&password_file).expect("password file");
+    assert_eq!(meta.mode() & 0o777, 0o600, "the password file is private");
+    let password = std::fs::read_to_string(&password_file).expect("password");
+    assert!(password.len() >= 32, "a generated password");
+    let port = cluster_port(&cluster);
+    let root = std::fs::metadata("/proc/self").expect("/proc/self").uid() == 0;
+    if root {
+        let target = std::fs::read_link(&cluster).expect("as root the cluster is linked");
+        assert!(
+            target.starts_with("/var/lib/qleet/postgres"),
+            "{}",
+            target.display()
+        );
+    }
+    let base = format!("127.0.0.1:{port}/postgres");
+    assert!(
+        connects(&format!("postgres://postgres@{base}"))
+            .await
+            .is_err(),
+        "no password, no connection"
+    );
+    assert!(
+        connects(&format!("postgres://postgres:wrong@{base}"))
+            .await
+            .is_err()
+    );
+    connects(&format!("postgres://postgres:{password}@{base}"))
+        .await
+        .expect("the generated password lets Qleet in");
+    stop(child).await;
+
+    // A cluster made by an older Qleet trusted every local user: its next start moves it to a
+    // (new) password.
+    let hba = cluster.join("pg_hba.conf");
+    std::fs::write(&hba, "host all all 127.0.0.1/32 trust\n").expect("trusting pg_hba.conf");
+    std::fs::remove_file(&password_file).expect("forget the password");
+    let (child, _) = start(&data_dir, free_port()).await;
+    let new_password = std::fs::read_to_string(&password_file).expect("new password");
+    assert_ne!(new_password, password);
+    let base = format!("127.0.0.1:{}/postgres", cluster_port(&cluster));
+    assert!(
+        connects(&format!("postgres://postgres@{base}"))
+            .await
+            .is_err(),
+        "trust is gone"
+    );
+    connects(&format!("postgres://postgres:{new_password}@{base}"))
+        .await
+        .expect("the new password lets Qleet in");
+    stop(child).await;
+
+    if root && let Ok(target) = std::fs::read_link(&cluster) {
+        let _ = std::fs::remove_dir_all(target);
+    }
+    let _ = std::fs::remove_dir_all(&home);
+}
