@@ -10,6 +10,24 @@ use async_graphql::{ErrorExtensionValues, ServerError, ServerResult, Value, Vari
 
 use crate::error::ApiError;
 
+/// Whether `s` holds an invisible format character (Unicode general category Cf): the bidi
+/// embeddings, overrides and isolates (U+202A–U+202E, U+2066–U+2069), zero-width characters,
+/// the byte-order mark, tag characters. In a name they make one string display as another.
+pub fn has_invisible_format(s: &str) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    s.chars()
+        .any(|c| c.general_category() == GeneralCategory::Format)
+}
+
+/// `s` without invisible format characters (for names another system hands us, such as an
+/// identity provider's, which cannot be refused).
+pub fn strip_invisible_format(s: &str) -> String {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory as _};
+    s.chars()
+        .filter(|c| c.general_category() != GeneralCategory::Format)
+        .collect()
+}
+
 /// Whether PostgreSQL can store `s` as text.
 pub fn storable(s: &str) -> bool {
     !s.contains('\0')
@@ -133,6 +151,31 @@ fn document_storable(document: &ExecutableDocument) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bidi_controls_and_other_invisible_format_characters_are_found() {
+        for c in ('\u{202A}'..='\u{202E}').chain('\u{2066}'..='\u{2069}') {
+            assert!(
+                has_invisible_format(&format!("acme{c}corp")),
+                "{:04X}",
+                c as u32
+            );
+        }
+        for c in [
+            '\u{200B}',
+            '\u{200D}',
+            '\u{200E}',
+            '\u{FEFF}',
+            '\u{E0041}',
+            '\u{00AD}',
+        ] {
+            assert!(has_invisible_format(&format!("a{c}b")), "{:04X}", c as u32);
+        }
+        for ok in ["Acme Ltd", "Café Zoë", "株式会社", "مرحبا", "a-b_c.d"] {
+            assert!(!has_invisible_format(ok), "{ok}");
+        }
+        assert_eq!(strip_invisible_format("Ev\u{202E}il\u{200B}"), "Evil");
+    }
 
     #[test]
     fn nul_is_the_one_character_postgres_cannot_store() {

@@ -42,7 +42,8 @@ async fn sign_in(
         Ok(e) => e.to_lowercase(),
         Err(e) => return super::oidc::signin_error(&format!("Development sign-in: {e}")),
     };
-    let name = Some(form.name.trim()).filter(|n| !n.is_empty() && n.chars().count() <= 100);
+    let name = qleet_common::text::strip_invisible_format(&form.name);
+    let name = Some(name.trim()).filter(|n| !n.is_empty() && n.chars().count() <= 100);
     let result = async {
         let user_id =
             super::upsert_identity(&state.pool, DEV_ISSUER, &email, &email, true, name).await?;

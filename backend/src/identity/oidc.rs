@@ -310,7 +310,7 @@ async fn finish_sign_in(
     let name = claims
         .name()
         .and_then(|n| n.get(None))
-        .map(|n| n.as_str().to_owned());
+        .map(|n| qleet_common::text::strip_invisible_format(n.as_str()));
     let user_id = super::upsert_identity(
         &state.pool,
         claims.issuer().as_str(),

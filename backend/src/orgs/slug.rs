@@ -45,7 +45,8 @@ impl Slug {
     }
 }
 
-/// A display name: trimmed, 1 to 100 characters, no control characters.
+/// A display name: trimmed, 1 to 100 characters, no control characters and no invisible format
+/// characters (bidi controls, zero-width characters), which would let one name pass for another.
 pub fn parse_name(field: &'static str, input: &str) -> Result<String, ApiError> {
     let s = input.trim();
     if s.is_empty() {
@@ -58,6 +59,12 @@ pub fn parse_name(field: &'static str, input: &str) -> Result<String, ApiError> 
         return Err(ApiError::invalid(
             field,
             "must not contain control characters",
+        ));
+    }
+    if qleet_common::text::has_invisible_format(s) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain invisible formatting characters (such as bidi controls)",
         ));
     }
     Ok(s.to_owned())
@@ -103,5 +110,13 @@ mod tests {
         assert!(parse_name("name", "   ").is_err());
         assert!(parse_name("name", "a\u{0}b").is_err());
         assert!(parse_name("name", &"x".repeat(101)).is_err());
+        assert!(
+            parse_name("name", "Acme\u{202E}dtL").is_err(),
+            "a bidi override"
+        );
+        assert!(
+            parse_name("name", "Ac\u{200B}me").is_err(),
+            "a zero-width space"
+        );
     }
 }

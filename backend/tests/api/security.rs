@@ -280,6 +280,44 @@ async fn a_nul_in_management_input_is_invalid_input_not_an_internal_error() {
 }
 
 #[tokio::test]
+async fn names_with_bidi_controls_or_invisible_characters_are_refused() {
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let mut sneaky: Vec<String> = ('\u{202A}'..='\u{202E}')
+        .chain('\u{2066}'..='\u{2069}')
+        .map(|c| format!("Acme{c}Corp"))
+        .collect();
+    sneaky.extend(["Ac\u{200B}me".to_owned(), "\u{FEFF}Acme".to_owned()]);
+    for name in &sneaky {
+        for query in [
+            "mutation($n: String!) { createOrganization(slug: \"bidi\", name: $n) { slug } }",
+            "mutation($n: String!) { renameOrganization(slug: \"acme\", name: $n) { slug } }",
+            "mutation($n: String!) { createApiToken(org: \"acme\", name: $n, role: VIEWER) { apiToken { id } } }",
+            "mutation($n: String!) { createControlPlane(org: \"acme\", name: $n) { id } }",
+        ] {
+            let body = app
+                .gql(Auth::Session(&alice), query, json!({ "n": name }))
+                .await;
+            assert_eq!(
+                error_code(&body).as_deref(),
+                Some("INVALID_INPUT"),
+                "{query} with {name:?}: {body}"
+            );
+        }
+    }
+    // Nothing was stored under any of them.
+    let body = app
+        .gql(
+            Auth::Session(&alice),
+            "{ organization(slug: \"acme\") { name } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(body["data"]["organization"]["name"], "Org acme", "{body}");
+}
+
+#[tokio::test]
 async fn a_nul_in_objects_or_the_agent_api_is_invalid_input_not_an_internal_error() {
     let app = spawn_app().await;
     let alice = app.sign_in("alice@example.test").await;
