@@ -148,6 +148,31 @@ pub struct CommonArgs {
         value_name = "QLEET_TRUST_PROXY_HEADERS"
     )]
     pub trust_proxy_headers: bool,
+    /// Sign-in attempts allowed per client address (and dev sign-ins per account) per minute.
+    #[arg(
+        long,
+        env = "QLEET_RATE_SIGN_INS_PER_MINUTE",
+        value_name = "QLEET_RATE_SIGN_INS_PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub rate_sign_ins_per_minute: u32,
+    /// Failed API-token authentications allowed per client address per minute; past it, every
+    /// request with a token from that address gets 429 until the budget refills.
+    #[arg(
+        long,
+        env = "QLEET_RATE_FAILED_AUTHENTICATIONS_PER_MINUTE",
+        value_name = "QLEET_RATE_FAILED_AUTHENTICATIONS_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub rate_failed_authentications_per_minute: u32,
+    /// Agent registrations allowed per client address and per control plane per minute.
+    #[arg(
+        long,
+        env = "QLEET_RATE_AGENT_REGISTRATIONS_PER_MINUTE",
+        value_name = "QLEET_RATE_AGENT_REGISTRATIONS_PER_MINUTE",
+        default_value_t = 20
+    )]
+    pub rate_agent_registrations_per_minute: u32,
     /// Master secret (32 bytes, base64url): encrypts tenant database passwords and derives the
     /// key that signs gateway tokens. `qleet dev` keeps one in DATA_DIR/secret.key if unset.
     #[arg(
@@ -520,6 +545,8 @@ pub struct Config {
     pub session_ttl: Duration,
     pub invitation_ttl: Duration,
     pub trust_proxy_headers: bool,
+    /// Rate limits on sign-ins, failed authentications and agent registrations.
+    pub rate_limits: crate::limits::RateLimits,
     pub log_format: LogFormat,
     /// Offer the password-less development sign-in. Only `qleet dev` can set this.
     pub dev_sign_in: bool,
@@ -635,6 +662,11 @@ impl Config {
             session_ttl: Duration::from_secs(common.session_ttl_hours * 3600),
             invitation_ttl: Duration::from_secs(common.invitation_ttl_hours * 3600),
             trust_proxy_headers: common.trust_proxy_headers,
+            rate_limits: crate::limits::RateLimits {
+                sign_ins_per_minute: common.rate_sign_ins_per_minute,
+                failed_authentications_per_minute: common.rate_failed_authentications_per_minute,
+                agent_registrations_per_minute: common.rate_agent_registrations_per_minute,
+            },
             log_format: common.log_format.unwrap_or(match mode {
                 Mode::Serve => LogFormat::Json,
                 Mode::Dev => LogFormat::Pretty,
@@ -770,6 +802,9 @@ mod tests {
             session_ttl_hours: 1,
             invitation_ttl_hours: 1,
             trust_proxy_headers: false,
+            rate_sign_ins_per_minute: 30,
+            rate_failed_authentications_per_minute: 20,
+            rate_agent_registrations_per_minute: 20,
             log_format: None,
             secret_key: Some(crate::keys::Keys::generate_secret()),
             hibernate_after_secs: 0,

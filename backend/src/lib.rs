@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod graphql;
 pub mod identity;
 pub mod keys;
+pub mod limits;
 pub mod orgs;
 pub mod startup;
 pub mod state;

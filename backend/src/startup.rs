@@ -101,6 +101,7 @@ impl Application {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             metrics: telemetry::metrics_handle(),
+            limiters: Arc::new(crate::limits::Limiters::new(config.rate_limits)),
             pool,
             config,
             leptos,
@@ -174,6 +175,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             web::check_origin,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::enforce,
         ))
         .layer(axum::middleware::from_fn(web::refuse_nul_in_uri))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))

@@ -30,6 +30,8 @@ pub struct AppState {
     pub controlplanes: Arc<crate::fleet::Services>,
     /// Client for forwarding requests to control planes.
     pub http: reqwest::Client,
+    /// Rate limits on sign-ins, failed authentications and agent registrations.
+    pub limiters: Arc<crate::limits::Limiters>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

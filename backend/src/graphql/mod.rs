@@ -54,6 +54,8 @@ pub fn schema(
         .limit_depth(10)
         .limit_complexity(1000)
         .limit_recursive_depth(32)
+        .limit_directives(qleet_common::graphql::MAX_DIRECTIVES)
+        .extension(qleet_common::graphql::StableCodes)
         .extension(qleet_common::text::StorableText)
         .finish()
 }
@@ -104,8 +106,12 @@ async fn graphql(
     State(state): State<AppState>,
     crate::web::ClientIp(ip): crate::web::ClientIp,
     headers: HeaderMap,
-    request: GraphQLRequest,
+    request: Result<GraphQLRequest, async_graphql_axum::rejection::GraphQLRejection>,
 ) -> Response {
+    let request = match request {
+        Ok(request) => request,
+        Err(rejection) => return qleet_common::graphql::rejection_response(rejection),
+    };
     let principal = match crate::identity::authenticate(&state.pool, &headers).await {
         Ok(p) => p,
         Err(e) => return error_response(e),

@@ -42,6 +42,12 @@ async fn sign_in(
         Ok(e) => e.to_lowercase(),
         Err(e) => return super::oidc::signin_error(&format!("Development sign-in: {e}")),
     };
+    if let Err(retry) = state.limiters.sign_in_account(&email) {
+        return crate::limits::too_many_requests(
+            retry,
+            "too many sign-ins for this account; try again later",
+        );
+    }
     let name = qleet_common::text::strip_invisible_format(&form.name);
     let name = Some(name.trim()).filter(|n| !n.is_empty() && n.chars().count() <= 100);
     let result = async {

@@ -78,12 +78,19 @@ pub async fn authenticate(
     headers: &HeaderMap,
 ) -> Result<Option<Principal>, ApiError> {
     if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
-        let value = auth.to_str().map_err(|_| ApiError::Unauthenticated)?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or(ApiError::Unauthenticated)?;
-        return tokens::authenticate(pool, token.trim()).await.map(Some);
+        let token = auth.to_str().ok().and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
+        let Some(token) = token else {
+            crate::limits::note_failed_authentication();
+            return Err(ApiError::Unauthenticated);
+        };
+        let principal = tokens::authenticate(pool, token.trim()).await;
+        if matches!(principal, Err(ApiError::Unauthenticated)) {
+            crate::limits::note_failed_authentication();
+        }
+        return principal.map(Some);
     }
     match session::cookie_value(headers) {
         Some(raw) => session::authenticate(pool, &raw).await,

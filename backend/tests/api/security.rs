@@ -412,3 +412,301 @@ async fn a_nul_in_objects_or_the_agent_api_is_invalid_input_not_an_internal_erro
         "{body}"
     );
 }
+
+/// Every refusal of the GraphQL library itself (parse, validation, limits, a value of the wrong
+/// type, a body that is no GraphQL request) carries a stable `extensions.code`, on the
+/// management endpoint and on a control plane's (through the gateway).
+#[tokio::test]
+async fn the_graphql_librarys_own_errors_carry_stable_codes_on_both_endpoints() {
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    let cp = ready_control_plane(&app, &alice).await;
+    let nested_fragments = format!(
+        "{{ {}__typename{} }}",
+        "... on Query { ".repeat(40),
+        " }".repeat(40)
+    );
+    let nested_fields = format!(
+        "{{ __schema {{ types {{ fields {{ type {{ {}name{} }} }} }} }} }}",
+        "ofType { ".repeat(7),
+        " }".repeat(7)
+    );
+    let aliases: String = (0..40).map(|i| format!("a{i}: __typename ")).collect();
+    let directives = format!("{{ __typename {} }}", "@include(if: true) ".repeat(12));
+    let common: Vec<(String, Value, &str)> = vec![
+        ("{ __typename ".into(), json!({}), "GRAPHQL_PARSE_FAILED"),
+        (
+            "{ noSuchField }".into(),
+            json!({}),
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (nested_fragments.clone(), json!({}), "QUERY_TOO_DEEP"),
+        (nested_fields, json!({}), "QUERY_TOO_DEEP"),
+        (format!("{{ {aliases} }}"), json!({}), "QUERY_TOO_LARGE"),
+        (directives, json!({}), "QUERY_TOO_LARGE"),
+    ];
+    let management: Vec<(String, Value, &str)> = vec![
+        (
+            "query($id: UUID!) { organization(slug: \"acme\") { controlPlane(id: $id) { id } } }".into(),
+            json!({ "id": "not-a-uuid" }),
+            "INVALID_INPUT",
+        ),
+        (
+            "{ organization(slug: \"acme\") { controlPlane(id: \"not-a-uuid\") { id } } }".into(),
+            json!({}),
+            "INVALID_INPUT",
+        ),
+        (
+            "mutation($at: DateTime) { createApiToken(org: \"acme\", name: \"t\", role: VIEWER, expiresAt: $at) { token } }".into(),
+            json!({ "at": "next tuesday" }),
+            "INVALID_INPUT",
+        ),
+    ];
+    let control_plane: Vec<(String, Value, &str)> = vec![(
+        "mutation($id: UUID!) { revokeAgent(id: $id) { id } }".into(),
+        json!({ "id": "not-a-uuid" }),
+        "INVALID_INPUT",
+    )];
+    for (query, variables, code) in common.iter().chain(&management) {
+        let body = app
+            .gql(Auth::Session(&alice), query, variables.clone())
+            .await;
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some(*code),
+            "management {query}: {body}"
+        );
+    }
+    for (query, variables, code) in common.iter().chain(&control_plane) {
+        let (_, body) = app
+            .gateway(
+                Auth::Session(&alice),
+                cp,
+                "graphql",
+                json!({ "query": query, "variables": variables }),
+            )
+            .await;
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some(*code),
+            "control plane {query}: {body}"
+        );
+    }
+    // A body that is no GraphQL request.
+    for path in ["/graphql".to_owned(), format!("/cp/{cp}/graphql")] {
+        let resp = app
+            .authed(
+                app.http
+                    .post(format!("{}{path}", app.url))
+                    .header("content-type", "application/json")
+                    .body("{\"query\": 42"),
+                Auth::Session(&alice),
+            )
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(resp.status(), 400, "{path}");
+        let body: Value = resp.json().await.expect("a JSON answer");
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some("BAD_REQUEST"),
+            "{path}: {body}"
+        );
+    }
+}
+
+fn small_limits(config: &mut qleet::config::Config) {
+    config.rate_limits = qleet::limits::RateLimits {
+        sign_ins_per_minute: 3,
+        failed_authentications_per_minute: 3,
+        agent_registrations_per_minute: 2,
+    };
+    // Lets the test speak from several addresses.
+    config.trust_proxy_headers = true;
+}
+
+fn assert_rate_limited(status: u16, retry_after: Option<&str>, body: &Value, what: &str) {
+    assert_eq!(status, 429, "{what}: {body}");
+    let secs: u64 = retry_after
+        .unwrap_or_else(|| panic!("{what}: Retry-After"))
+        .parse()
+        .expect("whole seconds");
+    assert!((1..=60).contains(&secs), "{what}: Retry-After {secs}");
+    assert_eq!(body["error"]["code"], "RATE_LIMITED", "{what}: {body}");
+    assert_eq!(
+        error_code(body).as_deref(),
+        Some("RATE_LIMITED"),
+        "{what}: {body}"
+    );
+}
+
+async fn post_from(app: &TestApp, address: &str, path: &str) -> reqwest::RequestBuilder {
+    app.http
+        .post(format!("{}{path}", app.url))
+        .header("x-forwarded-for", address)
+}
+
+/// Guessing tokens from one address stops after a few failures: even a valid token from that
+/// address is refused (429, Retry-After) before it is looked at, while other addresses and
+/// session cookies go on working.
+#[tokio::test]
+async fn failed_token_authentications_are_rate_limited_per_address() {
+    let app = crate::support::spawn_app_with(small_limits).await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let token = app
+        .gql_ok(
+            Auth::Session(&alice),
+            "mutation { createApiToken(org: \"acme\", name: \"ci\", role: VIEWER) { token } }",
+            json!({}),
+        )
+        .await["createApiToken"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let query = json!({ "query": "{ me { email } }" });
+    let send = |address: &'static str, bearer: String| {
+        let app = &app;
+        let query = query.clone();
+        async move {
+            let resp = post_from(app, address, "/graphql")
+                .await
+                .bearer_auth(bearer)
+                .json(&query)
+                .send()
+                .await
+                .expect("graphql");
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            (status, retry, body)
+        }
+    };
+    for i in 0..4 {
+        let (_, _, body) = send("203.0.113.7", format!("qleet_guess{i}")).await;
+        assert_eq!(
+            error_code(&body).as_deref(),
+            Some("UNAUTHENTICATED"),
+            "{body}"
+        );
+    }
+    let (status, retry, body) = send("203.0.113.7", token.clone()).await;
+    assert_rate_limited(
+        status,
+        retry.as_deref(),
+        &body,
+        "a valid token after the failures",
+    );
+    let (status, _, body) = send("203.0.113.8", token.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"]["me"]["email"], "alice@example.test", "{body}");
+    // A session cookie carries no token to guess: not limited.
+    let resp = app
+        .authed(
+            post_from(&app, "203.0.113.7", "/graphql")
+                .await
+                .json(&query),
+            Auth::Session(&alice),
+        )
+        .send()
+        .await
+        .expect("graphql");
+    assert_eq!(resp.status(), 200);
+}
+
+/// Sign-ins are limited per address and, for the development sign-in, per account; agent
+/// registrations per address and per control plane.
+#[tokio::test]
+async fn sign_ins_and_agent_registrations_are_rate_limited() {
+    let app = crate::support::spawn_app_with(small_limits).await;
+    let sign_in = |address: &'static str, email: &'static str| {
+        let app = &app;
+        async move {
+            let resp = post_from(app, address, "/auth/dev")
+                .await
+                .form(&[("email", email), ("name", "")])
+                .send()
+                .await
+                .expect("sign-in");
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (
+                status,
+                retry,
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    for email in ["a@example.test", "b@example.test", "c@example.test"] {
+        assert_eq!(sign_in("198.51.100.1", email).await.0, 303, "{email}");
+    }
+    let (status, retry, body) = sign_in("198.51.100.1", "d@example.test").await;
+    assert_rate_limited(
+        status,
+        retry.as_deref(),
+        &body,
+        "a fourth sign-in from one address",
+    );
+    // One account from many addresses.
+    for address in ["198.51.100.2", "198.51.100.3"] {
+        assert_eq!(sign_in(address, "a@example.test").await.0, 303, "{address}");
+    }
+    let (status, retry, body) = sign_in("198.51.100.4", "a@example.test").await;
+    assert_rate_limited(
+        status,
+        retry.as_deref(),
+        &body,
+        "a fourth sign-in of one account",
+    );
+    assert_eq!(sign_in("198.51.100.4", "e@example.test").await.0, 303);
+
+    let register = |address: &'static str, cp: Uuid| {
+        let app = &app;
+        async move {
+            let resp = post_from(app, address, &format!("/cp/{cp}/agent/v1/register"))
+                .await
+                .json(&json!({ "token": "qleet_reg_guess", "name": "x" }))
+                .send()
+                .await
+                .expect("register");
+            let status = resp.status().as_u16();
+            let retry = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            (
+                status,
+                retry,
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let cp = Uuid::new_v4();
+    for _ in 0..2 {
+        assert_ne!(register("192.0.2.1", cp).await.0, 429);
+    }
+    let (status, retry, body) = register("192.0.2.1", Uuid::new_v4()).await;
+    assert_rate_limited(
+        status,
+        retry.as_deref(),
+        &body,
+        "a third registration from one address",
+    );
+    let (status, retry, body) = register("192.0.2.2", cp).await;
+    assert_rate_limited(
+        status,
+        retry.as_deref(),
+        &body,
+        "a third registration with one control plane",
+    );
+    assert_ne!(register("192.0.2.3", Uuid::new_v4()).await.0, 429);
+}

@@ -50,6 +50,7 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
         session_ttl: Duration::from_secs(3600),
         invitation_ttl: Duration::from_secs(3600),
         trust_proxy_headers: false,
+        rate_limits: qleet::limits::RateLimits::default(),
         log_format: LogFormat::Pretty,
         dev_sign_in: true,
         secret_key: SecretString::from(qleet::keys::Keys::generate_secret()),
