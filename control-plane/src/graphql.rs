@@ -53,6 +53,9 @@ pub fn schema(engine: &Engine) -> ControlPlaneSchema {
     .data(ControlPlaneId(engine.control_plane))
     .limit_depth(10)
     .limit_complexity(1000)
+    .limit_recursive_depth(32)
+    .limit_directives(qleet_common::graphql::MAX_DIRECTIVES)
+    .extension(qleet_common::graphql::StableCodes)
     .extension(qleet_common::text::StorableText)
     .finish()
 }
@@ -171,8 +174,12 @@ pub(super) async fn graphiql() -> Html<String> {
 pub(super) async fn handler(
     State(state): State<CpState>,
     headers: HeaderMap,
-    request: GraphQLRequest,
+    request: Result<GraphQLRequest, async_graphql_axum::rejection::GraphQLRejection>,
 ) -> Response {
+    let request = match request {
+        Ok(request) => request,
+        Err(rejection) => return qleet_common::graphql::rejection_response(rejection),
+    };
     // Every field needs a caller, so refuse before executing anything.
     let caller = match authenticate(&state.config, &headers) {
         Ok(c) => c,
