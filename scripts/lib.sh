@@ -53,6 +53,16 @@ ensure_wasm_tools() {
   fi
 }
 
+# Static (musl) builds of what ships: the Rust target and musl-gcc (C code such as ring's).
+MUSL_TARGET=x86_64-unknown-linux-musl
+ensure_musl_target() {
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$MUSL_TARGET"; then
+    say "adding the $MUSL_TARGET target"
+    rustup target add "$MUSL_TARGET"
+  fi
+  ensure_apt musl-tools musl-gcc
+}
+
 ensure_node_deps() {
   ensure_apt nodejs node
   ensure_apt npm npm
