@@ -101,6 +101,7 @@ impl Application {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()?,
             metrics: telemetry::metrics_handle(),
+            revocations: identity::revocation::Revocations::new(pool.clone()),
             pool,
             config,
             leptos,
@@ -128,6 +129,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
+        let revocations = tokio::spawn(self.state.revocations.clone().listen());
         let lifecycle = tokio::spawn(fleet::lifecycle::run(
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
@@ -145,6 +147,7 @@ impl Application {
         .await
         .context("HTTP server failed");
         cleanup.abort();
+        revocations.abort();
         billing.abort();
         lifecycle.abort();
         let _ = lifecycle.await;

@@ -30,6 +30,8 @@ pub struct AppState {
     pub controlplanes: Arc<crate::fleet::Services>,
     /// Client for forwarding requests to control planes.
     pub http: reqwest::Client,
+    /// Live connections bound to their principals, closed when access is revoked.
+    pub revocations: Arc<crate::identity::revocation::Revocations>,
 }
 
 impl FromRef<AppState> for LeptosOptions {
