@@ -987,9 +987,15 @@ async fn an_apply_that_aliases_expand_past_its_limits_is_refused_before_it_is_bu
     );
 
     // Objects each under the per-object limit, but over the per-apply limit together.
-    let anchor = format!("&m \"{}\"", "y".repeat(300 * 1024));
+    let anchor = format!("&m \"{}\"", "y".repeat(100 * 1024));
     let docs: Vec<String> = (0..5)
-        .map(|i| workload(&format!("w{i}"), &anchor, "  x: [*m, *m]\n"))
+        .map(|i| {
+            workload(
+                &format!("w{i}"),
+                &anchor,
+                "  x: [*m, *m, *m, *m, *m, *m, *m, *m]\n",
+            )
+        })
         .collect();
     let body = cp.apply(&docs.join("---\n"), true, false).await;
     assert_eq!(
