@@ -557,6 +557,33 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Bytes, ApiError
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn buffers_at_most_the_response_limit() {
+        let answer = |len: usize| reqwest::Response::from(http::Response::new(vec![b'x'; len]));
+        let ok = read_bounded(answer(MAX_RESPONSE_BYTES))
+            .await
+            .expect("at the limit");
+        assert_eq!(ok.len(), MAX_RESPONSE_BYTES);
+        let err = read_bounded(answer(MAX_RESPONSE_BYTES + 1))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err.code(), "INPUT_TOO_LARGE");
+    }
+
+    #[test]
+    fn keepalives_alone_skip_the_access_check() {
+        assert!(is_keepalive(br#"{"type":"ping"}"#));
+        assert!(is_keepalive(br#"{"type":"pong","payload":{}}"#));
+        for other in [
+            &br#"{"type":"subscribe","id":"1","payload":{"query":"mutation{x}"}}"#[..],
+            br#"{"type":"ping","id":"1","payload":{"query":"mutation{x}"}}"#,
+            br#"{"type":"ping","type":"subscribe"}"#,
+            b"not json",
+        ] {
+            assert!(!is_keepalive(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
+
     #[test]
     fn finds_dot_segments_however_spelt() {
         for path in [

@@ -248,18 +248,22 @@ async fn a_websocket_closes_when_the_gateway_token_that_opened_it_expires() {
         .expect("subscribe");
     // Heartbeats flow until the token expires; then the control plane closes with 4401.
     let mut beats = 0;
-    let close = loop {
-        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
-            .await
-            .expect("the socket closes within 10 s")
-            .expect("a close frame before the end")
-            .expect("frame");
-        match msg {
-            Message::Text(t) if t.as_str().contains("heartbeat") => beats += 1,
-            Message::Close(frame) => break frame,
-            _ => {}
+    let close = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let msg = socket
+                .next()
+                .await
+                .expect("a close frame before the end")
+                .expect("frame");
+            match msg {
+                Message::Text(t) if t.as_str().contains("heartbeat") => beats += 1,
+                Message::Close(frame) => break frame,
+                _ => {}
+            }
         }
-    };
+    })
+    .await
+    .expect("the socket closes within 10 s");
     let closed_at = Utc::now();
     let frame = close.expect("a close frame with a code");
     assert_eq!(u16::from(frame.code), 4401, "{frame:?}");
