@@ -102,6 +102,7 @@ impl Application {
                 .build()?,
             metrics: telemetry::metrics_handle(),
             limiters: Arc::new(crate::limits::Limiters::new(config.rate_limits)),
+            revocations: identity::revocation::Revocations::new(pool.clone()),
             pool,
             config,
             leptos,
@@ -129,6 +130,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
+        let revocations = tokio::spawn(self.state.revocations.clone().listen());
         let lifecycle = tokio::spawn(fleet::lifecycle::run(
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
@@ -146,6 +148,7 @@ impl Application {
         .await
         .context("HTTP server failed");
         cleanup.abort();
+        revocations.abort();
         billing.abort();
         lifecycle.abort();
         let _ = lifecycle.await;

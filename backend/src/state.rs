@@ -32,6 +32,8 @@ pub struct AppState {
     pub http: reqwest::Client,
     /// Rate limits on sign-ins, failed authentications and agent registrations.
     pub limiters: Arc<crate::limits::Limiters>,
+    /// Live connections bound to their principals, closed when access is revoked.
+    pub revocations: Arc<crate::identity::revocation::Revocations>,
 }
 
 impl FromRef<AppState> for LeptosOptions {

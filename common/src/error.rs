@@ -25,6 +25,10 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Conflict(String),
+    /// The input is over a documented size limit (e.g. an apply's YAML once its aliases are
+    /// expanded).
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the request is missing a valid CSRF token; reload the page and try again")]
     Csrf,
     /// A plan limit: `limit` names what (`control planes`, `agents`, `objects`), `plan` the
@@ -59,6 +63,7 @@ impl ApiError {
             ApiError::NotFound(_) => "NOT_FOUND",
             ApiError::InvalidInput { .. } => "INVALID_INPUT",
             ApiError::Conflict(_) => "CONFLICT",
+            ApiError::TooLarge(_) => "INPUT_TOO_LARGE",
             ApiError::Csrf => "CSRF",
             ApiError::QuotaExceeded { .. } => "QUOTA_EXCEEDED",
             ApiError::SubscriptionPastDue(_) => "SUBSCRIPTION_PAST_DUE",
@@ -85,6 +90,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::InvalidInput { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::QuotaExceeded { .. } => StatusCode::FORBIDDEN,
             ApiError::SubscriptionPastDue(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,

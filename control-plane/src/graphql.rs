@@ -151,14 +151,46 @@ pub(super) async fn websocket(
         Err(e) => return e.into_response(),
     };
     let schema = state.schema.clone();
+    // The gateway's token is good until its expiry, on a socket as on a request: then the
+    // socket closes (4401) and the client reconnects with a fresh one.
+    let expires = match &caller {
+        Caller::Gateway(claims) => Some(claims.exp),
+        Caller::Admin => None,
+    };
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
-        .on_upgrade(move |stream| {
+        .on_upgrade(move |socket| async move {
+            use futures::{SinkExt as _, StreamExt as _};
             let mut data = async_graphql::Data::default();
             data.insert(caller);
-            GraphQLWebSocket::new(stream, schema, protocol)
+            let (mut sink, stream) = socket.split();
+            let deadline = async {
+                match expires {
+                    Some(at) => {
+                        let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                        tokio::time::sleep(left).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let expired = std::sync::atomic::AtomicBool::new(false);
+            let input = stream.take_until(async {
+                deadline.await;
+                expired.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            GraphQLWebSocket::new_with_pair(&mut sink, input, schema, protocol)
                 .with_data(data)
                 .serve()
+                .await;
+            if expired.load(std::sync::atomic::Ordering::Relaxed) {
+                let close = axum::extract::ws::CloseFrame {
+                    code: 4401,
+                    reason: "the request token expired; reconnect".into(),
+                };
+                let _ = sink
+                    .send(axum::extract::ws::Message::Close(Some(close)))
+                    .await;
+            }
         })
 }
 

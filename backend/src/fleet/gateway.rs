@@ -20,14 +20,19 @@ use super::driver::RuntimeStatus;
 use super::{ControlPlane, Status, lifecycle};
 use crate::error::ApiError;
 use crate::identity::Principal;
+use crate::identity::revocation::{Grant, Watch};
 use crate::internal_token::SubjectKind;
 use crate::orgs::Role;
 use crate::state::AppState;
 
 /// How long a forwarded request may take.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Lifetime of the token minted per request.
+/// Lifetime of the token minted per request (and per WebSocket or event stream, which the
+/// control plane closes when it expires).
 const TOKEN_TTL_SECS: i64 = 300;
+/// Largest answer (or WebSocket message) the gateway holds in memory from a control plane;
+/// a bounded apply's plan fits well within it.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -37,7 +42,8 @@ pub fn router() -> Router<AppState> {
 
 /// GraphQL over WebSocket through the gateway: the same checks as HTTP, then a connection to
 /// the control plane's `/graphql/ws` with the minted token, and messages pumped both ways until
-/// either side closes.
+/// either side closes, or the caller's access is revoked or expires (then the gateway closes
+/// both sides, telling the client why with a 4401 or 4403 close frame).
 async fn websocket(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -46,6 +52,10 @@ async fn websocket(
 ) -> Response {
     let upstream = match resolve(&state, &id, &headers).await {
         Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let watch = match upstream.watch(&state, &headers).await {
+        Ok(w) => w,
         Err(e) => return e.into_response(),
     };
     let protocol = headers
@@ -75,8 +85,13 @@ async fn websocket(
             Err(e) => return crate::error::internal(e).into_response(),
         }
     }
-    let connected =
-        tokio::time::timeout(UPSTREAM_TIMEOUT, tokio_tungstenite::connect_async(request)).await;
+    let mut limits = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default();
+    limits.max_message_size = Some(MAX_RESPONSE_BYTES);
+    let connected = tokio::time::timeout(
+        UPSTREAM_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(request, Some(limits), false),
+    )
+    .await;
     let cp_socket = match connected {
         Ok(Ok((socket, _))) => socket,
         _ => {
@@ -89,55 +104,105 @@ async fn websocket(
     };
     tracing::debug!(control_plane.id = %upstream.cp.id, "WebSocket opened through the gateway");
     upgrade
+        .max_message_size(MAX_RESPONSE_BYTES)
         .protocols([protocol])
-        .on_upgrade(move |client| pump(client, cp_socket))
+        .on_upgrade(move |client| pump(client, cp_socket, watch))
 }
 
-/// Copies frames between the client and the control plane until one side closes.
+/// Copies frames between the client and the control plane until one side closes or `watch`
+/// ends the connection. Each operation a client starts is passed on only once its access is
+/// re-checked, so one sent after a revocation never runs.
 async fn pump(
     client: WebSocket,
     cp: tokio_tungstenite::WebSocketStream<
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
+    watch: Watch,
 ) {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message as Up;
     let (mut client_tx, mut client_rx) = client.split();
     let (mut cp_tx, mut cp_rx) = cp.split();
-    let to_cp = async {
-        while let Some(Ok(msg)) = client_rx.next().await {
-            let out = match msg {
-                Message::Text(t) => Up::text(t.as_str()),
-                Message::Binary(b) => Up::binary(b),
-                Message::Ping(p) => Up::Ping(p),
-                Message::Pong(p) => Up::Pong(p),
-                Message::Close(_) => break,
-            };
-            if cp_tx.send(out).await.is_err() {
-                break;
+    let ended = {
+        let to_cp = async {
+            while let Some(Ok(msg)) = client_rx.next().await {
+                let needs_check = match &msg {
+                    Message::Text(t) => !is_keepalive(t.as_str().as_bytes()),
+                    Message::Binary(b) => !is_keepalive(b),
+                    _ => false,
+                };
+                if needs_check && let Err(ended) = watch.recheck().await {
+                    return Some(ended);
+                }
+                let out = match msg {
+                    Message::Text(t) => Up::text(t.as_str()),
+                    Message::Binary(b) => Up::binary(b),
+                    Message::Ping(p) => Up::Ping(p),
+                    Message::Pong(p) => Up::Pong(p),
+                    Message::Close(_) => break,
+                };
+                if cp_tx.send(out).await.is_err() {
+                    break;
+                }
             }
-        }
-        let _ = cp_tx.close().await;
-    };
-    let to_client = async {
-        while let Some(Ok(msg)) = cp_rx.next().await {
-            let out = match msg {
-                Up::Text(t) => Message::text(t.as_str()),
-                Up::Binary(b) => Message::binary(b),
-                Up::Ping(p) => Message::Ping(p),
-                Up::Pong(p) => Message::Pong(p),
-                Up::Close(_) | Up::Frame(_) => break,
-            };
-            if client_tx.send(out).await.is_err() {
-                break;
+            None
+        };
+        let to_client = async {
+            while let Some(Ok(msg)) = cp_rx.next().await {
+                let out = match msg {
+                    Up::Text(t) => Message::text(t.as_str()),
+                    Up::Binary(b) => Message::binary(b),
+                    Up::Ping(p) => Message::Ping(p),
+                    Up::Pong(p) => Message::Pong(p),
+                    // The control plane's reason (e.g. its token expired) reaches the client.
+                    Up::Close(Some(frame)) => {
+                        let _ = client_tx
+                            .send(Message::Close(Some(axum::extract::ws::CloseFrame {
+                                code: frame.code.into(),
+                                reason: frame.reason.as_str().into(),
+                            })))
+                            .await;
+                        break;
+                    }
+                    Up::Close(None) | Up::Frame(_) => break,
+                };
+                if client_tx.send(out).await.is_err() {
+                    break;
+                }
             }
+        };
+        tokio::select! {
+            ended = to_cp => ended,
+            () = to_client => None,
+            ended = watch.ended() => Some(ended),
         }
-        let _ = client_tx.close().await;
     };
-    tokio::select! {
-        () = to_cp => {},
-        () = to_client => {},
+    if let Some(ended) = ended {
+        tracing::info!(reason = ?ended, "closing a WebSocket whose access ended");
+        let frame = axum::extract::ws::CloseFrame {
+            code: ended.close_code(),
+            reason: ended.reason().into(),
+        };
+        let _ = client_tx.send(Message::Close(Some(frame))).await;
     }
+    let _ = client_tx.close().await;
+    let _ = cp_tx.close().await;
+}
+
+/// Whether a client message is a protocol keep-alive (`ping`/`pong`), which starts nothing.
+/// Anything else, unreadable messages included, is re-checked before it is passed on.
+fn is_keepalive(message: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Keepalive<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        #[serde(default)]
+        #[allow(dead_code)]
+        payload: Option<serde::de::IgnoredAny>,
+    }
+    serde_json::from_slice::<Keepalive<'_>>(message)
+        .is_ok_and(|m| matches!(m.kind, "ping" | "pong"))
 }
 
 /// The caller's role in the control plane's organisation; `NOT_FOUND` for outsiders.
@@ -211,6 +276,29 @@ pub(crate) struct Upstream {
     pub(crate) endpoint: String,
     /// The minted bearer token for this request.
     pub(crate) token: String,
+    /// When that token expires.
+    pub(crate) token_expires_at: chrono::DateTime<chrono::Utc>,
+    /// Who is calling, and their role in the control plane's organisation.
+    pub(crate) principal: Principal,
+    pub(crate) role: Role,
+}
+
+impl Upstream {
+    /// Binds a long-lived connection opened with `headers` to this caller, until at most the
+    /// minted token's expiry (see [`crate::identity::revocation`]).
+    pub(crate) async fn watch(
+        &self,
+        state: &AppState,
+        headers: &HeaderMap,
+    ) -> Result<Watch, ApiError> {
+        let grant = Grant::new(headers, &self.principal, self.cp.org_id, self.role)
+            .ok_or(ApiError::Unauthenticated)?;
+        state
+            .revocations
+            .watch(grant, Some(self.token_expires_at))
+            .await
+            .map_err(|_| ApiError::Unauthenticated)
+    }
 }
 
 /// The control plane a `/cp/{id}/...` path names; `NOT_FOUND` for a malformed or unknown id.
@@ -244,19 +332,24 @@ pub(crate) async fn resolve(
         Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
         Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
     };
+    let ttl = chrono::Duration::seconds(TOKEN_TTL_SECS);
+    let token_expires_at = chrono::Utc::now() + ttl;
     let token = services.keys.signer.mint_with_limits(
         sub_kind,
         sub,
         cp.org_id,
         cp.id,
         role,
-        chrono::Duration::seconds(TOKEN_TTL_SECS),
+        ttl,
         Some(limits),
     );
     Ok(Upstream {
         cp,
         endpoint,
         token,
+        token_expires_at,
+        principal,
+        role,
     })
 }
 
@@ -398,7 +491,7 @@ async fn forward_inner(
     })?;
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = response.bytes().await.map_err(crate::error::internal)?;
+    let bytes = read_bounded(response).await?;
     let mut out = (status, bytes).into_response();
     if let Some(ct) = content_type {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -431,12 +524,65 @@ pub async fn graphql(
             code: "CONTROL_PLANE_UNREACHABLE",
             message: format!("the control plane did not answer ({e})"),
         })?;
-    response.json().await.map_err(crate::error::internal)
+    let bytes = read_bounded(response).await?;
+    serde_json::from_slice(&bytes).map_err(crate::error::internal)
+}
+
+/// The body of a control plane's answer, refused (`INPUT_TOO_LARGE`) past
+/// [`MAX_RESPONSE_BYTES`] without holding more than that.
+async fn read_bounded(mut response: reqwest::Response) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "the control plane's answer is larger than {} MiB; ask for less at a time",
+            MAX_RESPONSE_BYTES / 1024 / 1024
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(crate::error::internal)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn buffers_at_most_the_response_limit() {
+        let answer = |len: usize| reqwest::Response::from(http::Response::new(vec![b'x'; len]));
+        let ok = read_bounded(answer(MAX_RESPONSE_BYTES))
+            .await
+            .expect("at the limit");
+        assert_eq!(ok.len(), MAX_RESPONSE_BYTES);
+        let err = read_bounded(answer(MAX_RESPONSE_BYTES + 1))
+            .await
+            .expect_err("over the limit");
+        assert_eq!(err.code(), "INPUT_TOO_LARGE");
+    }
+
+    #[test]
+    fn keepalives_alone_skip_the_access_check() {
+        assert!(is_keepalive(br#"{"type":"ping"}"#));
+        assert!(is_keepalive(br#"{"type":"pong","payload":{}}"#));
+        for other in [
+            &br#"{"type":"subscribe","id":"1","payload":{"query":"mutation{x}"}}"#[..],
+            br#"{"type":"ping","id":"1","payload":{"query":"mutation{x}"}}"#,
+            br#"{"type":"ping","type":"subscribe"}"#,
+            b"not json",
+        ] {
+            assert!(!is_keepalive(other), "{}", String::from_utf8_lossy(other));
+        }
+    }
 
     #[test]
     fn finds_dot_segments_however_spelt() {

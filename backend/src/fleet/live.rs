@@ -1,5 +1,7 @@
 //! Live status for the UI: a Server-Sent Events stream of an organisation's control-plane
-//! changes at `/orgs/{slug}/control-planes/events`.
+//! changes at `/orgs/{slug}/control-planes/events`. The stream is bound to the caller's access
+//! and ends within a second of its revocation or expiry
+//! (see [`crate::identity::revocation`]).
 
 use std::convert::Infallible;
 
@@ -11,7 +13,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::broadcast::error::RecvError;
 
+use futures::StreamExt as _;
+
 use crate::error::ApiError;
+use crate::identity::revocation::Grant;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -27,11 +32,19 @@ async fn events(
         let principal = crate::identity::authenticate(&state.pool, &headers)
             .await?
             .ok_or(ApiError::Unauthenticated)?;
-        crate::orgs::access(&state.pool, &principal, &slug).await
+        let access = crate::orgs::access(&state.pool, &principal, &slug).await?;
+        let grant = Grant::new(&headers, &principal, access.org.id, access.role)
+            .ok_or(ApiError::Unauthenticated)?;
+        let watch = state
+            .revocations
+            .watch(grant, None)
+            .await
+            .map_err(|_| ApiError::Unauthenticated)?;
+        Ok::<_, ApiError>((access.org.id, watch))
     }
     .await;
-    let org_id = match access {
-        Ok(a) => a.org.id,
+    let (org_id, watch) = match access {
+        Ok(a) => a,
         Err(e) => return e.into_response(),
     };
     let rx = state.controlplanes.changes.subscribe();
@@ -47,6 +60,10 @@ async fn events(
                 Err(RecvError::Closed) => return None,
             }
         }
+    })
+    .take_until(async move {
+        let ended = watch.ended().await;
+        tracing::info!(reason = ?ended, "closing an event stream whose access ended");
     });
     Sse::new(stream)
         .keep_alive(KeepAlive::default())

@@ -7,7 +7,8 @@
 //! organisation the path names. Upstream it is a `graphql-transport-ws` connection to the
 //! control plane's `/graphql/ws` with the gateway's minted token; it closes when the browser
 //! goes away. When the control plane ends the stream, so does this one, and the browser's
-//! `EventSource` reconnects by itself.
+//! `EventSource` reconnects by itself. The stream is bound to the caller's access and ends
+//! within a second of its revocation or expiry (see [`crate::identity::revocation`]).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 use super::gateway::{Upstream, resolve};
 use crate::error::ApiError;
+use crate::identity::revocation::Watch;
 use crate::state::AppState;
 
 /// How long the control plane may take to accept the connection and acknowledge it.
@@ -56,6 +58,10 @@ async fn events(
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
+    let watch = match upstream.watch(&state, &headers).await {
+        Ok(w) => w,
+        Err(e) => return e.into_response(),
+    };
     let socket = match subscribe(&upstream).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
@@ -63,7 +69,7 @@ async fn events(
     let (tx, rx) = mpsc::channel::<Value>(BUFFER);
     let cp_id = upstream.cp.id;
     tokio::spawn(async move {
-        relay(socket, tx).await;
+        relay(socket, tx, watch).await;
         tracing::debug!(control_plane.id = %cp_id, "object stream closed");
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
@@ -173,13 +179,19 @@ async fn next_json(socket: &mut CpSocket) -> Option<Value> {
     }
 }
 
-/// Passes each change to `tx` until the control plane ends the subscription or the browser
-/// goes away (the receiver is dropped), then closes the socket.
-async fn relay(mut socket: CpSocket, tx: mpsc::Sender<Value>) {
+/// Passes each change to `tx` until the control plane ends the subscription, the browser
+/// goes away (the receiver is dropped) or the caller's access ends, then closes the socket.
+async fn relay(mut socket: CpSocket, tx: mpsc::Sender<Value>, watch: Watch) {
+    let ended = watch.ended();
+    tokio::pin!(ended);
     loop {
         let message = tokio::select! {
             message = next_json(&mut socket) => message,
             () = tx.closed() => break,
+            reason = &mut ended => {
+                tracing::info!(reason = ?reason, "closing an object stream whose access ended");
+                break;
+            }
         };
         let Some(message) = message else { break };
         match message["type"].as_str() {

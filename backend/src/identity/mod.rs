@@ -5,6 +5,7 @@ pub mod cli;
 pub mod dev;
 pub mod graphql;
 pub mod oidc;
+pub mod revocation;
 pub mod session;
 pub mod tokens;
 

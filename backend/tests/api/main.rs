@@ -14,6 +14,7 @@ mod objects;
 mod objects_ui;
 mod oidc;
 mod orgs;
+mod revocation;
 mod roles;
 mod schema;
 mod security;

@@ -69,16 +69,20 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::invalid("yaml", message)
 }
 
+/// Largest YAML text of an apply, before aliases are expanded (see [`super::yaml`] for the
+/// expanded limits).
+pub const MAX_APPLY_TEXT_BYTES: usize = 2 * 1024 * 1024;
+
 /// Parses the documents of an apply: each has `kind`, `metadata.name` and `spec`.
 pub fn parse(yaml: &str) -> Result<Vec<Manifest>, ApiError> {
-    if yaml.len() > 2 * 1024 * 1024 {
-        return Err(invalid("the document is larger than 2 MiB"));
+    if yaml.len() > MAX_APPLY_TEXT_BYTES {
+        return Err(ApiError::TooLarge(
+            "yaml: the apply's text is larger than 2 MiB".into(),
+        ));
     }
-    let docs: Vec<Value> = serde_saphyr::from_multiple(yaml).map_err(|e| {
-        invalid(format!(
-            "not valid YAML: {}",
-            e.to_string().lines().next().unwrap_or_default()
-        ))
+    let docs = super::yaml::parse_documents(yaml).map_err(|e| match e {
+        super::yaml::YamlError::Invalid(_) => invalid(e.to_string()),
+        too_large => ApiError::TooLarge(format!("yaml: {too_large}")),
     })?;
     // YAML can spell a NUL (`"\0"`), which neither `text` nor `jsonb` can hold.
     if !docs.iter().all(qleet_common::text::json_storable) {

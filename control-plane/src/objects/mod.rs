@@ -4,6 +4,7 @@
 //! - [`kinds`]: the built-in kinds (spec types with field-path validation, outputs).
 //! - [`refs`]: `Kind/name` keys and references to outputs.
 //! - [`compose`]: tenant-defined kinds as data (Composition → owned objects).
+//! - [`yaml`]: the YAML of an apply, parsed with its expanded size bounded.
 //! - [`apply`]: YAML → plan → atomic write (with the reconcile requests: an outbox).
 //! - [`reconcile`]: workers that drive each object to its spec, one idempotent step at a time.
 //! - [`render`]: spec + dependency outputs → what the agent is asked to do.
@@ -18,3 +19,4 @@ pub mod refs;
 pub mod render;
 pub mod store;
 pub mod tasks;
+pub mod yaml;

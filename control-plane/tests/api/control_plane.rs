@@ -195,3 +195,81 @@ fn qleet_control_plane_needs_exactly_one_way_to_authenticate() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_websocket_closes_when_the_gateway_token_that_opened_it_expires() {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest as _};
+    let signer = Signer::generate();
+    let id = Uuid::new_v4();
+    let db = fresh_database().await;
+    let verifier = Verifier::new(&signer.public_key(), id).expect("key");
+    let cp = start(id, &db, ControlPlaneAuth::Gateway(verifier))
+        .await
+        .expect("start");
+    let ttl = Duration::seconds(2);
+    let token = signer.mint(
+        SubjectKind::User,
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        id,
+        Role::Member,
+        ttl,
+    );
+    let expires_at = Utc::now() + ttl;
+    let mut request = format!("{}/graphql/ws", cp.url.replacen("http", "ws", 1))
+        .into_client_request()
+        .expect("request");
+    let headers = request.headers_mut();
+    headers.insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    headers.insert(
+        "sec-websocket-protocol",
+        "graphql-transport-ws".parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    socket
+        .send(Message::text(
+            json!({"type": "connection_init"}).to_string(),
+        ))
+        .await
+        .expect("init");
+    socket
+        .send(Message::text(
+            json!({"id": "1", "type": "subscribe",
+                   "payload": {"query": "subscription { heartbeat(everyMs: 100) }"}})
+            .to_string(),
+        ))
+        .await
+        .expect("subscribe");
+    // Heartbeats flow until the token expires; then the control plane closes with 4401.
+    let mut beats = 0;
+    let close = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let msg = socket
+                .next()
+                .await
+                .expect("a close frame before the end")
+                .expect("frame");
+            match msg {
+                Message::Text(t) if t.as_str().contains("heartbeat") => beats += 1,
+                Message::Close(frame) => break frame,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the socket closes within 10 s");
+    let closed_at = Utc::now();
+    let frame = close.expect("a close frame with a code");
+    assert_eq!(u16::from(frame.code), 4401, "{frame:?}");
+    assert!(beats > 0, "the subscription ran while the token was valid");
+    assert!(
+        closed_at >= expires_at && closed_at - expires_at < Duration::seconds(1),
+        "closed at {closed_at}, token expired at {expires_at}"
+    );
+}

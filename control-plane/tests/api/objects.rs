@@ -940,3 +940,100 @@ async fn one_queued_task_wakes_one_of_many_waiting_agents_and_an_expired_lease_r
         (503, Some("LEASE_LOST"))
     );
 }
+
+/// One Workload document whose manifests text is `manifests`, plus whatever `extra` spec lines.
+fn workload(name: &str, manifests: &str, extra: &str) -> String {
+    format!(
+        "kind: Workload\nmetadata: {{name: {name}}}\nspec:\n  runtime: KubernetesRuntime/prod\n  namespace: shop\n  manifests: {manifests}\n{extra}"
+    )
+}
+
+#[tokio::test]
+async fn an_apply_that_aliases_expand_past_its_limits_is_refused_before_it_is_built() {
+    let cp = Cp::start().await;
+    // The reported attack: one 586 KB anchor named by 99 aliases (57 MB expanded).
+    let anchor = format!("&big \"{}\"", "x".repeat(586 * 1024));
+    let aliases: String = (0..99).map(|i| format!("  a{i}: *big\n")).collect();
+    let yaml = workload("bomb", &anchor, &aliases);
+    let started = std::time::Instant::now();
+    let body = cp.apply(&yaml, true, false).await;
+    let took = started.elapsed();
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("INPUT_TOO_LARGE"),
+        "{body:.300}"
+    );
+    let message = body["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("document 1") && message.contains("1024 KiB"),
+        "{message}"
+    );
+    assert!(body.to_string().len() < 4096, "the refusal is short");
+    println!("refused the 586 KB x 99 alias apply in {took:?}");
+
+    // Billion laughs: nested aliases, tiny text.
+    let mut laughs = String::from(
+        "kind: Workload\nmetadata: {name: lol}\nspec:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+        laughs.push_str(&format!("  l{i}: &l{i} [{refs}]\n"));
+    }
+    let body = cp.apply(&laughs, false, false).await;
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("INPUT_TOO_LARGE"),
+        "{body:.300}"
+    );
+
+    // Objects each under the per-object limit, but over the per-apply limit together.
+    let anchor = format!("&m \"{}\"", "y".repeat(100 * 1024));
+    let docs: Vec<String> = (0..5)
+        .map(|i| {
+            workload(
+                &format!("w{i}"),
+                &anchor,
+                "  x: [*m, *m, *m, *m, *m, *m, *m, *m]\n",
+            )
+        })
+        .collect();
+    let body = cp.apply(&docs.join("---\n"), true, false).await;
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("INPUT_TOO_LARGE"),
+        "{body:.300}"
+    );
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("4 MiB"),
+        "{body:.300}"
+    );
+    assert_eq!(cp.phases().await.len(), 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn a_large_legitimate_apply_still_succeeds() {
+    let cp = Cp::start().await;
+    // A 600 KB ConfigMap in a Workload whose env shares one value by alias, and 100 buckets.
+    let data: String = (0..6000)
+        .map(|i| format!("      k{i}: \"{}\"\n", "v".repeat(90)))
+        .collect();
+    let manifests = format!(
+        "|\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {{name: big}}\n    data:\n{data}"
+    );
+    let mut yaml = String::from(APP);
+    yaml.push_str("---\n");
+    let env = "  env:\n    - {name: A, value: &v shared-value}\n    - {name: B, value: *v}\n";
+    yaml.push_str(&workload("big", &manifests, env));
+    for i in 0..100 {
+        yaml.push_str(&format!(
+            "---\nkind: ObjectStorageBucket\nmetadata: {{name: b{i}}}\nspec: {{account: AwsAccount/main}}\n"
+        ));
+    }
+    assert!(yaml.len() > 600 * 1024, "{}", yaml.len());
+    let plan = cp.apply_ok(&yaml).await;
+    assert_eq!(plan["applied"], true);
+    assert_eq!(plan["summary"]["create"], 106, "{:.300}", plan.to_string());
+}
