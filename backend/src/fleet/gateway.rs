@@ -33,6 +33,10 @@ const TOKEN_TTL_SECS: i64 = 300;
 /// Largest answer (or WebSocket message) the gateway holds in memory from a control plane;
 /// a bounded apply's plan fits well within it.
 pub(crate) const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Most operations (subscriptions, and queries or mutations in flight) one WebSocket may have
+/// open at once; one more is answered with an `error` message (code `TOO_MANY_SUBSCRIPTIONS`)
+/// and not passed on.
+pub const MAX_OPERATIONS_PER_SOCKET: usize = 25;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -106,7 +110,7 @@ async fn websocket(
     upgrade
         .max_message_size(MAX_RESPONSE_BYTES)
         .protocols([protocol])
-        .on_upgrade(move |client| pump(client, cp_socket, watch))
+        .on_upgrade(move |client| pump(client, cp_socket, watch, protocol))
 }
 
 /// Copies frames between the client and the control plane until one side closes or `watch`
@@ -118,11 +122,14 @@ async fn pump(
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     watch: Watch,
+    protocol: String,
 ) {
     use futures::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message as Up;
-    let (mut client_tx, mut client_rx) = client.split();
+    let (client_tx, mut client_rx) = client.split();
+    let client_tx = tokio::sync::Mutex::new(client_tx);
     let (mut cp_tx, mut cp_rx) = cp.split();
+    let operations = std::sync::Mutex::new(Operations::default());
     let ended = {
         let to_cp = async {
             while let Some(Ok(msg)) = client_rx.next().await {
@@ -133,6 +140,18 @@ async fn pump(
                 };
                 if needs_check && let Err(ended) = watch.recheck().await {
                     return Some(ended);
+                }
+                let refused = match &msg {
+                    Message::Text(t) => lock(&operations).from_client(t.as_str().as_bytes()),
+                    Message::Binary(b) => lock(&operations).from_client(b),
+                    _ => None,
+                };
+                if let Some(id) = refused {
+                    let error = too_many_operations(&protocol, &id);
+                    if client_tx.lock().await.send(error).await.is_err() {
+                        break;
+                    }
+                    continue;
                 }
                 let out = match msg {
                     Message::Text(t) => Up::text(t.as_str()),
@@ -149,6 +168,11 @@ async fn pump(
         };
         let to_client = async {
             while let Some(Ok(msg)) = cp_rx.next().await {
+                match &msg {
+                    Up::Text(t) => lock(&operations).from_server(t.as_str().as_bytes()),
+                    Up::Binary(b) => lock(&operations).from_server(b),
+                    _ => {}
+                }
                 let out = match msg {
                     Up::Text(t) => Message::text(t.as_str()),
                     Up::Binary(b) => Message::binary(b),
@@ -157,6 +181,8 @@ async fn pump(
                     // The control plane's reason (e.g. its token expired) reaches the client.
                     Up::Close(Some(frame)) => {
                         let _ = client_tx
+                            .lock()
+                            .await
                             .send(Message::Close(Some(axum::extract::ws::CloseFrame {
                                 code: frame.code.into(),
                                 reason: frame.reason.as_str().into(),
@@ -166,7 +192,7 @@ async fn pump(
                     }
                     Up::Close(None) | Up::Frame(_) => break,
                 };
-                if client_tx.send(out).await.is_err() {
+                if client_tx.lock().await.send(out).await.is_err() {
                     break;
                 }
             }
@@ -183,10 +209,81 @@ async fn pump(
             code: ended.close_code(),
             reason: ended.reason().into(),
         };
-        let _ = client_tx.send(Message::Close(Some(frame))).await;
+        let _ = client_tx
+            .lock()
+            .await
+            .send(Message::Close(Some(frame)))
+            .await;
     }
-    let _ = client_tx.close().await;
+    let _ = client_tx.lock().await.close().await;
     let _ = cp_tx.close().await;
+}
+
+fn lock(operations: &std::sync::Mutex<Operations>) -> std::sync::MutexGuard<'_, Operations> {
+    operations.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The operations a WebSocket has open, by id, from the messages of both GraphQL-over-WebSocket
+/// protocols: started by the client's `subscribe` (`start`), ended by its `complete` (`stop`) or
+/// the server's `complete` or `error`.
+#[derive(Default)]
+struct Operations {
+    open: std::collections::HashSet<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct OperationMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    id: Option<String>,
+}
+
+impl Operations {
+    /// Notes a client message; answers the id of an operation to refuse (one too many).
+    fn from_client(&mut self, message: &[u8]) -> Option<String> {
+        let msg: OperationMessage = serde_json::from_slice(message).ok()?;
+        let id = msg.id?;
+        match msg.kind.as_str() {
+            "subscribe" | "start" => {
+                if self.open.contains(&id) {
+                    // A duplicate id: the control plane answers it as its protocol says.
+                    return None;
+                }
+                if self.open.len() >= MAX_OPERATIONS_PER_SOCKET {
+                    return Some(id);
+                }
+                self.open.insert(id);
+            }
+            "complete" | "stop" => {
+                self.open.remove(&id);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn from_server(&mut self, message: &[u8]) {
+        if let Ok(OperationMessage { kind, id: Some(id) }) = serde_json::from_slice(message)
+            && matches!(kind.as_str(), "complete" | "error")
+        {
+            self.open.remove(&id);
+        }
+    }
+}
+
+/// The protocol's `error` message for operation `id` refused as one too many.
+fn too_many_operations(protocol: &str, id: &str) -> Message {
+    let message = format!(
+        "at most {MAX_OPERATIONS_PER_SOCKET} operations may be open on one WebSocket; complete one first"
+    );
+    let error = serde_json::json!({ "message": message, "extensions": { "code": "TOO_MANY_SUBSCRIPTIONS" } });
+    // graphql-transport-ws sends a list of errors; the older graphql-ws one error.
+    let payload = if protocol == "graphql-ws" {
+        error
+    } else {
+        serde_json::json!([error])
+    };
+    Message::text(serde_json::json!({ "type": "error", "id": id, "payload": payload }).to_string())
 }
 
 /// Whether a client message is a protocol keep-alive (`ping`/`pong`), which starts nothing.
@@ -568,6 +665,30 @@ mod tests {
             .await
             .expect_err("over the limit");
         assert_eq!(err.code(), "INPUT_TOO_LARGE");
+    }
+
+    #[test]
+    fn operations_are_counted_from_both_sides_of_the_socket() {
+        let mut ops = Operations::default();
+        for i in 0..MAX_OPERATIONS_PER_SOCKET {
+            let msg = format!(r#"{{"type":"subscribe","id":"{i}","payload":{{}}}}"#);
+            assert_eq!(ops.from_client(msg.as_bytes()), None);
+        }
+        let over = br#"{"type":"subscribe","id":"x","payload":{}}"#;
+        assert_eq!(ops.from_client(over), Some("x".to_owned()));
+        ops.from_server(br#"{"type":"complete","id":"0"}"#);
+        assert_eq!(
+            ops.from_client(over),
+            None,
+            "a completed operation frees its place"
+        );
+        assert_eq!(
+            ops.from_client(br#"{"type":"start","id":"y"}"#),
+            Some("y".to_owned())
+        );
+        ops.from_client(br#"{"type":"stop","id":"1"}"#);
+        ops.from_server(br#"{"type":"error","id":"2","payload":[]}"#);
+        assert_eq!(ops.open.len(), MAX_OPERATIONS_PER_SOCKET - 2);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::support::{Auth, Session, TestApp, spawn_app};
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// How long a test waits for a connection to end: the guarantee is 1 s; the slack is for a
@@ -54,7 +54,7 @@ async fn scene() -> Scene {
 }
 
 /// Opens the gateway's GraphQL WebSocket as `auth` and completes the handshake.
-async fn open_ws(app: &TestApp, auth: Auth<'_>, cp: Uuid) -> Ws {
+pub(crate) async fn open_ws(app: &TestApp, auth: Auth<'_>, cp: Uuid) -> Ws {
     let url = format!("{}/cp/{cp}/graphql/ws", app.url.replacen("http", "ws", 1));
     let mut request = url.into_client_request().expect("request");
     let headers = request.headers_mut();
@@ -83,14 +83,14 @@ async fn open_ws(app: &TestApp, auth: Auth<'_>, cp: Uuid) -> Ws {
     ws
 }
 
-async fn send(ws: &mut Ws, message: Value) {
+pub(crate) async fn send(ws: &mut Ws, message: Value) {
     ws.send(Message::text(message.to_string()))
         .await
         .expect("send");
 }
 
 /// The next JSON message; `None` once the socket closes.
-async fn next_json(ws: &mut Ws) -> Option<Value> {
+pub(crate) async fn next_json(ws: &mut Ws) -> Option<Value> {
     loop {
         let msg = tokio::time::timeout(BOUND, ws.next())
             .await

@@ -710,3 +710,45 @@ async fn sign_ins_and_agent_registrations_are_rate_limited() {
     );
     assert_ne!(register("192.0.2.3", Uuid::new_v4()).await.0, 429);
 }
+
+/// One WebSocket holds at most so many open operations: one more is answered with an `error`
+/// for its id (code `TOO_MANY_SUBSCRIPTIONS`) and never reaches the control plane; completing
+/// one makes room again.
+#[tokio::test]
+async fn a_websocket_holds_a_bounded_number_of_subscriptions() {
+    use crate::revocation::{next_json, open_ws, send};
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    let cp = ready_control_plane(&app, &alice).await;
+    let mut ws = open_ws(&app, Auth::Session(&alice), cp).await;
+    let quiet = json!({ "query": "subscription { heartbeat(everyMs: 60000) }" });
+    for i in 0..qleet::fleet::gateway::MAX_OPERATIONS_PER_SOCKET {
+        send(
+            &mut ws,
+            json!({ "id": format!("s{i}"), "type": "subscribe", "payload": quiet }),
+        )
+        .await;
+    }
+    send(
+        &mut ws,
+        json!({ "id": "over", "type": "subscribe", "payload": quiet }),
+    )
+    .await;
+    let refused = next_json(&mut ws).await.expect("an answer");
+    assert_eq!(refused["id"], "over", "{refused}");
+    assert_eq!(refused["type"], "error", "{refused}");
+    assert_eq!(
+        refused["payload"][0]["extensions"]["code"], "TOO_MANY_SUBSCRIPTIONS",
+        "{refused}"
+    );
+    send(&mut ws, json!({ "id": "s0", "type": "complete" })).await;
+    send(
+        &mut ws,
+        json!({ "id": "again", "type": "subscribe",
+                "payload": { "query": "subscription { heartbeat(everyMs: 100) }" } }),
+    )
+    .await;
+    let beat = next_json(&mut ws).await.expect("a heartbeat");
+    assert_eq!(beat["id"], "again", "{beat}");
+    assert_eq!(beat["type"], "next", "{beat}");
+}
