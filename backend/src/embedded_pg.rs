@@ -141,11 +141,14 @@ impl EmbeddedPostgres {
         let mut conn = sqlx::PgConnection::connect(&admin)
             .await
             .context("connecting to the private PostgreSQL")?;
-        let exists: bool =
-            sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'qleet')")
-                .fetch_one(&mut conn)
-                .await?;
+        let exists = sqlx::query_scalar!(
+            r#"select exists (select 1 from pg_database where datname = 'qleet') as "exists!""#
+        )
+        .fetch_one(&mut conn)
+        .await?;
         if !exists {
+            // DDL, run on the server's maintenance database before the management one exists:
+            // nothing for the query macros to check against, so a runtime string.
             sqlx::query("create database qleet")
                 .execute(&mut conn)
                 .await?;
