@@ -63,6 +63,23 @@ ensure_musl_target() {
   ensure_apt musl-tools musl-gcc
 }
 
+# sqlx-cli, for `cargo sqlx prepare` (scripts/sqlx-prepare.sh): the version of the sqlx crate in
+# Cargo.lock, PostgreSQL only, rustls, and `sqlx-toml` so it reads each crate's sqlx.toml.
+sqlx_version() {
+  awk '/^name = "sqlx"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$ROOT/Cargo.lock"
+}
+
+ensure_sqlx_cli() {
+  local want; want=$(sqlx_version)
+  local have; have=$(cargo sqlx --version 2>/dev/null | awk '{print $2}' || true)
+  if [ "$have" != "$want" ]; then
+    say "installing sqlx-cli $want (once, a few minutes)"
+    # Its own temporary target directory: not the workspace's.
+    env -u CARGO_TARGET_DIR cargo install --locked sqlx-cli --version "$want" \
+      --no-default-features --features postgres,rustls,sqlx-toml
+  fi
+}
+
 ensure_node_deps() {
   ensure_apt nodejs node
   ensure_apt npm npm

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: installs what the tests need (PostgreSQL, Node and the OpenID provider
-# package, localstripe, Chromium and chromedriver, the wasm toolchain), starts PostgreSQL if none answers,
-# builds the web UI, checks formatting and lints, then runs the whole test suite.
+# package, localstripe, Chromium and chromedriver, the wasm toolchain, sqlx-cli), starts PostgreSQL if
+# none answers, builds the web UI, checks formatting, lints and the committed SQL query data, then
+# runs the whole test suite.
 source "$(dirname "$0")/lib.sh"
 
 ensure_postgres_binaries
@@ -11,6 +12,7 @@ ensure_node_deps
 ensure_localstripe
 ensure_moto
 ensure_wasm_tools
+ensure_sqlx_cli
 
 # PostgreSQL for the tests: the machine's own on 127.0.0.1:5432 if it lets `postgres` in without
 # a password, else a private throwaway cluster.
@@ -49,6 +51,8 @@ scripts/crate-graph.sh --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --features qleet/kubernetes -- -D warnings
 cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
+say "the committed SQL query data (.sqlx/) matches the queries and migrations"
+scripts/sqlx-prepare.sh --check
 say "cargo test"
 LOG=$(mktemp)
 set +e

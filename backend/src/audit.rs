@@ -27,17 +27,17 @@ pub async fn record(
             token_id, user_id, ..
         } => (Some(*user_id), Some(*token_id)),
     };
-    sqlx::query(
+    sqlx::query!(
         "insert into audit_log (org_id, actor_user_id, actor_token_id, actor, action, ip, changes)
          values ($1, $2, $3, $4, $5, $6, $7)",
+        org_id,
+        user_id,
+        token_id,
+        actor.principal.label(),
+        action,
+        actor.ip.as_deref(),
+        changes,
     )
-    .bind(org_id)
-    .bind(user_id)
-    .bind(token_id)
-    .bind(actor.principal.label())
-    .bind(action)
-    .bind(actor.ip.as_deref())
-    .bind(changes)
     .execute(conn)
     .await?;
     Ok(())
@@ -50,19 +50,19 @@ pub async fn record_system(
     action: &str,
     changes: Value,
 ) -> Result<(), ApiError> {
-    sqlx::query(
+    sqlx::query!(
         "insert into audit_log (org_id, actor, action, changes) values ($1, 'qleet', $2, $3)",
+        org_id,
+        action,
+        changes,
     )
-    .bind(org_id)
-    .bind(action)
-    .bind(changes)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 /// One audit-log entry.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Entry {
     pub id: i64,
     pub at: chrono::DateTime<chrono::Utc>,
@@ -81,14 +81,15 @@ pub async fn page(
     before: Option<i64>,
     limit: i64,
 ) -> Result<(Vec<Entry>, bool), ApiError> {
-    let mut rows = sqlx::query_as::<_, Entry>(
+    let mut rows = sqlx::query_as!(
+        Entry,
         "select id, at, actor, actor_token_id, action, ip, changes from audit_log
          where org_id = $1 and ($2::bigint is null or id < $2)
          order by id desc limit $3",
+        org_id,
+        before,
+        limit + 1,
     )
-    .bind(org_id)
-    .bind(before)
-    .bind(limit + 1)
     .fetch_all(pool)
     .await?;
     let more = rows.len() as i64 > limit;

@@ -167,7 +167,7 @@ impl EmbeddedPostgres {
         .execute(&mut conn)
         .await?;
         write_private(&hba_file, HBA, self.run_as)?;
-        sqlx::query("select pg_reload_conf()")
+        sqlx::query!("select pg_reload_conf()")
             .execute(&mut conn)
             .await?;
         conn.close().await?;
@@ -218,11 +218,14 @@ impl EmbeddedPostgres {
                     self.dir.display()
                 )
             })?;
-        let exists: bool =
-            sqlx::query_scalar("select exists (select 1 from pg_database where datname = 'qleet')")
-                .fetch_one(&mut conn)
-                .await?;
+        let exists = sqlx::query_scalar!(
+            r#"select exists (select 1 from pg_database where datname = 'qleet') as "exists!""#
+        )
+        .fetch_one(&mut conn)
+        .await?;
         if !exists {
+            // DDL, run on the server's maintenance database before the management one exists:
+            // nothing for the query macros to check against, so a runtime string.
             sqlx::query("create database qleet")
                 .execute(&mut conn)
                 .await?;

@@ -194,13 +194,14 @@ async fn sweep_expired(pool: PgPool) {
     let mut tick = tokio::time::interval(Duration::from_secs(600));
     loop {
         tick.tick().await;
-        for sql in [
-            "delete from sessions where expires_at < now()",
-            "delete from oidc_logins where expires_at < now()",
-        ] {
-            if let Err(e) = sqlx::query(sql).execute(&pool).await {
-                tracing::warn!(error = %e, "sweeping expired rows failed");
-            }
+        let sessions = sqlx::query!("delete from sessions where expires_at < now()")
+            .execute(&pool)
+            .await;
+        let logins = sqlx::query!("delete from oidc_logins where expires_at < now()")
+            .execute(&pool)
+            .await;
+        for e in [sessions.err(), logins.err()].into_iter().flatten() {
+            tracing::warn!(error = %e, "sweeping expired rows failed");
         }
     }
 }

@@ -124,7 +124,10 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    match sqlx::query("select 1").execute(&state.pool).await {
+    match sqlx::query_scalar!("select 1 as one")
+        .fetch_one(&state.pool)
+        .await
+    {
         Ok(_) => "ready".into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "readiness check failed");

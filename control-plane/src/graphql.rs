@@ -103,12 +103,13 @@ impl CpQuery {
                 role: Role::Owner,
             },
         };
-        let object_count: i64 =
-            sqlx::query_scalar("select count(*) from objects where deletion_requested_at is null")
-                .fetch_one(ctx.data_unchecked::<sqlx::PgPool>())
-                .await
-                .map_err(crate::error::ApiError::from)
-                .map_err(|e| async_graphql::ErrorExtensions::extend(&e))?;
+        let object_count = sqlx::query_scalar!(
+            r#"select count(*) as "count!" from objects where deletion_requested_at is null"#
+        )
+        .fetch_one(ctx.data_unchecked::<sqlx::PgPool>())
+        .await
+        .map_err(crate::error::ApiError::from)
+        .map_err(|e| async_graphql::ErrorExtensions::extend(&e))?;
         Ok(ControlPlaneInfo {
             id: ctx.data_unchecked::<ControlPlaneId>().0,
             version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -155,15 +155,15 @@ impl Application {
 /// Records which control plane owns this database on first start, and refuses to run against a
 /// database that belongs to another one.
 async fn claim_database(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "insert into control_plane_meta (key, value) values ('control_plane_id', to_jsonb($1::text))
          on conflict (key) do nothing",
+        id.to_string(),
     )
-    .bind(id.to_string())
     .execute(pool)
     .await?;
-    let owner: String = sqlx::query_scalar(
-        "select value #>> '{}' from control_plane_meta where key = 'control_plane_id'",
+    let owner = sqlx::query_scalar!(
+        r#"select value #>> '{}' as "owner!" from control_plane_meta where key = 'control_plane_id'"#,
     )
     .fetch_one(pool)
     .await?;
@@ -174,7 +174,10 @@ async fn claim_database(pool: &PgPool, id: Uuid) -> anyhow::Result<()> {
 }
 
 async fn readyz(State(state): State<CpState>) -> Response {
-    match sqlx::query("select 1").execute(&state.pool).await {
+    match sqlx::query_scalar!("select 1 as one")
+        .fetch_one(&state.pool)
+        .await
+    {
         Ok(_) => "ready".into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable").into_response(),
     }

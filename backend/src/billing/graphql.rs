@@ -120,34 +120,35 @@ async fn load(
     let account = super::account(&mut *conn, org_id).await?;
     let plan = super::effective_plan(billing, &account);
     let stripe = billing.stripe.is_some();
-    let control_planes: i64 = sqlx::query_scalar(
-        "select count(*) from control_planes where org_id = $1 and status not in ('deleting', 'deleted')",
+    let control_planes = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from control_planes
+         where org_id = $1 and status not in ('deleting', 'deleted')"#,
+        org_id,
     )
-    .bind(org_id)
     .fetch_one(&mut *conn)
     .await?;
-    let objects: Option<i64> = sqlx::query_scalar(
+    let objects = sqlx::query_scalar!(
         "select sum(objects)::bigint from (
              select distinct on (s.control_plane_id) s.objects from usage_samples s
              join control_planes c on c.id = s.control_plane_id
              where s.org_id = $1 and c.status not in ('deleting', 'deleted')
              order by s.control_plane_id, s.sampled_at desc) latest",
+        org_id,
     )
-    .bind(org_id)
     .fetch_one(&mut *conn)
     .await?;
-    let hours: Option<i64> = sqlx::query_scalar(
+    let hours = sqlx::query_scalar!(
         "select sum(object_hours)::bigint from usage_reports
          where org_id = $1 and period_end >= date_trunc('month', now())",
+        org_id,
     )
-    .bind(org_id)
     .fetch_one(&mut *conn)
     .await?;
-    let held: Vec<(uuid::Uuid, String, Option<String>)> = sqlx::query_as(
+    let held = sqlx::query!(
         "select id, name, billing_hold_reason from control_planes
          where org_id = $1 and billing_hold order by created_at, id",
+        org_id,
     )
-    .bind(org_id)
     .fetch_all(&mut *conn)
     .await?;
     let past_due_since = account.past_due_since.filter(|_| stripe);
@@ -169,10 +170,10 @@ async fn load(
         suspended: super::grace_over(billing, &account),
         held_control_planes: held
             .into_iter()
-            .map(|(id, name, reason)| HeldControlPlane {
-                id,
-                name,
-                reason: match reason.as_deref() {
+            .map(|h| HeldControlPlane {
+                id: h.id,
+                name: h.name,
+                reason: match h.billing_hold_reason.as_deref() {
                     Some("over_limit") => HoldReason::OverLimit,
                     _ => HoldReason::PastDue,
                 },
@@ -217,13 +218,21 @@ pub async fn start_checkout(
         Option<String>,
         Option<String>,
         Option<DateTime<Utc>>,
-    ) = sqlx::query_as(
+    ) = sqlx::query!(
         "select subscription_status, checkout_plan, checkout_url, checkout_expires_at
          from billing_accounts where org_id = $1 for update",
+        access.org.id,
     )
-    .bind(access.org.id)
     .fetch_one(&mut *tx)
-    .await?;
+    .await
+    .map(|r| {
+        (
+            r.subscription_status,
+            r.checkout_plan,
+            r.checkout_url,
+            r.checkout_expires_at,
+        )
+    })?;
     if status.as_deref().is_some_and(|s| LIVE.contains(&s)) {
         return Err(ApiError::Conflict(
             "this organisation already has a subscription; change its plan in the billing portal (Manage billing)".into(),
@@ -242,14 +251,14 @@ pub async fn start_checkout(
             until.format("%H:%M")
         )));
     }
-    sqlx::query(
+    sqlx::query!(
         "update billing_accounts set checkout_session_id = null, checkout_url = null,
              checkout_plan = $2, checkout_expires_at = $3
          where org_id = $1",
+        access.org.id,
+        &target.id,
+        expires_at,
     )
-    .bind(access.org.id)
-    .bind(&target.id)
-    .bind(expires_at)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -275,15 +284,15 @@ pub async fn start_checkout(
         Ok(s) => (Some(s.id.as_str()), Some(s.url.as_str())),
         Err(_) => (None, None),
     };
-    sqlx::query(
+    sqlx::query!(
         "update billing_accounts set checkout_session_id = $3, checkout_url = $4,
-             checkout_expires_at = case when $3 is null then null else checkout_expires_at end
+             checkout_expires_at = case when $3::text is null then null else checkout_expires_at end
          where org_id = $1 and checkout_expires_at = $2",
+        access.org.id,
+        expires_at,
+        id,
+        url,
     )
-    .bind(access.org.id)
-    .bind(expires_at)
-    .bind(id)
-    .bind(url)
     .execute(pool)
     .await?;
     let url = session?.url;

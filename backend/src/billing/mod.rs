@@ -58,7 +58,7 @@ pub(crate) const LIVE: [&str; 4] = ["active", "trialing", "past_due", "unpaid"];
 const OWING: [&str; 2] = ["past_due", "unpaid"];
 
 /// An organisation's billing row (absent until it first touches billing).
-#[derive(Debug, Clone, Default, sqlx::FromRow)]
+#[derive(Debug, Clone, Default)]
 pub struct Account {
     pub stripe_customer_id: Option<String>,
     pub subscription_id: Option<String>,
@@ -67,17 +67,16 @@ pub struct Account {
     pub past_due_since: Option<DateTime<Utc>>,
 }
 
-const ACCOUNT_COLUMNS: &str =
-    "stripe_customer_id, subscription_id, subscription_status, plan, past_due_since";
-
 pub async fn account(
     executor: impl sqlx::PgExecutor<'_>,
     org_id: Uuid,
 ) -> Result<Account, ApiError> {
-    Ok(sqlx::query_as::<_, Account>(sqlx::AssertSqlSafe(format!(
-        "select {ACCOUNT_COLUMNS} from billing_accounts where org_id = $1"
-    )))
-    .bind(org_id)
+    Ok(sqlx::query_as!(
+        Account,
+        "select stripe_customer_id, subscription_id, subscription_status, plan, past_due_since
+         from billing_accounts where org_id = $1",
+        org_id,
+    )
     .fetch_optional(executor)
     .await?
     .unwrap_or_default())
@@ -169,27 +168,30 @@ pub async fn ensure_customer(
     org: &crate::orgs::Org,
 ) -> Result<String, ApiError> {
     let stripe = billing.stripe()?;
-    sqlx::query("insert into billing_accounts (org_id) values ($1) on conflict do nothing")
-        .bind(org.id)
-        .execute(pool)
-        .await?;
-    let existing: Option<String> =
-        sqlx::query_scalar("select stripe_customer_id from billing_accounts where org_id = $1")
-            .bind(org.id)
-            .fetch_one(pool)
-            .await?;
+    sqlx::query!(
+        "insert into billing_accounts (org_id) values ($1) on conflict do nothing",
+        org.id,
+    )
+    .execute(pool)
+    .await?;
+    let existing = sqlx::query_scalar!(
+        "select stripe_customer_id from billing_accounts where org_id = $1",
+        org.id,
+    )
+    .fetch_one(pool)
+    .await?;
     if let Some(id) = existing {
         return Ok(id);
     }
     let id = stripe.create_customer(org.id, &org.slug, &org.name).await?;
     let mut tx = pool.begin().await?;
-    let stored: Option<Option<String>> = sqlx::query_scalar(
+    let stored = sqlx::query_scalar!(
         "update billing_accounts set stripe_customer_id = coalesce(stripe_customer_id, $2),
              updated_at = now()
          where org_id = $1 returning stripe_customer_id",
+        org.id,
+        &id,
     )
-    .bind(org.id)
-    .bind(&id)
     .fetch_optional(&mut *tx)
     .await?;
     let stored = stored
@@ -254,14 +256,16 @@ pub async fn apply_subscriptions(
     subscriptions: &[stripe::Subscription],
     read_at: DateTime<Utc>,
 ) -> Result<Applied, ApiError> {
-    sqlx::query("insert into billing_accounts (org_id) values ($1) on conflict do nothing")
-        .bind(org_id)
-        .execute(&mut *conn)
-        .await?;
-    let last_read: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "select stripe_read_at from billing_accounts where org_id = $1 for update",
+    sqlx::query!(
+        "insert into billing_accounts (org_id) values ($1) on conflict do nothing",
+        org_id,
     )
-    .bind(org_id)
+    .execute(&mut *conn)
+    .await?;
+    let last_read = sqlx::query_scalar!(
+        "select stripe_read_at from billing_accounts where org_id = $1 for update",
+        org_id,
+    )
     .fetch_one(&mut *conn)
     .await?;
     if last_read.is_some_and(|last| last > read_at) {
@@ -292,20 +296,20 @@ pub async fn apply_subscriptions(
     };
     let status = sub.map(|s| s.status.clone());
     let owing = sub.is_some_and(|s| OWING.contains(&s.status.as_str()));
-    sqlx::query(
+    sqlx::query!(
         "update billing_accounts set subscription_id = $2, subscription_status = $3, price_id = $4,
              plan = $5,
              past_due_since = case when $6 then coalesce(past_due_since, now()) else null end,
              stripe_read_at = $7, updated_at = now()
          where org_id = $1",
+        org_id,
+        sub.map(|s| s.id.as_str()),
+        status.as_deref(),
+        price,
+        plan.as_deref(),
+        owing,
+        read_at,
     )
-    .bind(org_id)
-    .bind(sub.map(|s| s.id.as_str()))
-    .bind(&status)
-    .bind(price)
-    .bind(&plan)
-    .bind(owing)
-    .bind(read_at)
     .execute(&mut *conn)
     .await?;
     let changed = current.subscription_id.as_deref() != sub.map(|s| s.id.as_str())
@@ -343,31 +347,35 @@ pub async fn enforce_limits(
     plan: &Plan,
 ) -> Result<(u64, u64), ApiError> {
     let max = plan.control_planes.map(i64::from);
-    const RANKED: &str = "with ranked as (
+    // Both statements rank the same way (`ranked`): by creation, live control planes only.
+    let resumed = sqlx::query!(
+        "with ranked as (
              select id, row_number() over (order by created_at, id) as n from control_planes
-             where org_id = $1 and status not in ('deleting', 'deleted'))";
-    let resumed = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{RANKED} update control_planes c set desired = 'running', billing_hold = false,
+             where org_id = $1 and status not in ('deleting', 'deleted'))
+         update control_planes c set desired = 'running', billing_hold = false,
              billing_hold_reason = null, next_attempt_at = now(), updated_at = now()
          from ranked r
-         where c.id = r.id and c.billing_hold and ($2::bigint is null or r.n <= $2)"
-    )))
-    .bind(org_id)
-    .bind(max)
+         where c.id = r.id and c.billing_hold and ($2::bigint is null or r.n <= $2)",
+        org_id,
+        max,
+    )
     .execute(&mut *conn)
     .await?
     .rows_affected();
-    let held: Vec<Uuid> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-        "{RANKED} update control_planes c set desired = 'suspended', billing_hold = true,
+    let held = sqlx::query_scalar!(
+        "with ranked as (
+             select id, row_number() over (order by created_at, id) as n from control_planes
+             where org_id = $1 and status not in ('deleting', 'deleted'))
+         update control_planes c set desired = 'suspended', billing_hold = true,
              billing_hold_reason = 'over_limit', next_attempt_at = now(), updated_at = now()
          from ranked r
          where c.id = r.id and $2::bigint is not null and r.n > $2 and c.status <> 'failed'
            and ((c.billing_hold and c.billing_hold_reason is distinct from 'over_limit')
                 or (not c.billing_hold and c.desired = 'running'))
-         returning c.id"
-    )))
-    .bind(org_id)
-    .bind(max)
+         returning c.id",
+        org_id,
+        max,
+    )
     .fetch_all(&mut *conn)
     .await?;
     if resumed > 0 {
@@ -422,12 +430,13 @@ pub async fn hold_error(
     if !held {
         return Ok(());
     }
-    let reason: Option<String> =
-        sqlx::query_scalar("select billing_hold_reason from control_planes where id = $1")
-            .bind(control_plane_id)
-            .fetch_optional(pool)
-            .await?
-            .flatten();
+    let reason = sqlx::query_scalar!(
+        "select billing_hold_reason from control_planes where id = $1",
+        control_plane_id,
+    )
+    .fetch_optional(pool)
+    .await?
+    .flatten();
     match reason.as_deref() {
         Some("over_limit") => Err(over_limit_error(pool, billing, org_id).await?),
         _ => Err(past_due_error()),
@@ -448,15 +457,16 @@ pub async fn resume_check(
     let Some(max) = plan.control_planes else {
         return Ok(());
     };
-    let rank: Option<i64> = sqlx::query_scalar(
+    let rank = sqlx::query_scalar!(
         "select n from (select id, row_number() over (order by created_at, id) as n
              from control_planes where org_id = $1 and status not in ('deleting', 'deleted')) r
          where id = $2",
+        org_id,
+        control_plane_id,
     )
-    .bind(org_id)
-    .bind(control_plane_id)
     .fetch_optional(pool)
-    .await?;
+    .await?
+    .flatten();
     if rank.is_some_and(|n| n > i64::from(max)) {
         return Err(over_limit_error(pool, billing, org_id).await?);
     }
@@ -470,15 +480,15 @@ pub async fn queue_cancellation(
     org_id: Uuid,
     org_slug: &str,
 ) -> Result<bool, ApiError> {
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "insert into billing_cancellations (stripe_customer_id, org_id, org_slug)
          select stripe_customer_id, org_id, $2 from billing_accounts
          where org_id = $1 and stripe_customer_id is not null
          on conflict (stripe_customer_id) do update
              set done_at = null, next_attempt_at = now(), requested_at = now()",
+        org_id,
+        org_slug,
     )
-    .bind(org_id)
-    .bind(org_slug)
     .execute(conn)
     .await?
     .rows_affected()

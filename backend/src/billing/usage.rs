@@ -33,29 +33,32 @@ pub async fn record_sample(
 ) -> Result<(), ApiError> {
     let mut tx = pool.begin().await?;
     // One sampler at a time per control plane.
-    sqlx::query("select id from control_planes where id = $1 for update")
-        .bind(control_plane_id)
-        .execute(&mut *tx)
-        .await?;
-    let previous: Option<DateTime<Utc>> =
-        sqlx::query_scalar("select max(sampled_at) from usage_samples where control_plane_id = $1")
-            .bind(control_plane_id)
-            .fetch_one(&mut *tx)
-            .await?;
+    sqlx::query!(
+        "select id from control_planes where id = $1 for update",
+        control_plane_id,
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let previous = sqlx::query_scalar!(
+        "select max(sampled_at) from usage_samples where control_plane_id = $1",
+        control_plane_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
     let seconds = match previous {
         Some(prev) if at > prev => (at - prev).num_seconds().min(max_gap.as_secs() as i64),
         Some(_) => return Ok(()), // not after the last sample: nothing new to cover
         None => 0,
     };
-    sqlx::query(
+    sqlx::query!(
         "insert into usage_samples (org_id, control_plane_id, sampled_at, objects, object_seconds)
          values ($1, $2, $3, $4, $5)",
+        org_id,
+        control_plane_id,
+        at,
+        objects as i32,
+        i64::from(objects) * seconds,
     )
-    .bind(org_id)
-    .bind(control_plane_id)
-    .bind(at)
-    .bind(objects as i32)
-    .bind(i64::from(objects) * seconds)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -66,7 +69,7 @@ pub async fn record_sample(
 /// A control plane that cannot tell (not answering, or a version without `objectCount`) is
 /// skipped this round.
 pub async fn sample_all(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
-    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "select c.id, c.org_id from control_planes c
          join billing_accounts b on b.org_id = c.org_id
          where c.status = 'ready' and b.stripe_customer_id is not null",
@@ -75,7 +78,7 @@ pub async fn sample_all(pool: &PgPool, services: &Services) -> Result<(), ApiErr
     .await?;
     let max_gap = services.billing.config.usage_sample_interval * 2;
     let http = reqwest::Client::new();
-    for (cp, org) in rows {
+    for (cp, org) in rows.into_iter().map(|r| (r.id, r.org_id)) {
         match object_count(services, &http, cp, org).await {
             Ok(Some(n)) => record_sample(pool, org, cp, n, Utc::now(), max_gap).await?,
             Ok(None) => {}
@@ -121,47 +124,51 @@ async fn object_count(
 /// Returns how many reports were made.
 pub async fn batch(pool: &PgPool) -> Result<u64, ApiError> {
     let mut tx = pool.begin().await?;
-    let orgs: Vec<(Uuid, String, i64)> = sqlx::query_as(
-        "select b.org_id, b.stripe_customer_id, b.usage_carry_seconds from billing_accounts b
+    let orgs = sqlx::query!(
+        r#"select b.org_id, b.stripe_customer_id as "stripe_customer_id!", b.usage_carry_seconds
+         from billing_accounts b
          where b.stripe_customer_id is not null
            and exists (select 1 from usage_samples s where s.org_id = b.org_id and not s.batched)
-         for update of b skip locked",
+         for update of b skip locked"#,
     )
     .fetch_all(&mut *tx)
     .await?;
     let mut made = 0;
-    for (org, customer, carry) in orgs {
-        let (seconds, start, end): (Option<i64>, Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
-            sqlx::query_as(
-                "with taken as (
-                     update usage_samples set batched = true
-                     where org_id = $1 and not batched
-                     returning object_seconds, sampled_at)
-                 select sum(object_seconds)::bigint, min(sampled_at), max(sampled_at) from taken",
-            )
-            .bind(org)
-            .fetch_one(&mut *tx)
-            .await?;
+    for o in orgs {
+        let (org, customer, carry) = (o.org_id, o.stripe_customer_id, o.usage_carry_seconds);
+        let taken = sqlx::query!(
+            "with taken as (
+                 update usage_samples set batched = true
+                 where org_id = $1 and not batched
+                 returning object_seconds, sampled_at)
+             select sum(object_seconds)::bigint as seconds, min(sampled_at) as start,
+                    max(sampled_at) as end
+             from taken",
+            org,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        let (seconds, start, end) = (taken.seconds, taken.start, taken.end);
         let total = carry + seconds.unwrap_or(0);
         let hours = total / 3600;
-        sqlx::query(
+        sqlx::query!(
             "update billing_accounts set usage_carry_seconds = $2, updated_at = now() where org_id = $1",
+            org,
+            total % 3600,
         )
-        .bind(org)
-        .bind(total % 3600)
         .execute(&mut *tx)
         .await?;
         if let (true, Some(start), Some(end)) = (hours > 0, start, end) {
-            sqlx::query(
+            sqlx::query!(
                 "insert into usage_reports (id, org_id, stripe_customer_id, object_hours, period_start, period_end)
                  values ($1, $2, $3, $4, $5, $6)",
+                Uuid::new_v4(),
+                org,
+                &customer,
+                hours,
+                start,
+                end,
             )
-            .bind(Uuid::new_v4())
-            .bind(org)
-            .bind(&customer)
-            .bind(hours)
-            .bind(start)
-            .bind(end)
             .execute(&mut *tx)
             .await?;
             made += 1;
@@ -183,14 +190,15 @@ pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
     else {
         return Ok(0);
     };
-    let pending: Vec<(Uuid, String, i64, DateTime<Utc>)> = sqlx::query_as(
+    let pending = sqlx::query!(
         "select id, stripe_customer_id, object_hours, period_end from usage_reports
          where reported_at is null order by created_at limit 100",
     )
     .fetch_all(pool)
     .await?;
     let mut sent = 0;
-    for (id, customer, hours, end) in pending {
+    for p in pending {
+        let (id, customer, hours, end) = (p.id, p.stripe_customer_id, p.object_hours, p.period_end);
         let result = stripe
             .meter_event(
                 event_name,
@@ -202,18 +210,23 @@ pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
             .await;
         match result {
             Ok(()) => {
-                sqlx::query("update usage_reports set reported_at = now(), attempts = attempts + 1, last_error = null where id = $1")
-                    .bind(id)
-                    .execute(pool)
-                    .await?;
+                sqlx::query!(
+                    "update usage_reports set reported_at = now(), attempts = attempts + 1, last_error = null
+                     where id = $1",
+                    id,
+                )
+                .execute(pool)
+                .await?;
                 sent += 1;
             }
             Err(e) => {
-                sqlx::query("update usage_reports set attempts = attempts + 1, last_error = $2 where id = $1")
-                    .bind(id)
-                    .bind(e.to_string())
-                    .execute(pool)
-                    .await?;
+                sqlx::query!(
+                    "update usage_reports set attempts = attempts + 1, last_error = $2 where id = $1",
+                    id,
+                    e.to_string(),
+                )
+                .execute(pool)
+                .await?;
             }
         }
     }

@@ -185,16 +185,16 @@ async fn store(
 ) -> Result<bool, ApiError> {
     let created = DateTime::from_timestamp(event.created, 0).unwrap_or_else(Utc::now);
     let handled = HANDLED.contains(&event.kind.as_str());
-    Ok(sqlx::query(
+    Ok(sqlx::query!(
         "insert into stripe_events (id, type, created, payload, applied_at)
          values ($1, $2, $3, $4, case when $5 then null else now() end)
          on conflict do nothing",
+        &event.id,
+        &event.kind,
+        created,
+        payload,
+        handled,
     )
-    .bind(&event.id)
-    .bind(&event.kind)
-    .bind(created)
-    .bind(payload)
-    .bind(handled)
     .execute(pool)
     .await?
     .rows_affected()
@@ -263,14 +263,15 @@ const CONCURRENCY: usize = 4;
 pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
     let mut done = 0;
     loop {
-        let rows: Vec<(String, String, Option<serde_json::Value>, i32)> = sqlx::query_as(
-            "update stripe_events set attempts = attempts + 1, next_attempt_at = now() + $1
+        let rows = sqlx::query!(
+            "update stripe_events set attempts = attempts + 1,
+                 next_attempt_at = now() + make_interval(secs => $1)
              where id in (select id from stripe_events
                           where applied_at is null and next_attempt_at <= now()
                           order by created, id limit 100 for update skip locked)
              returning id, type, payload, attempts",
+            LEASE.as_secs_f64(),
         )
-        .bind(chrono::Duration::from_std(LEASE).map_err(crate::error::internal)?)
         .fetch_all(pool)
         .await?;
         if rows.is_empty() {
@@ -278,8 +279,8 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
         }
         done += rows.len() as u64;
         let mut groups: BTreeMap<Option<String>, Vec<Claimed>> = BTreeMap::new();
-        for (id, kind, payload, attempts) in rows {
-            let claimed = Claimed::new(id, kind, payload, attempts);
+        for r in rows {
+            let claimed = Claimed::new(r.id, r.r#type, r.payload, r.attempts);
             groups
                 .entry(claimed.customer.clone())
                 .or_default()
@@ -298,13 +299,14 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
                 if let Err(e) = result {
                     tracing::warn!(events = ?ids, error = %e, "applying Stripe events failed; they will be retried");
                     let retry = super::worker::backoff(&services.billing, attempts);
-                    let _ = sqlx::query(
-                        "update stripe_events set last_error = $2, next_attempt_at = now() + $3
+                    let _ = sqlx::query!(
+                        "update stripe_events set last_error = $2,
+                             next_attempt_at = now() + make_interval(secs => $3)
                          where id = any($1)",
+                        &ids,
+                        e.to_string(),
+                        retry.as_seconds_f64(),
                     )
-                    .bind(&ids)
-                    .bind(e.to_string())
-                    .bind(retry)
                     .execute(pool)
                     .await;
                 }
@@ -321,12 +323,12 @@ async fn finish(
 ) -> Result<(), ApiError> {
     let ids: Vec<&str> = done.iter().map(|(id, _)| id.as_str()).collect();
     let warnings: Vec<Option<&str>> = done.iter().map(|(_, w)| w.as_deref()).collect();
-    sqlx::query(
+    sqlx::query!(
         "update stripe_events e set applied_at = now(), warning = w.warning, last_error = null
          from unnest($1::text[], $2::text[]) as w(id, warning) where e.id = w.id",
+        &ids as &[&str],
+        &warnings as &[Option<&str>],
     )
-    .bind(&ids)
-    .bind(&warnings)
     .execute(conn)
     .await?;
     Ok(())
@@ -369,12 +371,12 @@ async fn apply_group(
         .filter_map(|e| e.checkout_session.as_deref())
         .collect();
     if !sessions.is_empty() {
-        sqlx::query(
+        sqlx::query!(
             "update billing_accounts set checkout_session_id = null, checkout_plan = null,
                  checkout_url = null, checkout_expires_at = null
              where checkout_session_id = any($1)",
+            &sessions as &[&str],
         )
-        .bind(&sessions)
         .execute(pool)
         .await?;
     }
@@ -390,31 +392,32 @@ async fn apply_group(
 
     // The organisation: by its stored customer id, else, for a completed Checkout, by the org
     // id we put into it.
-    let mut org: Option<Uuid> =
-        sqlx::query_scalar("select org_id from billing_accounts where stripe_customer_id = $1")
-            .bind(&customer)
-            .fetch_optional(pool)
-            .await?;
+    let mut org = sqlx::query_scalar!(
+        "select org_id from billing_accounts where stripe_customer_id = $1",
+        &customer,
+    )
+    .fetch_optional(pool)
+    .await?;
     if org.is_none()
         && let Some(hint) = events.iter().find_map(|e| e.org_hint)
     {
-        org = sqlx::query_scalar::<_, Uuid>(
+        org = sqlx::query_scalar!(
             "update billing_accounts set stripe_customer_id = $2, updated_at = now()
              where org_id = $1 and stripe_customer_id is null returning org_id",
+            hint,
+            &customer,
         )
-        .bind(hint)
-        .bind(&customer)
         .fetch_optional(pool)
         .await?;
     }
     let Some(org_id) = org else {
         // A deleted organisation's customer: whatever the event says, its subscriptions are
         // cancelled (again, if one appeared since, e.g. from a Checkout left open).
-        let deleted = sqlx::query(
+        let deleted = sqlx::query!(
             "update billing_cancellations set done_at = null, next_attempt_at = now()
              where stripe_customer_id = $1",
+            &customer,
         )
-        .bind(&customer)
         .execute(pool)
         .await?
         .rows_affected()

@@ -92,21 +92,23 @@ async fn ticks(pool: &PgPool, services: &Services) {
 /// Suspends (with a billing hold) the running control planes of every organisation past due for
 /// longer than the grace period. Their data stays; paying releases them.
 pub async fn suspend_overdue(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
-    let grace = chrono::Duration::from_std(services.billing.config.grace)
-        .map_err(crate::error::internal)?;
+    let grace = services.billing.config.grace;
     let mut tx = pool.begin().await?;
-    let held: Vec<(Uuid, Uuid)> = sqlx::query_as(
+    let held: Vec<(Uuid, Uuid)> = sqlx::query!(
         "update control_planes c set desired = 'suspended', billing_hold = true,
              billing_hold_reason = 'past_due', next_attempt_at = now(), updated_at = now()
          from billing_accounts b
-         where b.org_id = c.org_id and b.past_due_since <= now() - $1
+         where b.org_id = c.org_id and b.past_due_since <= now() - make_interval(secs => $1)
            and c.desired = 'running' and not c.billing_hold
            and c.status not in ('deleting', 'deleted', 'failed')
          returning c.org_id, c.id",
+        grace.as_secs_f64(),
     )
-    .bind(grace)
     .fetch_all(&mut *tx)
-    .await?;
+    .await?
+    .into_iter()
+    .map(|r| (r.org_id, r.id))
+    .collect();
     let mut orgs: Vec<Uuid> = held.iter().map(|(org, _)| *org).collect();
     orgs.sort();
     orgs.dedup();
@@ -139,7 +141,7 @@ pub async fn suspend_overdue(pool: &PgPool, services: &Services) -> Result<u64, 
 /// deleted since, freeing a place. Organisations that owe money are left to dunning.
 pub async fn refit_over_limit(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
     let billing = &services.billing;
-    let orgs: Vec<Uuid> = sqlx::query_scalar(
+    let orgs = sqlx::query_scalar!(
         "select distinct c.org_id from control_planes c
          left join billing_accounts b on b.org_id = c.org_id
          where c.billing_hold and c.billing_hold_reason = 'over_limit'
@@ -168,7 +170,7 @@ pub async fn refit_over_limit(pool: &PgPool, services: &Services) -> Result<u64,
 pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
     let billing = &services.billing;
     let stripe = billing.stripe()?;
-    let due: Vec<(String, Uuid, i32)> = sqlx::query_as(
+    let due = sqlx::query!(
         "update billing_cancellations set attempts = attempts + 1, next_attempt_at = now() + interval '2 minutes'
          where stripe_customer_id in (select stripe_customer_id from billing_cancellations
                                       where done_at is null and next_attempt_at <= now()
@@ -178,7 +180,8 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
     .fetch_all(pool)
     .await?;
     let mut done = 0;
-    for (customer, org, attempts) in due {
+    for d in due {
+        let (customer, org, attempts) = (d.stripe_customer_id, d.org_id, d.attempts);
         let result = async {
             let mut cancelled = Vec::new();
             for sub in stripe.subscriptions_of(&customer).await? {
@@ -193,24 +196,25 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
         match result {
             Ok(cancelled) => {
                 tracing::info!(org.id = %org, customer, subscriptions = ?cancelled, "billing: cancelled a deleted organisation's subscriptions");
-                sqlx::query(
+                sqlx::query!(
                     "update billing_cancellations set done_at = now(), last_error = null
                      where stripe_customer_id = $1",
+                    &customer,
                 )
-                .bind(&customer)
                 .execute(pool)
                 .await?;
                 done += 1;
             }
             Err(e) => {
                 tracing::warn!(org.id = %org, customer, error = %e, "billing: cancelling a deleted organisation's subscriptions failed; retrying");
-                sqlx::query(
-                    "update billing_cancellations set last_error = $2, next_attempt_at = now() + $3
+                sqlx::query!(
+                    "update billing_cancellations set last_error = $2,
+                         next_attempt_at = now() + make_interval(secs => $3)
                      where stripe_customer_id = $1",
+                    &customer,
+                    e.to_string(),
+                    backoff(billing, attempts).as_seconds_f64(),
                 )
-                .bind(&customer)
-                .bind(e.to_string())
-                .bind(backoff(billing, attempts))
                 .execute(pool)
                 .await?;
             }

@@ -313,11 +313,11 @@ async fn role_in(
         Principal::Token { org_id, role, .. } if *org_id == cp.org_id => Ok(*role),
         Principal::Token { .. } => Err(not_found()),
         Principal::User { user_id, .. } => {
-            let role: Option<String> = sqlx::query_scalar(
+            let role = sqlx::query_scalar!(
                 "select role from memberships where org_id = $1 and user_id = $2",
+                cp.org_id,
+                user_id,
             )
-            .bind(cp.org_id)
-            .bind(user_id)
             .fetch_optional(&state.pool)
             .await?;
             Role::parse(&role.ok_or_else(not_found)?).map_err(ApiError::from)
@@ -487,11 +487,11 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
         }
     };
     // Recorded at most every few seconds: it feeds hibernation, not billing.
-    sqlx::query(
+    sqlx::query!(
         "update control_planes set last_request_at = now()
          where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
+        cp.id,
     )
-    .bind(cp.id)
     .execute(&state.pool)
     .await?;
     Ok(endpoint.0)

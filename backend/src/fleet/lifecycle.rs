@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::driver::{ControlPlaneSpec, RuntimeStatus};
-use super::{COLUMNS, ControlPlane, Services, Status, transition};
+use super::{ControlPlane, Services, Status, query_control_planes, transition};
 use crate::error::ApiError;
 
 /// How long a started control plane may take to answer its readiness check.
@@ -40,7 +40,7 @@ pub async fn run(pool: PgPool, services: Arc<Services>) {
 
 /// Claims one control plane that needs work and moves it one step. Returns whether it did.
 pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> {
-    let claimed = sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
+    let claimed = query_control_planes!(
         "update control_planes set locked_until = now() + interval '5 minutes'
          where id = (
              select id from control_planes
@@ -50,8 +50,9 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
                     or (status = 'suspended' and desired = 'running'))
              order by next_attempt_at limit 1
              for update skip locked)
-         returning {COLUMNS}"
-    )))
+         returning ",
+        "",
+    )
     .fetch_optional(pool)
     .await?;
     let Some(cp) = claimed else { return Ok(false) };
@@ -59,10 +60,12 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
     let result = tracing::Instrument::instrument(advance(pool, services, &cp), span).await;
     match result {
         Ok(()) => {
-            sqlx::query("update control_planes set locked_until = null where id = $1")
-                .bind(cp.id)
-                .execute(pool)
-                .await?;
+            sqlx::query!(
+                "update control_planes set locked_until = null where id = $1",
+                cp.id,
+            )
+            .execute(pool)
+            .await?;
         }
         Err(e) => {
             // The operator-facing reason: the cause itself, not the generic API message.
@@ -71,14 +74,14 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
                 other => other.to_string(),
             };
             tracing::warn!(control_plane.id = %cp.id, error = %reason, "control-plane step failed; will retry");
-            let row: (i32, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+            let row = sqlx::query!(
                 "update control_planes set locked_until = null, attempts = attempts + 1, status_reason = $2,
                      next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '5 minutes'),
                      updated_at = now()
                  where id = $1 returning attempts, updated_at",
+                cp.id,
+                &reason,
             )
-            .bind(cp.id)
-            .bind(&reason)
             .fetch_one(pool)
             .await?;
             let _ = services.changes.send(super::Change {
@@ -86,7 +89,7 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
                 id: cp.id,
                 status: Status::parse(&cp.status)?,
                 status_reason: Some(reason),
-                updated_at: row.1,
+                updated_at: row.updated_at,
             });
         }
     }
@@ -201,24 +204,29 @@ async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<()
         )));
     }
     let admin = admin_pool(services).await?;
-    let role_exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_roles where rolname = $1)")
-            .bind(&cp.db_role)
-            .fetch_one(&admin)
-            .await?;
+    let role_exists = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_roles where rolname = $1) as "exists!""#,
+        &cp.db_role,
+    )
+    .fetch_one(&admin)
+    .await?;
     let verb = if role_exists { "alter" } else { "create" };
+    // DDL on names and a password made here: it cannot take bind parameters, so it stays a
+    // runtime string (the names are generated from the control plane's id, never user input).
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "{verb} role {} login password '{password}' nosuperuser nocreatedb nocreaterole connection limit 50",
         cp.db_role
     )))
     .execute(&admin)
     .await?;
-    let db_exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&cp.db_name)
-            .fetch_one(&admin)
-            .await?;
+    let db_exists = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
+        &cp.db_name,
+    )
+    .fetch_one(&admin)
+    .await?;
     if !db_exists {
+        // Dynamic DDL (see above): runtime strings.
         let created = sqlx::query(sqlx::AssertSqlSafe(format!(
             "create database {} owner {}",
             cp.db_name, cp.db_role
@@ -286,21 +294,22 @@ async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result
     if let Some(after) = cp.delete_after
         && after > chrono::Utc::now()
     {
-        sqlx::query(
+        sqlx::query!(
             "update control_planes set next_attempt_at = $2, status_reason = $3 where id = $1",
+            cp.id,
+            after,
+            format!(
+                "stopped; its database is kept until {}",
+                after.format("%Y-%m-%d %H:%M UTC")
+            ),
         )
-        .bind(cp.id)
-        .bind(after)
-        .bind(format!(
-            "stopped; its database is kept until {}",
-            after.format("%Y-%m-%d %H:%M UTC")
-        ))
         .execute(pool)
         .await?;
         return Ok(());
     }
     export(services, cp).await?;
     let admin = admin_pool(services).await?;
+    // Dynamic DDL on generated names: runtime strings (no bind parameters in DDL).
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "drop database if exists {} with (force)",
         cp.db_name
@@ -330,11 +339,12 @@ async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result
 /// already (a retried deletion).
 async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
     let admin = admin_pool(services).await?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(&cp.db_name)
-            .fetch_one(&admin)
-            .await?;
+    let exists = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
+        &cp.db_name,
+    )
+    .fetch_one(&admin)
+    .await?;
     admin.close().await;
     if !exists {
         return Ok(());
@@ -370,18 +380,21 @@ async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> 
 /// Checks Ready control planes: restarts any the runtime no longer runs (after a management
 /// restart or a crash it could not recover), and hibernates idle ones.
 async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
-    let ready = sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from control_planes where status = 'ready' and (locked_until is null or locked_until < now())"
-    )))
+    let ready = query_control_planes!(
+        "select ",
+        " from control_planes where status = 'ready' and (locked_until is null or locked_until < now())",
+    )
     .fetch_all(pool)
     .await?;
     for cp in ready {
         let idle: bool = match services.hibernate_after {
-            Some(after) => sqlx::query_scalar(
-                "select coalesce(last_request_at, updated_at) < now() - $2 from control_planes where id = $1",
+            Some(after) => sqlx::query_scalar!(
+                r#"select coalesce(last_request_at, updated_at) < now() - make_interval(secs => $2)
+                       as "idle!"
+                   from control_planes where id = $1"#,
+                cp.id,
+                after.as_secs_f64(),
             )
-            .bind(cp.id)
-            .bind(chrono::Duration::from_std(after).map_err(crate::error::internal)?)
             .fetch_one(pool)
             .await?,
             None => false,

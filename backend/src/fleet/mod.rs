@@ -69,7 +69,7 @@ impl Status {
 }
 
 /// A control plane row.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ControlPlane {
     pub id: Uuid,
     pub org_id: Uuid,
@@ -89,8 +89,21 @@ pub struct ControlPlane {
     pub billing_hold: bool,
 }
 
-const COLUMNS: &str = "id, org_id, name, region, status, status_reason, desired, db_name, db_role, \
-    db_password_enc, version, created_at, updated_at, delete_after, billing_hold";
+/// `sqlx::query_as!` for [`ControlPlane`] rows: `$before`, the row's columns, `$after`. Both
+/// parts are literals, so the macro checks the whole statement at compile time.
+macro_rules! query_control_planes {
+    ($before:literal, $after:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            $crate::fleet::ControlPlane,
+            $before
+                + "id, org_id, name, region, status, status_reason, desired, db_name, db_role,
+                   db_password_enc, version, created_at, updated_at, delete_after, billing_hold"
+                + $after
+            $(, $arg)*
+        )
+    };
+}
+pub(crate) use query_control_planes;
 
 /// A change of state, broadcast to live UIs.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -141,28 +154,29 @@ pub async fn transition(
     message: &str,
 ) -> Result<Option<Change>, ApiError> {
     let from_names: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
-    let row: Option<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
-        "with old as (select status from control_planes where id = $1 for update)
+    let row = sqlx::query!(
+        r#"with old as (select status from control_planes where id = $1 for update)
          update control_planes c set status = $3, status_reason = null, updated_at = now(), attempts = 0
          from old where c.id = $1 and old.status = any($2)
-         returning c.org_id, old.status, c.updated_at",
+         returning c.org_id, old.status as "old!", c.updated_at"#,
+        id,
+        &from_names as &[&str],
+        to.as_str(),
     )
-    .bind(id)
-    .bind(&from_names)
-    .bind(to.as_str())
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((org_id, old, updated_at)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    sqlx::query(
+    let (org_id, old, updated_at) = (row.org_id, row.old, row.updated_at);
+    sqlx::query!(
         "insert into control_plane_events (control_plane_id, from_status, to_status, message)
          values ($1, $2, $3, $4)",
+        id,
+        &old,
+        to.as_str(),
+        message,
     )
-    .bind(id)
-    .bind(&old)
-    .bind(to.as_str())
-    .bind(message)
     .execute(&mut *conn)
     .await?;
     let changes = serde_json::json!({
@@ -179,21 +193,23 @@ pub async fn transition(
 }
 
 pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<ControlPlane>, ApiError> {
-    Ok(sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from control_planes where org_id = $1 and status <> 'deleted' order by name"
-    )))
-    .bind(org_id)
+    Ok(query_control_planes!(
+        "select ",
+        " from control_planes where org_id = $1 and status <> 'deleted' order by name",
+        org_id,
+    )
     .fetch_all(pool)
     .await?)
 }
 
 /// A control plane of the organisation (including deleted ones, for their history).
 pub async fn get(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<ControlPlane, ApiError> {
-    sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
-        "select {COLUMNS} from control_planes where org_id = $1 and id = $2"
-    )))
-    .bind(org_id)
-    .bind(id)
+    query_control_planes!(
+        "select ",
+        " from control_planes where org_id = $1 and id = $2",
+        org_id,
+        id,
+    )
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| ApiError::NotFound("control plane".into()))
@@ -201,17 +217,14 @@ pub async fn get(pool: &PgPool, org_id: Uuid, id: Uuid) -> Result<ControlPlane, 
 
 pub async fn get_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ControlPlane>, ApiError> {
     Ok(
-        sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
-            "select {COLUMNS} from control_planes where id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?,
+        query_control_planes!("select ", " from control_planes where id = $1", id)
+            .fetch_optional(pool)
+            .await?,
     )
 }
 
 /// One entry of a control plane's history.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Event {
     pub at: DateTime<Utc>,
     pub from_status: Option<String>,
@@ -220,11 +233,12 @@ pub struct Event {
 }
 
 pub async fn events(pool: &PgPool, id: Uuid) -> Result<Vec<Event>, ApiError> {
-    Ok(sqlx::query_as::<_, Event>(
+    Ok(sqlx::query_as!(
+        Event,
         "select at, from_status, to_status, message from control_plane_events
          where control_plane_id = $1 order by id desc limit 200",
+        id,
     )
-    .bind(id)
     .fetch_all(pool)
     .await?)
 }
@@ -278,14 +292,17 @@ pub async fn create(
     let region = parse_region(region)?;
     let mut tx = pool.begin().await?;
     // Serialise creations per organisation so the quota check cannot be raced.
-    sqlx::query("select id from organizations where id = $1 for update")
-        .bind(access.org.id)
-        .execute(&mut *tx)
-        .await?;
-    let count: i64 = sqlx::query_scalar(
-        "select count(*) from control_planes where org_id = $1 and status not in ('deleting', 'deleted')",
+    sqlx::query!(
+        "select id from organizations where id = $1 for update",
+        access.org.id,
     )
-    .bind(access.org.id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from control_planes
+         where org_id = $1 and status not in ('deleting', 'deleted')"#,
+        access.org.id,
+    )
     .fetch_one(&mut *tx)
     .await?;
     let billing = &services.billing;
@@ -302,18 +319,19 @@ pub async fn create(
     let id = Uuid::new_v4();
     let simple = id.simple().to_string();
     let password = random_secret();
-    let cp = sqlx::query_as::<_, ControlPlane>(sqlx::AssertSqlSafe(format!(
+    let cp = query_control_planes!(
         "insert into control_planes (id, org_id, name, region, db_name, db_role, db_password_enc, version)
-         values ($1, $2, $3, $4, $5, $6, $7, $8) returning {COLUMNS}"
-    )))
-    .bind(id)
-    .bind(access.org.id)
-    .bind(&name)
-    .bind(&region)
-    .bind(format!("qleet_cp_{simple}"))
-    .bind(format!("qleet_cp_{simple}"))
-    .bind(services.keys.encrypt(password.as_bytes()))
-    .bind(env!("CARGO_PKG_VERSION"))
+         values ($1, $2, $3, $4, $5, $6, $7, $8) returning ",
+        "",
+        id,
+        access.org.id,
+        &name,
+        region.as_deref(),
+        format!("qleet_cp_{simple}"),
+        format!("qleet_cp_{simple}"),
+        services.keys.encrypt(password.as_bytes()),
+        env!("CARGO_PKG_VERSION"),
+    )
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| {
@@ -323,10 +341,10 @@ pub async fn create(
             e.into()
         }
     })?;
-    sqlx::query(
+    sqlx::query!(
         "insert into control_plane_events (control_plane_id, to_status, message) values ($1, 'pending', 'requested')",
+        id,
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?;
     let changes = serde_json::json!({ "controlPlaneId": id, "name": name, "region": region });
@@ -416,22 +434,24 @@ pub async fn request(
                 &format!("deletion requested by {}", actor.principal.label()),
             )
             .await?;
-            sqlx::query("update control_planes set delete_after = now() + $2 where id = $1")
-                .bind(id)
-                .bind(
-                    chrono::Duration::from_std(services.retention)
-                        .map_err(crate::error::internal)?,
-                )
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query!(
+                "update control_planes set delete_after = now() + make_interval(secs => $2)
+                 where id = $1",
+                id,
+                services.retention.as_secs_f64(),
+            )
+            .execute(&mut *tx)
+            .await?;
             ("deleted", change, "control_plane.delete")
         }
     };
-    sqlx::query("update control_planes set desired = $2, next_attempt_at = now(), updated_at = now() where id = $1")
-        .bind(id)
-        .bind(desired)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "update control_planes set desired = $2, next_attempt_at = now(), updated_at = now() where id = $1",
+        id,
+        desired,
+    )
+    .execute(&mut *tx)
+    .await?;
     let changes = serde_json::json!({ "controlPlaneId": id, "desired": { "before": cp.desired, "after": desired } });
     audit::record(&mut tx, Some(access.org.id), actor, action, changes).await?;
     tx.commit().await?;

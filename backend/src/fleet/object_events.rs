@@ -24,7 +24,6 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use uuid::Uuid;
 
 use super::gateway::{Upstream, resolve};
 use crate::error::ApiError;
@@ -91,8 +90,7 @@ async fn authorize(
     headers: &HeaderMap,
 ) -> Result<Upstream, ApiError> {
     let upstream = resolve(state, id, headers).await?;
-    let org_id: Option<Uuid> = sqlx::query_scalar("select id from organizations where slug = $1")
-        .bind(slug)
+    let org_id = sqlx::query_scalar!("select id from organizations where slug = $1", slug)
         .fetch_optional(&state.pool)
         .await?;
     if org_id != Some(upstream.cp.org_id) {

@@ -100,7 +100,7 @@ pub async fn authenticate(
 }
 
 /// The stored user record.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct User {
     pub id: Uuid,
     pub email: String,
@@ -110,10 +110,11 @@ pub struct User {
 }
 
 pub async fn find_user(pool: &PgPool, id: Uuid) -> Result<User, ApiError> {
-    sqlx::query_as::<_, User>(
+    sqlx::query_as!(
+        User,
         "select id, email, email_verified, display_name, created_at from users where id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| ApiError::NotFound("user".into()))
@@ -130,48 +131,48 @@ pub async fn upsert_identity(
     display_name: Option<&str>,
 ) -> Result<Uuid, ApiError> {
     let mut tx = pool.begin().await?;
-    let existing: Option<Uuid> = sqlx::query_scalar(
+    let existing = sqlx::query_scalar!(
         "update identities set email = $3, last_sign_in_at = now()
          where issuer = $1 and subject = $2 returning user_id",
+        issuer,
+        subject,
+        email,
     )
-    .bind(issuer)
-    .bind(subject)
-    .bind(email)
     .fetch_optional(&mut *tx)
     .await?;
     let user_id = match existing {
         Some(id) => {
-            sqlx::query(
+            sqlx::query!(
                 "update users set email = $2, email_verified = $3,
                  display_name = coalesce($4, display_name) where id = $1",
+                id,
+                email,
+                email_verified,
+                display_name,
             )
-            .bind(id)
-            .bind(email)
-            .bind(email_verified)
-            .bind(display_name)
             .execute(&mut *tx)
             .await?;
             id
         }
         None => {
             let id = Uuid::new_v4();
-            sqlx::query(
+            sqlx::query!(
                 "insert into users (id, email, email_verified, display_name) values ($1, $2, $3, $4)",
+                id,
+                email,
+                email_verified,
+                display_name,
             )
-            .bind(id)
-            .bind(email)
-            .bind(email_verified)
-            .bind(display_name)
             .execute(&mut *tx)
             .await?;
             // A concurrent first sign-in of the same identity loses here and retries as existing.
-            sqlx::query(
+            sqlx::query!(
                 "insert into identities (issuer, subject, user_id, email) values ($1, $2, $3, $4)",
+                issuer,
+                subject,
+                id,
+                email,
             )
-            .bind(issuer)
-            .bind(subject)
-            .bind(id)
-            .bind(email)
             .execute(&mut *tx)
             .await?;
             id

@@ -163,16 +163,16 @@ async fn login(
         .add_scope(Scope::new("profile".into()))
         .set_pkce_challenge(challenge)
         .url();
-    let stored = sqlx::query(
+    let stored = sqlx::query!(
         "insert into oidc_logins (state_hash, provider, pkce_verifier, nonce, return_to, expires_at)
-         values ($1, $2, $3, $4, $5, now() + $6)",
+         values ($1, $2, $3, $4, $5, now() + make_interval(secs => $6))",
+        hash_secret(csrf.secret()),
+        &provider,
+        verifier.secret(),
+        nonce.secret(),
+        safe_return_to(q.return_to.as_deref()),
+        LOGIN_TTL.as_secs_f64(),
     )
-    .bind(hash_secret(csrf.secret()))
-    .bind(&provider)
-    .bind(verifier.secret())
-    .bind(nonce.secret())
-    .bind(safe_return_to(q.return_to.as_deref()))
-    .bind(chrono::Duration::seconds(LOGIN_TTL.as_secs() as i64))
     .execute(&state.pool)
     .await;
     if let Err(e) = stored {
@@ -265,15 +265,16 @@ async fn finish_sign_in(
             "this sign-in was not started in this browser (state mismatch); start again".into(),
         ));
     }
-    let row: Option<(String, String, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "delete from oidc_logins where state_hash = $1 and provider = $2 and expires_at > now()
          returning pkce_verifier, nonce, return_to",
+        hash_secret(&returned_state),
+        provider,
     )
-    .bind(hash_secret(&returned_state))
-    .bind(provider)
     .fetch_optional(&state.pool)
     .await
-    .map_err(ApiError::from)?;
+    .map_err(ApiError::from)?
+    .map(|r| (r.pkce_verifier, r.nonce, r.return_to));
     let Some((verifier, nonce, return_to)) = row else {
         return Err(Refused(
             "this sign-in has expired or was already used; start again".into(),

@@ -97,12 +97,13 @@ impl Grant {
         let (principal, expires_at) = match &self.credential {
             Credential::Session(raw) => {
                 let principal = session::authenticate(pool, raw).await.map_err(failed)?;
-                let expires_at: Option<DateTime<Utc>> =
-                    sqlx::query_scalar("select expires_at from sessions where id_hash = $1")
-                        .bind(hash_secret(raw))
-                        .fetch_optional(pool)
-                        .await
-                        .map_err(|e| failed(e.into()))?;
+                let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar!(
+                    "select expires_at from sessions where id_hash = $1",
+                    hash_secret(raw)
+                )
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(e.into()))?;
                 (principal, expires_at)
             }
             Credential::Token(raw) => {
@@ -111,13 +112,14 @@ impl Grant {
                     Err(ApiError::Unauthenticated) => None,
                     Err(e) => return Err(failed(e)),
                 };
-                let expires_at: Option<DateTime<Utc>> =
-                    sqlx::query_scalar("select expires_at from api_tokens where token_hash = $1")
-                        .bind(hash_secret(raw))
-                        .fetch_optional(pool)
-                        .await
-                        .map_err(|e| failed(e.into()))?
-                        .flatten();
+                let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar!(
+                    "select expires_at from api_tokens where token_hash = $1",
+                    hash_secret(raw)
+                )
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| failed(e.into()))?
+                .flatten();
                 (principal, expires_at)
             }
         };
@@ -126,11 +128,11 @@ impl Grant {
             Principal::Token { org_id, role, .. } if *org_id == self.org_id => Some(*role),
             Principal::Token { .. } => None,
             Principal::User { user_id, .. } => {
-                let role: Option<String> = sqlx::query_scalar(
+                let role: Option<String> = sqlx::query_scalar!(
                     "select role from memberships where org_id = $1 and user_id = $2",
+                    self.org_id,
+                    user_id
                 )
-                .bind(self.org_id)
-                .bind(user_id)
                 .fetch_optional(pool)
                 .await
                 .map_err(|e| failed(e.into()))?;

@@ -51,16 +51,15 @@ pub async fn create(
     user_agent: Option<&str>,
 ) -> Result<String, ApiError> {
     let raw = random_secret();
-    let ttl = chrono::Duration::from_std(ttl).map_err(crate::error::internal)?;
-    sqlx::query(
+    sqlx::query!(
         "insert into sessions (id_hash, user_id, expires_at, ip, user_agent)
-         values ($1, $2, now() + $3, $4, $5)",
+         values ($1, $2, now() + make_interval(secs => $3), $4, $5)",
+        hash_secret(&raw),
+        user_id,
+        ttl.as_secs_f64(),
+        ip,
+        user_agent.map(|ua| ua.chars().take(256).collect::<String>()),
     )
-    .bind(hash_secret(&raw))
-    .bind(user_id)
-    .bind(ttl)
-    .bind(ip)
-    .bind(user_agent.map(|ua| ua.chars().take(256).collect::<String>()))
     .execute(pool)
     .await?;
     Ok(raw)
@@ -68,24 +67,23 @@ pub async fn create(
 
 /// The principal of a live session, or `None` for an unknown or expired one.
 pub async fn authenticate(pool: &PgPool, raw: &str) -> Result<Option<Principal>, ApiError> {
-    let row: Option<(Uuid, String)> = sqlx::query_as(
+    let row = sqlx::query!(
         "select u.id, u.email from sessions s join users u on u.id = s.user_id
          where s.id_hash = $1 and s.expires_at > now()",
+        hash_secret(raw),
     )
-    .bind(hash_secret(raw))
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|(user_id, email)| Principal::User {
-        user_id,
-        email,
+    Ok(row.map(|r| Principal::User {
+        user_id: r.id,
+        email: r.email,
         csrf: csrf_for(raw),
     }))
 }
 
 /// Ends a session.
 pub async fn delete(pool: &PgPool, raw: &str) -> Result<(), ApiError> {
-    sqlx::query("delete from sessions where id_hash = $1")
-        .bind(hash_secret(raw))
+    sqlx::query!("delete from sessions where id_hash = $1", hash_secret(raw))
         .execute(pool)
         .await?;
     Ok(())

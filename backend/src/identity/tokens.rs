@@ -27,41 +27,43 @@ pub struct ApiToken {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-type TokenRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    String,
-    DateTime<Utc>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
+struct TokenRow {
+    id: Uuid,
+    name: String,
+    prefix: String,
+    role: String,
+    email: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+}
 
-/// The listing query, completed by a `where` clause (kept a literal so SQL is never built at
-/// run time).
+/// The listing query (`sqlx::query_as!` into [`TokenRow`]), completed by a `where` clause: a
+/// literal, so the macro checks the whole query at compile time.
 macro_rules! select_tokens {
-    ($rest:literal) => {
-        concat!(
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            TokenRow,
             "select t.id, t.name, t.prefix, t.role, u.email, t.created_at, t.expires_at,
-             t.last_used_at, t.revoked_at from api_tokens t join users u on u.id = t.created_by ",
-            $rest
+             t.last_used_at, t.revoked_at from api_tokens t join users u on u.id = t.created_by "
+                + $rest
+            $(, $arg)*
         )
     };
 }
 
 fn from_row(r: TokenRow) -> Result<ApiToken, ApiError> {
     Ok(ApiToken {
-        id: r.0,
-        name: r.1,
-        prefix: r.2,
-        role: Role::parse(&r.3)?,
-        created_by: r.4,
-        created_at: r.5,
-        expires_at: r.6,
-        last_used_at: r.7,
-        revoked_at: r.8,
+        id: r.id,
+        name: r.name,
+        prefix: r.prefix,
+        role: Role::parse(&r.role)?,
+        created_by: r.email,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        last_used_at: r.last_used_at,
+        revoked_at: r.revoked_at,
     })
 }
 
@@ -72,36 +74,36 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Principal, ApiEr
     if !token.starts_with(PREFIX) || token.len() > 100 {
         return Err(ApiError::Unauthenticated);
     }
-    type Row = (Uuid, Uuid, String, String, Uuid, String, String, bool);
-    let row: Option<Row> = sqlx::query_as(
-        "select t.id, t.org_id, t.role, t.name, u.id, u.email, m.role,
-                t.last_used_at is null or t.last_used_at < now() - interval '1 minute'
+    let row = sqlx::query!(
+        r#"select t.id, t.org_id, t.role, t.name, u.id as user_id, u.email, m.role as creator_role,
+                t.last_used_at is null or t.last_used_at < now() - interval '1 minute' as "stale!"
          from api_tokens t
          join users u on u.id = t.created_by
          join memberships m on m.org_id = t.org_id and m.user_id = t.created_by
          where t.token_hash = $1 and t.revoked_at is null
-           and (t.expires_at is null or t.expires_at > now())",
+           and (t.expires_at is null or t.expires_at > now())"#,
+        hash_secret(token),
     )
-    .bind(hash_secret(token))
     .fetch_optional(pool)
-    .await?;
-    let (token_id, org_id, role, name, user_id, email, creator_role, stale) =
-        row.ok_or(ApiError::Unauthenticated)?;
-    if stale {
+    .await?
+    .ok_or(ApiError::Unauthenticated)?;
+    if row.stale {
         // Recorded at most once a minute, so hot tokens do not write on every request.
-        sqlx::query("update api_tokens set last_used_at = now() where id = $1")
-            .bind(token_id)
-            .execute(pool)
-            .await?;
+        sqlx::query!(
+            "update api_tokens set last_used_at = now() where id = $1",
+            row.id
+        )
+        .execute(pool)
+        .await?;
     }
-    let role = Role::parse(&role)?.min(Role::parse(&creator_role)?);
+    let role = Role::parse(&row.role)?.min(Role::parse(&row.creator_role)?);
     Ok(Principal::Token {
-        token_id,
-        org_id,
+        token_id: row.id,
+        org_id: row.org_id,
         role,
-        name,
-        user_id,
-        email,
+        name: row.name,
+        user_id: row.user_id,
+        email: row.email,
     })
 }
 
@@ -114,14 +116,14 @@ pub async fn list(
     let access = access(pool, principal, slug).await?;
     let all = access.role.at_least(Permission::ManageTokens.min_role());
     // A person sees the tokens they made; a token sees itself.
-    let rows: Vec<TokenRow> = sqlx::query_as(select_tokens!(
+    let rows = select_tokens!(
         "where t.org_id = $1 and ($2 or (t.created_by = $3 and $4::uuid is null) or t.id = $4)
-         order by t.created_at desc"
-    ))
-    .bind(access.org.id)
-    .bind(all)
-    .bind(principal.user_id())
-    .bind(principal.token_id())
+         order by t.created_at desc",
+        access.org.id,
+        all,
+        principal.user_id(),
+        principal.token_id(),
+    )
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(from_row).collect()
@@ -156,18 +158,18 @@ pub async fn create(
     let prefix: String = secret.chars().take(PREFIX.len() + 6).collect();
     let id = Uuid::new_v4();
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    sqlx::query!(
         "insert into api_tokens (id, org_id, name, prefix, token_hash, role, created_by, expires_at)
          values ($1, $2, $3, $4, $5, $6, $7, $8)",
+        id,
+        access.org.id,
+        &name,
+        &prefix,
+        hash_secret(&secret),
+        role.as_str(),
+        user_id,
+        expires_at,
     )
-    .bind(id)
-    .bind(access.org.id)
-    .bind(&name)
-    .bind(&prefix)
-    .bind(hash_secret(&secret))
-    .bind(role.as_str())
-    .bind(user_id)
-    .bind(expires_at)
     .execute(&mut *tx)
     .await?;
     let changes = serde_json::json!({
@@ -181,8 +183,7 @@ pub async fn create(
         changes,
     )
     .await?;
-    let row: TokenRow = sqlx::query_as(select_tokens!("where t.id = $1"))
-        .bind(id)
+    let row = select_tokens!("where t.id = $1", id)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -199,14 +200,16 @@ pub async fn revoke(
     let access = access(pool, &actor.principal, slug).await?;
     let all = access.role.at_least(Permission::ManageTokens.min_role());
     let mut tx = pool.begin().await?;
-    let owner: Option<(Uuid, bool)> = sqlx::query_as(
-        "select created_by, revoked_at is not null from api_tokens where id = $1 and org_id = $2 for update",
+    let owner = sqlx::query!(
+        r#"select created_by, revoked_at is not null as "revoked!" from api_tokens
+         where id = $1 and org_id = $2 for update"#,
+        id,
+        access.org.id,
     )
-    .bind(id)
-    .bind(access.org.id)
     .fetch_optional(&mut *tx)
-    .await?;
-    let (created_by, revoked) = owner.ok_or_else(|| ApiError::NotFound("API token".into()))?;
+    .await?
+    .ok_or_else(|| ApiError::NotFound("API token".into()))?;
+    let (created_by, revoked) = (owner.created_by, owner.revoked);
     let own = match &actor.principal {
         Principal::User { user_id, .. } => created_by == *user_id,
         Principal::Token { token_id, .. } => *token_id == id,
@@ -217,8 +220,7 @@ pub async fn revoke(
         ));
     }
     if !revoked {
-        sqlx::query("update api_tokens set revoked_at = now() where id = $1")
-            .bind(id)
+        sqlx::query!("update api_tokens set revoked_at = now() where id = $1", id)
             .execute(&mut *tx)
             .await?;
         audit::record(
@@ -230,8 +232,7 @@ pub async fn revoke(
         )
         .await?;
     }
-    let row: TokenRow = sqlx::query_as(select_tokens!("where t.id = $1"))
-        .bind(id)
+    let row = select_tokens!("where t.id = $1", id)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;

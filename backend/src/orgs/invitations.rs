@@ -20,25 +20,23 @@ pub struct Invitation {
     pub invited_by: String,
 }
 
-type InvitationRow = (
-    Uuid,
-    String,
-    String,
-    chrono::DateTime<chrono::Utc>,
-    chrono::DateTime<chrono::Utc>,
-    String,
-);
+struct InvitationRow {
+    id: Uuid,
+    email: String,
+    role: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    expires_at: chrono::DateTime<chrono::Utc>,
+    invited_by: String,
+}
 
-fn from_row(
-    (id, email, role, created_at, expires_at, invited_by): InvitationRow,
-) -> Result<Invitation, ApiError> {
+fn from_row(r: InvitationRow) -> Result<Invitation, ApiError> {
     Ok(Invitation {
-        id,
-        email,
-        role: Role::parse(&role)?,
-        created_at,
-        expires_at,
-        invited_by,
+        id: r.id,
+        email: r.email,
+        role: Role::parse(&r.role)?,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        invited_by: r.invited_by,
     })
 }
 
@@ -57,13 +55,14 @@ pub fn parse_email(input: &str) -> Result<String, ApiError> {
 
 /// Open invitations of an organisation (admins).
 pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<Invitation>, ApiError> {
-    let rows: Vec<InvitationRow> = sqlx::query_as(
-        "select i.id, i.email, i.role, i.created_at, i.expires_at, u.email
+    let rows = sqlx::query_as!(
+        InvitationRow,
+        "select i.id, i.email, i.role, i.created_at, i.expires_at, u.email as invited_by
          from invitations i join users u on u.id = i.invited_by
          where i.org_id = $1 and i.accepted_at is null and i.revoked_at is null and i.expires_at > now()
          order by i.created_at desc",
+        org_id,
     )
-    .bind(org_id)
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(from_row).collect()
@@ -87,54 +86,53 @@ pub async fn invite(
         ));
     }
     let email = parse_email(email)?;
-    let already: bool = sqlx::query_scalar(
-        "select exists (select 1 from memberships m join users u on u.id = m.user_id
-                        where m.org_id = $1 and lower(u.email) = lower($2))",
+    let already = sqlx::query_scalar!(
+        r#"select exists (select 1 from memberships m join users u on u.id = m.user_id
+                        where m.org_id = $1 and lower(u.email) = lower($2)) as "exists!""#,
+        access.org.id,
+        &email,
     )
-    .bind(access.org.id)
-    .bind(&email)
     .fetch_one(pool)
     .await?;
     if already {
         return Err(ApiError::Conflict(format!("{email} is already a member")));
     }
     let token = random_secret();
-    let ttl = chrono::Duration::from_std(config.invitation_ttl).map_err(crate::error::internal)?;
     let mut tx = pool.begin().await?;
     // An expired invitation for the same address must not block a new one.
-    sqlx::query(
+    sqlx::query!(
         "update invitations set revoked_at = now()
          where org_id = $1 and lower(email) = lower($2) and accepted_at is null
            and revoked_at is null and expires_at <= now()",
+        access.org.id,
+        &email,
     )
-    .bind(access.org.id)
-    .bind(&email)
     .execute(&mut *tx)
     .await?;
     let id = Uuid::new_v4();
-    let (created_at, expires_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
-        sqlx::query_as(
-            "insert into invitations (id, org_id, email, role, token_hash, invited_by, expires_at)
-         values ($1, $2, $3, $4, $5, $6, now() + $7) returning created_at, expires_at",
-        )
-        .bind(id)
-        .bind(access.org.id)
-        .bind(&email)
-        .bind(role.as_str())
-        .bind(hash_secret(&token))
-        .bind(inviter)
-        .bind(ttl)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e, "invitations_open_email_idx") {
-                ApiError::Conflict(format!(
-                    "{email} already has an open invitation; revoke it first"
-                ))
-            } else {
-                e.into()
-            }
-        })?;
+    let created = sqlx::query!(
+        "insert into invitations (id, org_id, email, role, token_hash, invited_by, expires_at)
+         values ($1, $2, $3, $4, $5, $6, now() + make_interval(secs => $7))
+         returning created_at, expires_at",
+        id,
+        access.org.id,
+        &email,
+        role.as_str(),
+        hash_secret(&token),
+        inviter,
+        config.invitation_ttl.as_secs_f64(),
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| {
+        if is_unique_violation(&e, "invitations_open_email_idx") {
+            ApiError::Conflict(format!(
+                "{email} already has an open invitation; revoke it first"
+            ))
+        } else {
+            e.into()
+        }
+    })?;
     let changes = serde_json::json!({ "invitationId": id, "email": email, "role": { "after": role.as_str() } });
     audit::record(
         &mut tx,
@@ -149,8 +147,8 @@ pub async fn invite(
         id,
         email,
         role,
-        created_at,
-        expires_at,
+        created_at: created.created_at,
+        expires_at: created.expires_at,
         invited_by: actor.principal.label(),
     };
     Ok((invitation, config.url(&format!("/invitations/{token}"))))
@@ -159,12 +157,12 @@ pub async fn invite(
 pub async fn revoke(pool: &PgPool, actor: &Actor, slug: &str, id: Uuid) -> Result<(), ApiError> {
     let access = authorize(pool, &actor.principal, slug, Permission::ManageInvitations).await?;
     let mut tx = pool.begin().await?;
-    let email: Option<String> = sqlx::query_scalar(
+    let email = sqlx::query_scalar!(
         "update invitations set revoked_at = now()
          where id = $1 and org_id = $2 and accepted_at is null and revoked_at is null returning email",
+        id,
+        access.org.id,
     )
-    .bind(id)
-    .bind(access.org.id)
     .fetch_optional(&mut *tx)
     .await?;
     let email = email.ok_or_else(|| ApiError::NotFound("open invitation".into()))?;
@@ -184,16 +182,17 @@ pub async fn revoke(pool: &PgPool, actor: &Actor, slug: &str, id: Uuid) -> Resul
 pub async fn accept(pool: &PgPool, actor: &Actor, token: &str) -> Result<OrgAccess, ApiError> {
     let user_id = require_user(&actor.principal, "accept invitations")?;
     let mut tx = pool.begin().await?;
-    type Row = (Uuid, Uuid, String, String, bool, bool, bool);
-    let row: Option<Row> = sqlx::query_as(
-        "select id, org_id, email, role, accepted_at is not null, revoked_at is not null, expires_at <= now()
-         from invitations where token_hash = $1 for update",
+    let row = sqlx::query!(
+        r#"select id, org_id, email, role, accepted_at is not null as "accepted!",
+                revoked_at is not null as "revoked!", expires_at <= now() as "expired!"
+         from invitations where token_hash = $1 for update"#,
+        hash_secret(token),
     )
-    .bind(hash_secret(token))
     .fetch_optional(&mut *tx)
-    .await?;
-    let (id, org_id, email, role, accepted, revoked, expired) =
-        row.ok_or_else(|| ApiError::NotFound("invitation".into()))?;
+    .await?
+    .ok_or_else(|| ApiError::NotFound("invitation".into()))?;
+    let (id, org_id, email, role) = (row.id, row.org_id, row.email, row.role);
+    let (accepted, revoked, expired) = (row.accepted, row.revoked, row.expired);
     if accepted {
         return Err(ApiError::Conflict(
             "this invitation has already been used".into(),
@@ -207,12 +206,14 @@ pub async fn accept(pool: &PgPool, actor: &Actor, token: &str) -> Result<OrgAcce
             "this invitation has expired; ask for a new one".into(),
         ));
     }
-    let (user_email, verified): (String, bool) =
-        sqlx::query_as("select email, email_verified from users where id = $1")
-            .bind(user_id)
-            .fetch_one(&mut *tx)
-            .await?;
-    if !user_email.eq_ignore_ascii_case(&email) {
+    let user = sqlx::query!(
+        "select email, email_verified from users where id = $1",
+        user_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let verified = user.email_verified;
+    if !user.email.eq_ignore_ascii_case(&email) {
         // The address stays unsaid: whoever holds the link learns nothing about the invitee.
         return Err(ApiError::forbidden(
             "this invitation is for someone else; sign in with the invited account to accept it",
@@ -223,12 +224,12 @@ pub async fn accept(pool: &PgPool, actor: &Actor, token: &str) -> Result<OrgAcce
             "your identity provider has not verified your email address",
         ));
     }
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "insert into memberships (org_id, user_id, role) values ($1, $2, $3) on conflict do nothing",
+        org_id,
+        user_id,
+        &role,
     )
-    .bind(org_id)
-    .bind(user_id)
-    .bind(&role)
     .execute(&mut *tx)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -236,18 +237,21 @@ pub async fn accept(pool: &PgPool, actor: &Actor, token: &str) -> Result<OrgAcce
             "you are already a member of this organization".into(),
         ));
     }
-    sqlx::query("update invitations set accepted_at = now(), accepted_by = $2 where id = $1")
-        .bind(id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "update invitations set accepted_at = now(), accepted_by = $2 where id = $1",
+        id,
+        user_id,
+    )
+    .execute(&mut *tx)
+    .await?;
     let changes =
         serde_json::json!({ "invitationId": id, "userId": user_id, "role": { "after": role } });
     audit::record(&mut tx, Some(org_id), actor, "invitation.accept", changes).await?;
-    let org = sqlx::query_as::<_, super::Org>(
+    let org = sqlx::query_as!(
+        super::Org,
         "select id, slug, name, created_at from organizations where id = $1",
+        org_id,
     )
-    .bind(org_id)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;

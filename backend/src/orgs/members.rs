@@ -18,33 +18,32 @@ pub struct Member {
     pub joined_at: chrono::DateTime<chrono::Utc>,
 }
 
-type MemberRow = (
-    Uuid,
-    String,
-    Option<String>,
-    String,
-    chrono::DateTime<chrono::Utc>,
-);
+struct MemberRow {
+    user_id: Uuid,
+    email: String,
+    display_name: Option<String>,
+    role: String,
+    joined_at: chrono::DateTime<chrono::Utc>,
+}
 
-fn from_row(
-    (user_id, email, display_name, role, joined_at): MemberRow,
-) -> Result<Member, ApiError> {
+fn from_row(r: MemberRow) -> Result<Member, ApiError> {
     Ok(Member {
-        user_id,
-        email,
-        display_name,
-        role: Role::parse(&role)?,
-        joined_at,
+        user_id: r.user_id,
+        email: r.email,
+        display_name: r.display_name,
+        role: Role::parse(&r.role)?,
+        joined_at: r.joined_at,
     })
 }
 
 pub async fn list(pool: &PgPool, org_id: Uuid) -> Result<Vec<Member>, ApiError> {
-    let rows: Vec<MemberRow> = sqlx::query_as(
-        "select u.id, u.email, u.display_name, m.role, m.created_at
+    let rows = sqlx::query_as!(
+        MemberRow,
+        "select u.id as user_id, u.email, u.display_name, m.role, m.created_at as joined_at
          from memberships m join users u on u.id = m.user_id
          where m.org_id = $1 order by u.email",
+        org_id,
     )
-    .bind(org_id)
     .fetch_all(pool)
     .await?;
     rows.into_iter().map(from_row).collect()
@@ -57,16 +56,17 @@ async fn lock_member(
     org_id: Uuid,
     user_id: Uuid,
 ) -> Result<(Role, i64), ApiError> {
-    let rows: Vec<(Uuid, String)> =
-        sqlx::query_as("select user_id, role from memberships where org_id = $1 for update")
-            .bind(org_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let owners = rows.iter().filter(|(_, r)| r == "owner").count() as i64;
+    let rows = sqlx::query!(
+        "select user_id, role from memberships where org_id = $1 for update",
+        org_id,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let owners = rows.iter().filter(|r| r.role == "owner").count() as i64;
     let role = rows
         .iter()
-        .find(|(u, _)| *u == user_id)
-        .map(|(_, r)| Role::parse(r))
+        .find(|r| r.user_id == user_id)
+        .map(|r| Role::parse(&r.role))
         .transpose()?
         .ok_or_else(|| ApiError::NotFound("member".into()))?;
     Ok((role, owners))
@@ -100,12 +100,14 @@ pub async fn change_role(
             "an organization needs at least one owner; make someone else owner first".into(),
         ));
     }
-    sqlx::query("update memberships set role = $3 where org_id = $1 and user_id = $2")
-        .bind(access.org.id)
-        .bind(user_id)
-        .bind(role.as_str())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "update memberships set role = $3 where org_id = $1 and user_id = $2",
+        access.org.id,
+        user_id,
+        role.as_str(),
+    )
+    .execute(&mut *tx)
+    .await?;
     let mut changes = audit::change("role", current.as_str(), role.as_str());
     changes["userId"] = serde_json::json!(user_id);
     audit::record(
@@ -116,13 +118,14 @@ pub async fn change_role(
         changes,
     )
     .await?;
-    let row: MemberRow = sqlx::query_as(
-        "select u.id, u.email, u.display_name, m.role, m.created_at
+    let row = sqlx::query_as!(
+        MemberRow,
+        "select u.id as user_id, u.email, u.display_name, m.role, m.created_at as joined_at
          from memberships m join users u on u.id = m.user_id
          where m.org_id = $1 and m.user_id = $2",
+        access.org.id,
+        user_id,
     )
-    .bind(access.org.id)
-    .bind(user_id)
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -151,15 +154,16 @@ pub async fn remove(
             "an organization needs at least one owner; make someone else owner first".into(),
         ));
     }
-    let email: String = sqlx::query_scalar("select email from users where id = $1")
-        .bind(user_id)
+    let email = sqlx::query_scalar!("select email from users where id = $1", user_id)
         .fetch_one(&mut *tx)
         .await?;
-    sqlx::query("delete from memberships where org_id = $1 and user_id = $2")
-        .bind(access.org.id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "delete from memberships where org_id = $1 and user_id = $2",
+        access.org.id,
+        user_id,
+    )
+    .execute(&mut *tx)
+    .await?;
     let changes = serde_json::json!({ "userId": user_id, "email": email, "role": { "before": current.as_str() } });
     audit::record(
         &mut tx,

@@ -60,7 +60,7 @@ impl Permission {
 }
 
 /// An organisation row.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Org {
     pub id: Uuid,
     pub slug: String,
@@ -83,38 +83,41 @@ pub async fn access(
     slug: &str,
 ) -> Result<OrgAccess, ApiError> {
     let not_found = || ApiError::NotFound(format!("organization {slug:?}"));
-    let row: Option<(Uuid, String, String, chrono::DateTime<chrono::Utc>, String)> = match principal
-    {
+    match principal {
         Principal::User { user_id, .. } => {
-            sqlx::query_as(
+            let row = sqlx::query!(
                 "select o.id, o.slug, o.name, o.created_at, m.role
                  from organizations o join memberships m on m.org_id = o.id
                  where o.slug = $1 and m.user_id = $2",
+                slug,
+                user_id,
             )
-            .bind(slug)
-            .bind(user_id)
             .fetch_optional(pool)
             .await?
+            .ok_or_else(not_found)?;
+            Ok(OrgAccess {
+                org: Org {
+                    id: row.id,
+                    slug: row.slug,
+                    name: row.name,
+                    created_at: row.created_at,
+                },
+                role: Role::parse(&row.role)?,
+            })
         }
-        Principal::Token { org_id, role, .. } => sqlx::query_as(
-            "select id, slug, name, created_at, $3 from organizations where slug = $1 and id = $2",
-        )
-        .bind(slug)
-        .bind(org_id)
-        .bind(role.as_str())
-        .fetch_optional(pool)
-        .await?,
-    };
-    let (id, slug, name, created_at, role) = row.ok_or_else(not_found)?;
-    Ok(OrgAccess {
-        org: Org {
-            id,
-            slug,
-            name,
-            created_at,
-        },
-        role: Role::parse(&role)?,
-    })
+        Principal::Token { org_id, role, .. } => {
+            let org = sqlx::query_as!(
+                Org,
+                "select id, slug, name, created_at from organizations where slug = $1 and id = $2",
+                slug,
+                org_id,
+            )
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(not_found)?;
+            Ok(OrgAccess { org, role: *role })
+        }
+    }
 }
 
 /// Refuses with `FORBIDDEN` unless the role allows `permission`.

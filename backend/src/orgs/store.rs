@@ -20,13 +20,14 @@ pub async fn create(
     let slug = Slug::parse(slug)?;
     let name = parse_name("name", name)?;
     let mut tx = pool.begin().await?;
-    let org = sqlx::query_as::<_, Org>(
+    let org = sqlx::query_as!(
+        Org,
         "insert into organizations (id, slug, name) values ($1, $2, $3)
          returning id, slug, name, created_at",
+        Uuid::new_v4(),
+        slug.as_str(),
+        &name,
     )
-    .bind(Uuid::new_v4())
-    .bind(slug.as_str())
-    .bind(&name)
     .fetch_one(&mut *tx)
     .await
     .map_err(|e| {
@@ -36,11 +37,13 @@ pub async fn create(
             e.into()
         }
     })?;
-    sqlx::query("insert into memberships (org_id, user_id, role) values ($1, $2, 'owner')")
-        .bind(org.id)
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query!(
+        "insert into memberships (org_id, user_id, role) values ($1, $2, 'owner')",
+        org.id,
+        user_id,
+    )
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         Some(org.id),
@@ -66,16 +69,19 @@ pub async fn rename(
     let mut access = authorize(pool, &actor.principal, slug, Permission::Rename).await?;
     let name = parse_name("name", name)?;
     let mut tx = pool.begin().await?;
-    let before: String =
-        sqlx::query_scalar("select name from organizations where id = $1 for update")
-            .bind(access.org.id)
-            .fetch_one(&mut *tx)
-            .await?;
-    sqlx::query("update organizations set name = $2 where id = $1")
-        .bind(access.org.id)
-        .bind(&name)
-        .execute(&mut *tx)
-        .await?;
+    let before = sqlx::query_scalar!(
+        "select name from organizations where id = $1 for update",
+        access.org.id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query!(
+        "update organizations set name = $2 where id = $1",
+        access.org.id,
+        &name,
+    )
+    .execute(&mut *tx)
+    .await?;
     audit::record(
         &mut tx,
         Some(access.org.id),
@@ -107,10 +113,10 @@ pub async fn delete(
             ),
         ));
     }
-    let live: i64 = sqlx::query_scalar(
-        "select count(*) from control_planes where org_id = $1 and status <> 'deleted'",
+    let live = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from control_planes where org_id = $1 and status <> 'deleted'"#,
+        access.org.id,
     )
-    .bind(access.org.id)
     .fetch_one(pool)
     .await?;
     if live > 0 {
@@ -130,8 +136,7 @@ pub async fn delete(
     // Its Stripe subscriptions are cancelled by the billing worker, from a queue written in
     // this transaction: never lost, even while Stripe is unreachable.
     crate::billing::queue_cancellation(&mut tx, access.org.id, &access.org.slug).await?;
-    sqlx::query("delete from organizations where id = $1")
-        .bind(access.org.id)
+    sqlx::query!("delete from organizations where id = $1", access.org.id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
@@ -140,36 +145,37 @@ pub async fn delete(
 
 /// The organisations a principal can see, each with its role there.
 pub async fn list_for(pool: &PgPool, principal: &Principal) -> Result<Vec<OrgAccess>, ApiError> {
-    let rows: Vec<(Uuid, String, String, chrono::DateTime<chrono::Utc>, String)> = match principal {
-        Principal::User { user_id, .. } => {
-            sqlx::query_as(
-                "select o.id, o.slug, o.name, o.created_at, m.role
-                 from organizations o join memberships m on m.org_id = o.id
-                 where m.user_id = $1 order by o.slug",
-            )
-            .bind(user_id)
-            .fetch_all(pool)
-            .await?
-        }
-        Principal::Token { org_id, role, .. } => {
-            sqlx::query_as("select id, slug, name, created_at, $2 from organizations where id = $1")
-                .bind(org_id)
-                .bind(role.as_str())
-                .fetch_all(pool)
-                .await?
-        }
-    };
-    rows.into_iter()
-        .map(|(id, slug, name, created_at, role)| {
+    match principal {
+        Principal::User { user_id, .. } => sqlx::query!(
+            "select o.id, o.slug, o.name, o.created_at, m.role
+             from organizations o join memberships m on m.org_id = o.id
+             where m.user_id = $1 order by o.slug",
+            user_id,
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| {
             Ok(OrgAccess {
                 org: Org {
-                    id,
-                    slug,
-                    name,
-                    created_at,
+                    id: r.id,
+                    slug: r.slug,
+                    name: r.name,
+                    created_at: r.created_at,
                 },
-                role: Role::parse(&role)?,
+                role: Role::parse(&r.role)?,
             })
         })
-        .collect()
+        .collect(),
+        Principal::Token { org_id, role, .. } => Ok(sqlx::query_as!(
+            Org,
+            "select id, slug, name, created_at from organizations where id = $1",
+            org_id,
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|org| OrgAccess { org, role: *role })
+        .collect()),
+    }
 }

@@ -16,7 +16,7 @@ fn require_admin<'a>(ctx: &Context<'a>) -> Result<&'a Caller, ApiError> {
     Ok(caller)
 }
 
-#[derive(SimpleObject, sqlx::FromRow)]
+#[derive(SimpleObject)]
 #[graphql(complex)]
 pub struct Agent {
     pub id: Uuid,
@@ -50,7 +50,17 @@ pub struct AgentRegistration {
     pub control_plane: Uuid,
 }
 
-const AGENT_COLUMNS: &str = "id, name, version, registered_at, last_seen_at, running, revoked_at";
+/// `sqlx::query_as!` for [`Agent`]s: its columns, then the rest of the query (a literal).
+macro_rules! select_agents {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Agent,
+            "select id, name, version, registered_at, last_seen_at, running, revoked_at from agents "
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
 
 #[derive(Default)]
 pub struct AgentsQuery;
@@ -59,13 +69,11 @@ pub struct AgentsQuery;
 impl AgentsQuery {
     /// Registered agents, newest first.
     async fn agents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Agent>> {
-        sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {AGENT_COLUMNS} from agents order by registered_at desc"
-        )))
-        .fetch_all(ctx.data_unchecked::<PgPool>())
-        .await
-        .map_err(ApiError::from)
-        .gql()
+        select_agents!("order by registered_at desc")
+            .fetch_all(ctx.data_unchecked::<PgPool>())
+            .await
+            .map_err(ApiError::from)
+            .gql()
     }
 }
 
@@ -114,14 +122,11 @@ impl AgentsMutation {
         require_admin(ctx).gql()?;
         let pool = ctx.data_unchecked::<PgPool>();
         super::revoke(pool, id).await.gql()?;
-        let agent: Option<Agent> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {AGENT_COLUMNS} from agents where id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(ApiError::from)
-        .gql()?;
+        let agent = select_agents!("where id = $1", id)
+            .fetch_optional(pool)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
         agent
             .ok_or_else(|| ApiError::NotFound("agent".into()))
             .gql()

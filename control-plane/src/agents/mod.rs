@@ -56,25 +56,28 @@ pub async fn create_registration(
         limits.check_agents(active_agents(pool).await?)?;
     }
     let token = format!("{REGISTRATION_PREFIX}{}", random_secret());
-    let expires_at: DateTime<Utc> = sqlx::query_scalar(
+    let expires_at = sqlx::query_scalar!(
         "insert into agent_registrations (id, token_hash, created_by, expires_at, limits)
          values ($1, $2, $3, now() + make_interval(secs => $4), $5) returning expires_at",
+        Uuid::new_v4(),
+        hash_secret(&token),
+        created_by,
+        ttl.num_seconds() as f64,
+        limits.map(sqlx::types::Json) as _,
     )
-    .bind(Uuid::new_v4())
-    .bind(hash_secret(&token))
-    .bind(created_by)
-    .bind(ttl.num_seconds() as f64)
-    .bind(limits.map(sqlx::types::Json))
     .fetch_one(pool)
     .await?;
     Ok((token, expires_at))
 }
 
 async fn active_agents(pool: &PgPool) -> Result<u64, ApiError> {
-    let active: i64 = sqlx::query_scalar("select count(*) from agents where revoked_at is null")
-        .fetch_one(pool)
-        .await?;
-    Ok(active as u64)
+    Ok(count_active(pool).await? as u64)
+}
+
+async fn count_active(executor: impl sqlx::PgExecutor<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(r#"select count(*) as "count!" from agents where revoked_at is null"#)
+        .fetch_one(executor)
+        .await
 }
 
 /// Trades a registration token for an agent identity. The token works once; an expired,
@@ -95,39 +98,36 @@ pub async fn register(
         return Err(ApiError::invalid("version", "must be 1 to 64 characters"));
     }
     let mut tx = pool.begin().await?;
-    let registration: Option<(Uuid, Option<sqlx::types::Json<Limits>>)> = sqlx::query_as(
-        "update agent_registrations set used_at = now()
+    let registration = sqlx::query!(
+        r#"update agent_registrations set used_at = now()
          where token_hash = $1 and used_at is null and revoked_at is null and expires_at > now()
-         returning id, limits",
+         returning id, limits as "limits: sqlx::types::Json<Limits>""#,
+        hash_secret(&req.token),
     )
-    .bind(hash_secret(&req.token))
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((registration, limits)) = registration else {
+    let Some(registration) = registration else {
         return Err(ApiError::Unauthenticated);
     };
-    if let Some(sqlx::types::Json(limits)) = limits {
+    if let Some(sqlx::types::Json(limits)) = registration.limits {
         // Serialise registrations so two cannot both take the last place.
-        sqlx::query("select pg_advisory_xact_lock(7411002)")
+        sqlx::query!("select pg_advisory_xact_lock(7411002)")
             .execute(&mut *tx)
             .await?;
-        let active: i64 =
-            sqlx::query_scalar("select count(*) from agents where revoked_at is null")
-                .fetch_one(&mut *tx)
-                .await?;
+        let active = count_active(&mut *tx).await?;
         limits.check_agents(active as u64)?;
     }
     let id = Uuid::new_v4();
     let credential = format!("{CREDENTIAL_PREFIX}{}_{}", id.simple(), random_secret());
-    sqlx::query(
+    sqlx::query!(
         "insert into agents (id, name, credential_hash, version, registration_id, last_seen_at)
          values ($1, $2, $3, $4, $5, now())",
+        id,
+        name,
+        hash_secret(&credential),
+        &req.version,
+        registration.id,
     )
-    .bind(id)
-    .bind(name)
-    .bind(hash_secret(&credential))
-    .bind(&req.version)
-    .bind(registration)
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -145,13 +145,13 @@ pub async fn authenticate(pool: &PgPool, credential: &str) -> Result<Uuid, ApiEr
         .and_then(|rest| rest.split_once('_'))
         .and_then(|(id, _)| Uuid::parse_str(id).ok())
         .ok_or(ApiError::Unauthenticated)?;
-    let found: Option<Uuid> = sqlx::query_scalar(
+    let found = sqlx::query_scalar!(
         "update agents set last_seen_at = now()
          where id = $1 and credential_hash = $2 and revoked_at is null
          returning id",
+        id,
+        hash_secret(credential),
     )
-    .bind(id)
-    .bind(hash_secret(credential))
     .fetch_optional(pool)
     .await?;
     found.ok_or(ApiError::Unauthenticated)
@@ -166,12 +166,14 @@ pub async fn heartbeat(
     if beat.version.is_empty() || beat.version.len() > 64 {
         return Err(ApiError::invalid("version", "must be 1 to 64 characters"));
     }
-    sqlx::query("update agents set last_seen_at = now(), version = $2, running = $3 where id = $1")
-        .bind(agent)
-        .bind(&beat.version)
-        .bind(beat.running.min(100_000) as i32)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "update agents set last_seen_at = now(), version = $2, running = $3 where id = $1",
+        agent,
+        &beat.version,
+        beat.running.min(100_000) as i32,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -179,24 +181,22 @@ pub async fn heartbeat(
 /// queue for another agent.
 pub async fn revoke(pool: &PgPool, agent: Uuid) -> Result<bool, ApiError> {
     let mut tx = pool.begin().await?;
-    let done =
-        sqlx::query("update agents set revoked_at = now() where id = $1 and revoked_at is null")
-            .bind(agent)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    sqlx::query(
+    let done = sqlx::query!(
+        "update agents set revoked_at = now() where id = $1 and revoked_at is null",
+        agent,
+    )
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    sqlx::query!(
         "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null,
            lease_expires_at = null, not_before = now()
          where state = 'leased' and lease_holder = $1",
+        agent.to_string(),
     )
-    .bind(agent.to_string())
     .execute(&mut *tx)
     .await?;
-    sqlx::query("select pg_notify($1, '')")
-        .bind(crate::objects::store::TASKS_CHANNEL)
-        .execute(&mut *tx)
-        .await?;
+    crate::objects::store::notify(&mut *tx, crate::objects::store::TASKS_CHANNEL, "").await?;
     tx.commit().await?;
     Ok(done > 0)
 }

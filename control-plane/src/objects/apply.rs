@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::compose;
 use super::kinds::{Builtin, CompositionSpec, parse_spec};
 use super::refs::{self, ObjKey};
-use super::store::{self, OBJECT_COLUMNS, ObjectRow};
+use super::store::{self, ObjectRow, select_objects};
 use crate::error::ApiError;
 
 /// One document of an apply.
@@ -151,14 +151,12 @@ struct Planned {
 pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
     let mut tx = pool.begin().await?;
     // One apply at a time: plans are made against a stable picture.
-    sqlx::query("select pg_advisory_xact_lock(7411001)")
+    sqlx::query!("select pg_advisory_xact_lock(7411001)")
         .execute(&mut *tx)
         .await?;
-    let rows: Vec<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {OBJECT_COLUMNS} from objects"
-    )))
-    .fetch_all(&mut *tx)
-    .await?;
+    let rows = select_objects!("from objects o")
+        .fetch_all(&mut *tx)
+        .await?;
     let current: BTreeMap<ObjKey, ObjectRow> = rows.into_iter().map(|r| (r.key(), r)).collect();
     let by_id: HashMap<Uuid, ObjKey> = current.values().map(|r| (r.id, r.key())).collect();
 
@@ -682,17 +680,17 @@ async fn write(
                 let p = &world[&c.key];
                 let owner = p.owner.as_ref().map(|o| ids[o]);
                 let outputs = initial_outputs(&c.key);
-                sqlx::query(
+                sqlx::query!(
                     "insert into objects (id, kind, name, spec, outputs, owner_id, changed_by)
                      values ($1, $2, $3, $4, $5, $6, $7)",
+                    id,
+                    &c.key.kind,
+                    &c.key.name,
+                    &p.spec,
+                    &outputs,
+                    owner,
+                    actor,
                 )
-                .bind(id)
-                .bind(&c.key.kind)
-                .bind(&c.key.name)
-                .bind(&p.spec)
-                .bind(&outputs)
-                .bind(owner)
-                .bind(actor)
                 .execute(&mut *conn)
                 .await?;
                 store::event(&mut *conn, id, false, "Created", "declared by apply").await?;
@@ -700,14 +698,14 @@ async fn write(
             }
             ChangeAction::Update => {
                 let p = &world[&c.key];
-                sqlx::query(
+                sqlx::query!(
                     "update objects set spec = $2, generation = generation + 1, updated_at = now(),
                        changed_by = $3
                      where id = $1",
+                    id,
+                    &p.spec,
+                    actor,
                 )
-                .bind(id)
-                .bind(&p.spec)
-                .bind(actor)
                 .execute(&mut *conn)
                 .await?;
                 let fields: Vec<&str> = c.diffs.iter().map(|d| d.path.as_str()).collect();
@@ -722,12 +720,12 @@ async fn write(
                 touched.push(id);
             }
             ChangeAction::Delete => {
-                sqlx::query(
+                sqlx::query!(
                     "update objects set deletion_requested_at = now(), updated_at = now(),
                        status = jsonb_build_object('phase', 'Deleting', 'message', 'deletion requested')
                      where id = $1",
+                    id,
                 )
-                .bind(id)
                 .execute(&mut *conn)
                 .await?;
                 store::event(
@@ -770,12 +768,12 @@ async fn write(
             .collect();
         if !unready.is_empty() {
             let names: Vec<String> = unready.into_iter().collect();
-            sqlx::query(
+            sqlx::query!(
                 "update objects set status = jsonb_build_object('phase', 'Waiting', 'message', $2::text)
                  where id = $1",
+                id,
+                format!("waiting for {}", names.join(", ")),
             )
-            .bind(id)
-            .bind(format!("waiting for {}", names.join(", ")))
             .execute(&mut *conn)
             .await?;
             waiting.push(id);
@@ -784,16 +782,15 @@ async fn write(
             .iter()
             .filter_map(|r| ids.get(&r.target).copied())
             .collect();
-        sqlx::query("delete from object_edges where dependent = $1")
-            .bind(id)
+        sqlx::query!("delete from object_edges where dependent = $1", id)
             .execute(&mut *conn)
             .await?;
         let targets: Vec<Uuid> = targets.into_iter().collect();
-        sqlx::query(
+        sqlx::query!(
             "insert into object_edges (dependent, dependency) select $1, unnest($2::uuid[])",
+            id,
+            &targets,
         )
-        .bind(id)
-        .bind(&targets)
         .execute(&mut *conn)
         .await?;
     }

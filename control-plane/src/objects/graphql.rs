@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::apply::{self, ChangeAction, Request};
 use super::refs::ObjKey;
-use super::store::{OBJECT_COLUMNS, ObjectRow, Phase};
+use super::store::{ObjectRow, Phase, select_objects};
 use crate::caller::Caller;
 use crate::error::{ApiError, GqlResult as _};
 use qleet_protocol::Role;
@@ -43,11 +43,10 @@ pub struct Condition {
     pub last_transition_at: chrono::DateTime<chrono::Utc>,
 }
 
-#[derive(SimpleObject, sqlx::FromRow)]
+#[derive(SimpleObject)]
 pub struct ObjectEvent {
     pub at: chrono::DateTime<chrono::Utc>,
     #[graphql(name = "type")]
-    #[sqlx(rename = "type")]
     pub ty: String,
     pub reason: String,
     pub message: String,
@@ -106,19 +105,26 @@ impl From<ObjectRow> for ObjectView {
     }
 }
 
-async fn refs_of(pool: &PgPool, sql: &str, id: Uuid) -> Result<Vec<ObjectRef>, ApiError> {
-    let rows: Vec<(String, String, Value)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
-        .bind(id)
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(kind, name, status)| ObjectRef {
-            kind,
-            name,
-            phase: Some(Phase::parse(&status)),
-        })
-        .collect())
+/// An object another one points at, as read: its key and status.
+struct RefRow {
+    kind: String,
+    name: String,
+    status: Value,
+}
+
+impl From<RefRow> for ObjectRef {
+    fn from(r: RefRow) -> Self {
+        ObjectRef {
+            phase: Some(Phase::parse(&r.status)),
+            kind: r.kind,
+            name: r.name,
+        }
+    }
+}
+
+/// The objects a checked `RefRow` query finds.
+fn refs(rows: Vec<RefRow>) -> Vec<ObjectRef> {
+    rows.into_iter().map(ObjectRef::from).collect()
 }
 
 #[ComplexObject]
@@ -152,12 +158,13 @@ impl ObjectView {
         #[graphql(default = 50)] last: i32,
     ) -> async_graphql::Result<Vec<ObjectEvent>> {
         let pool = ctx.data_unchecked::<PgPool>();
-        sqlx::query_as(
-            "select at, type, reason, message from object_events where object_id = $1
-             order by id desc limit $2",
+        sqlx::query_as!(
+            ObjectEvent,
+            r#"select at, type as ty, reason, message from object_events where object_id = $1
+             order by id desc limit $2"#,
+            self.id,
+            i64::from(last.clamp(1, 500)),
         )
-        .bind(self.id)
-        .bind(i64::from(last.clamp(1, 500)))
         .fetch_all(pool)
         .await
         .map_err(ApiError::from)
@@ -166,26 +173,32 @@ impl ObjectView {
 
     /// The objects it uses.
     async fn dependencies(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ObjectRef>> {
-        refs_of(
-            ctx.data_unchecked::<PgPool>(),
+        let rows = sqlx::query_as!(
+            RefRow,
             "select o.kind, o.name, o.status from object_edges e join objects o on o.id = e.dependency
              where e.dependent = $1 order by o.kind, o.name",
             self.id,
         )
+        .fetch_all(ctx.data_unchecked::<PgPool>())
         .await
-        .gql()
+        .map_err(ApiError::from)
+        .gql()?;
+        Ok(refs(rows))
     }
 
     /// The objects that use it.
     async fn dependents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ObjectRef>> {
-        refs_of(
-            ctx.data_unchecked::<PgPool>(),
+        let rows = sqlx::query_as!(
+            RefRow,
             "select o.kind, o.name, o.status from object_edges e join objects o on o.id = e.dependent
              where e.dependency = $1 order by o.kind, o.name",
             self.id,
         )
+        .fetch_all(ctx.data_unchecked::<PgPool>())
         .await
-        .gql()
+        .map_err(ApiError::from)
+        .gql()?;
+        Ok(refs(rows))
     }
 
     /// The composition instance it was expanded from.
@@ -193,15 +206,16 @@ impl ObjectView {
         let Some(owner) = self.owner_id else {
             return Ok(None);
         };
-        Ok(refs_of(
-            ctx.data_unchecked::<PgPool>(),
+        let row = sqlx::query_as!(
+            RefRow,
             "select kind, name, status from objects where id = $1",
             owner,
         )
+        .fetch_optional(ctx.data_unchecked::<PgPool>())
         .await
-        .gql()?
-        .into_iter()
-        .next())
+        .map_err(ApiError::from)
+        .gql()?;
+        Ok(row.map(ObjectRef::from))
     }
 }
 
@@ -302,11 +316,10 @@ impl ObjectsQuery {
         kind: Option<String>,
     ) -> async_graphql::Result<Vec<ObjectView>> {
         let pool = ctx.data_unchecked::<PgPool>();
-        let rows: Vec<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {OBJECT_COLUMNS} from objects where ($1::text is null or kind = $1)
-             order by kind, name"
-        )))
-        .bind(kind)
+        let rows = select_objects!(
+            "from objects o where ($1::text is null or o.kind = $1) order by o.kind, o.name",
+            kind,
+        )
         .fetch_all(pool)
         .await
         .map_err(ApiError::from)
@@ -322,11 +335,11 @@ impl ObjectsQuery {
         name: String,
     ) -> async_graphql::Result<Option<ObjectView>> {
         let pool = ctx.data_unchecked::<PgPool>();
-        let row: Option<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "select {OBJECT_COLUMNS} from objects where kind = $1 and name = $2"
-        )))
-        .bind(kind)
-        .bind(name)
+        let row = select_objects!(
+            "from objects o where o.kind = $1 and o.name = $2",
+            kind,
+            name
+        )
         .fetch_optional(pool)
         .await
         .map_err(ApiError::from)
@@ -337,37 +350,35 @@ impl ObjectsQuery {
     /// The dependency graph: every object and every "uses" edge.
     async fn graph(&self, ctx: &Context<'_>) -> async_graphql::Result<Graph> {
         let pool = ctx.data_unchecked::<PgPool>();
-        let nodes: Vec<(Uuid, String, String, Value)> =
-            sqlx::query_as("select id, kind, name, status from objects order by kind, name")
-                .fetch_all(pool)
-                .await
-                .map_err(ApiError::from)
-                .gql()?;
-        let edges: Vec<(Uuid, Uuid)> =
-            sqlx::query_as("select dependent, dependency from object_edges")
-                .fetch_all(pool)
-                .await
-                .map_err(ApiError::from)
-                .gql()?;
+        let nodes = sqlx::query!("select id, kind, name, status from objects order by kind, name")
+            .fetch_all(pool)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
+        let edges = sqlx::query!("select dependent, dependency from object_edges")
+            .fetch_all(pool)
+            .await
+            .map_err(ApiError::from)
+            .gql()?;
         let by_id: HashMap<Uuid, ObjectRef> = nodes
             .iter()
-            .map(|(id, kind, name, status)| {
+            .map(|n| {
                 (
-                    *id,
+                    n.id,
                     ObjectRef {
-                        kind: kind.clone(),
-                        name: name.clone(),
-                        phase: Some(Phase::parse(status)),
+                        kind: n.kind.clone(),
+                        name: n.name.clone(),
+                        phase: Some(Phase::parse(&n.status)),
                     },
                 )
             })
             .collect();
         let mut edges: Vec<GraphEdge> = edges
             .into_iter()
-            .filter_map(|(a, b)| {
+            .filter_map(|e| {
                 Some(GraphEdge {
-                    from: by_id.get(&a)?.clone(),
-                    to: by_id.get(&b)?.clone(),
+                    from: by_id.get(&e.dependent)?.clone(),
+                    to: by_id.get(&e.dependency)?.clone(),
                 })
             })
             .collect();
@@ -382,7 +393,7 @@ impl ObjectsQuery {
         Ok(Graph {
             nodes: nodes
                 .into_iter()
-                .filter_map(|(id, ..)| by_id.get(&id).cloned())
+                .filter_map(|n| by_id.get(&n.id).cloned())
                 .collect(),
             edges,
         })

@@ -18,7 +18,7 @@ use super::compose;
 use super::kinds::{Builtin, CompositionSpec, parse_spec};
 use super::refs::ObjKey;
 use super::render;
-use super::store::{self, OBJECT_COLUMNS, ObjectRow, Phase};
+use super::store::{self, ObjectRow, Phase, select_objects};
 
 /// What the engine's tasks share.
 #[derive(Clone)]
@@ -112,10 +112,10 @@ pub async fn watch_due_tasks(engine: Engine) {
         if engine.task_waiters.load(Ordering::SeqCst) == 0 {
             continue;
         }
-        let due = sqlx::query_scalar::<_, bool>(
-            "select exists(select 1 from agent_tasks
+        let due = sqlx::query_scalar!(
+            r#"select exists(select 1 from agent_tasks
                            where (state = 'queued' and not_before <= now())
-                              or (state = 'leased' and lease_expires_at < now()))",
+                              or (state = 'leased' and lease_expires_at < now())) as "due!""#,
         )
         .fetch_one(&engine.pool)
         .await;
@@ -159,7 +159,7 @@ pub async fn worker(engine: Engine) {
 
 /// Takes the next due request, leasing it for `claim_for`.
 async fn claim(engine: &Engine) -> sqlx::Result<Option<(Uuid, i64)>> {
-    sqlx::query_as(
+    let claimed = sqlx::query!(
         "update reconcile_queue set claimed_until = now() + make_interval(secs => $1)
          where object_id = (
              select object_id from reconcile_queue
@@ -168,15 +168,16 @@ async fn claim(engine: &Engine) -> sqlx::Result<Option<(Uuid, i64)>> {
              for update skip locked
              limit 1)
          returning object_id, seq",
+        engine.claim_for.as_secs_f64(),
     )
-    .bind(engine.claim_for.as_secs_f64())
     .fetch_optional(&engine.pool)
-    .await
+    .await?;
+    Ok(claimed.map(|c| (c.object_id, c.seq)))
 }
 
 /// How long until the next request falls due (capped), so a sleeping worker wakes for it.
 async fn next_due(pool: &PgPool) -> sqlx::Result<Duration> {
-    let secs: Option<f64> = sqlx::query_scalar(
+    let secs = sqlx::query_scalar!(
         "select extract(epoch from min(greatest(not_before, coalesce(claimed_until, not_before))) - now())::float8
          from reconcile_queue",
     )
@@ -190,10 +191,10 @@ async fn next_due(pool: &PgPool) -> sqlx::Result<Duration> {
 /// Forgets claims left by a previous run of this control plane (one process owns the
 /// database; a second one would only repeat idempotent steps).
 pub async fn release_claims(pool: &PgPool) -> sqlx::Result<()> {
-    sqlx::query("update reconcile_queue set claimed_until = null")
+    sqlx::query!("update reconcile_queue set claimed_until = null")
         .execute(pool)
         .await?;
-    sqlx::query(
+    sqlx::query!(
         "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null, lease_expires_at = null
          where state = 'leased' and lease_expires_at < now()",
     )
@@ -204,21 +205,21 @@ pub async fn release_claims(pool: &PgPool) -> sqlx::Result<()> {
 
 async fn back_off(pool: &PgPool, id: Uuid, error: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    let attempts: Option<i32> = sqlx::query_scalar(
+    let attempts = sqlx::query_scalar!(
         "update reconcile_queue set attempts = attempts + 1, claimed_until = null, last_error = $2
          where object_id = $1 returning attempts",
+        id,
+        error,
     )
-    .bind(id)
-    .bind(error)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(attempts) = attempts {
         let delay = backoff(attempts as u32);
-        sqlx::query(
+        sqlx::query!(
             "update reconcile_queue set not_before = now() + make_interval(secs => $2) where object_id = $1",
+            id,
+            delay.as_secs_f64(),
         )
-        .bind(id)
-        .bind(delay.as_secs_f64())
         .execute(&mut *tx)
         .await?;
         store::event(&mut tx, id, true, "ReconcileError", error).await?;
@@ -235,12 +236,9 @@ pub fn backoff(attempts: u32) -> Duration {
 
 async fn reconcile_claimed(engine: &Engine, id: Uuid, seq: i64) -> anyhow::Result<()> {
     let mut tx = engine.pool.begin().await?;
-    let row: Option<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {OBJECT_COLUMNS} from objects where id = $1 for update"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let row = select_objects!("from objects o where o.id = $1 for update", id)
+        .fetch_optional(&mut *tx)
+        .await?;
     if let Some(row) = row {
         reconcile(&mut tx, engine, &row).await?;
     }
@@ -250,18 +248,22 @@ async fn reconcile_claimed(engine: &Engine, id: Uuid, seq: i64) -> anyhow::Resul
     // Done with this request, unless it was renewed meanwhile. Outside the reconcile's
     // transaction, so that transaction locks no queue row but its dependents' (in id order):
     // a crash before this line only means one more, idempotent, reconcile.
-    let done = sqlx::query("delete from reconcile_queue where object_id = $1 and seq = $2")
-        .bind(id)
-        .bind(seq)
-        .execute(&engine.pool)
-        .await?
-        .rows_affected();
+    let done = sqlx::query!(
+        "delete from reconcile_queue where object_id = $1 and seq = $2",
+        id,
+        seq,
+    )
+    .execute(&engine.pool)
+    .await?
+    .rows_affected();
     if done == 0 {
         // Asked again while we worked: leave the request, claimable at once.
-        sqlx::query("update reconcile_queue set claimed_until = null where object_id = $1")
-            .bind(id)
-            .execute(&engine.pool)
-            .await?;
+        sqlx::query!(
+            "update reconcile_queue set claimed_until = null where object_id = $1",
+            id,
+        )
+        .execute(&engine.pool)
+        .await?;
     }
     Ok(())
 }
@@ -315,16 +317,16 @@ async fn reconcile(
 
 /// A composition instance is what its objects are.
 async fn instance(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::Result<Next> {
-    let owned: Vec<ObjectRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {OBJECT_COLUMNS} from objects where owner_id = $1 order by kind, name"
-    )))
-    .bind(row.id)
+    let owned = select_objects!(
+        "from objects o where o.owner_id = $1 order by o.kind, o.name",
+        row.id,
+    )
     .fetch_all(&mut *conn)
     .await?;
-    let def_spec: Option<Value> = sqlx::query_scalar(
+    let def_spec = sqlx::query_scalar!(
         "select spec from objects where kind = 'Composition' and spec->>'kind' = $1",
+        &row.kind,
     )
-    .bind(&row.kind)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(def) = def_spec.and_then(|s| parse_spec::<CompositionSpec>(&s).ok()) else {
@@ -374,7 +376,6 @@ async fn instance(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::Result<Ne
     Ok(next)
 }
 
-#[derive(sqlx::FromRow)]
 struct TaskRow {
     input_hash: String,
     state: String,
@@ -393,12 +394,11 @@ async fn managed(
     key: &ObjKey,
     builtin: Builtin,
 ) -> anyhow::Result<Next> {
-    // `o.*` is every column an `ObjectRow` reads.
-    let deps: Vec<ObjectRow> = sqlx::query_as(
-        "select o.* from object_edges e join objects o on o.id = e.dependency
+    let deps = select_objects!(
+        "from object_edges e join objects o on o.id = e.dependency
          where e.dependent = $1 order by o.kind, o.name",
+        row.id,
     )
-    .bind(row.id)
     .fetch_all(&mut *conn)
     .await?;
     let waiting: Vec<String> = deps
@@ -444,12 +444,13 @@ async fn managed(
     }
     merged.extend(desired.computed.clone());
 
-    let latest: Option<TaskRow> = sqlx::query_as(
+    let latest = sqlx::query_as!(
+        TaskRow,
         "select input_hash, state, outputs, error, attempts, payload from agent_tasks
          where object_id = $1 and operation = 'ensure' and state <> 'superseded'
          order by created_at desc limit 1",
+        row.id,
     )
-    .bind(row.id)
     .fetch_optional(&mut *conn)
     .await?;
     let mut next = match latest {
@@ -521,15 +522,15 @@ async fn queue_task(
     hash: &str,
     payload: &Value,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "update agent_tasks set state = 'superseded', lease_id = null
          where object_id = $1 and state in ('queued', 'leased') and input_hash <> $2",
+        row.id,
+        hash,
     )
-    .bind(row.id)
-    .bind(hash)
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
+    sqlx::query!(
         "insert into agent_tasks (id, object_id, operation, generation, input_hash, payload)
          values ($1, $2, $3, $4, $5, $6)
          on conflict (object_id, operation, input_hash) do update
@@ -537,34 +538,33 @@ async fn queue_task(
                lease_id = null, lease_holder = null, lease_expires_at = null, attempts = 0,
                outputs = null, error = null, completed_at = null, created_at = now()
            where agent_tasks.state in ('superseded', 'succeeded', 'failed')",
+        Uuid::new_v4(),
+        row.id,
+        operation,
+        row.generation,
+        hash,
+        payload,
     )
-    .bind(Uuid::new_v4())
-    .bind(row.id)
-    .bind(operation)
-    .bind(row.generation)
-    .bind(hash)
-    .bind(payload)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("select pg_notify($1, '')")
-        .bind(store::TASKS_CHANNEL)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    store::notify(&mut *conn, store::TASKS_CHANNEL, "").await
 }
 
 /// Deletion: after every dependent and owned object is gone, the agent removes what it made;
 /// then the row goes, and the objects it used are told (they may be waiting to be deleted).
 async fn finalize_deletion(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::Result<()> {
-    let dependents: Vec<(String, String)> = sqlx::query_as(
+    let dependents = sqlx::query!(
         "select o.kind, o.name from object_edges e join objects o on o.id = e.dependent
          where e.dependency = $1 order by o.kind, o.name",
+        row.id,
     )
-    .bind(row.id)
     .fetch_all(&mut *conn)
     .await?;
     if !dependents.is_empty() {
-        let names: Vec<String> = dependents.iter().map(|(k, n)| format!("{k}/{n}")).collect();
+        let names: Vec<String> = dependents
+            .iter()
+            .map(|d| format!("{}/{}", d.kind, d.name))
+            .collect();
         return save(
             conn,
             row,
@@ -575,10 +575,12 @@ async fn finalize_deletion(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::
         )
         .await;
     }
-    let owned: i64 = sqlx::query_scalar("select count(*) from objects where owner_id = $1")
-        .bind(row.id)
-        .fetch_one(&mut *conn)
-        .await?;
+    let owned = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from objects where owner_id = $1"#,
+        row.id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     if owned > 0 {
         return save(
             conn,
@@ -593,30 +595,32 @@ async fn finalize_deletion(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::
     let needs_cleanup = Builtin::parse(&row.kind).is_some_and(Builtin::needs_agent);
     if needs_cleanup {
         // Anything an agent ever picked up may exist in the customer's account.
-        let made: Option<TaskRow> = sqlx::query_as(
+        let made = sqlx::query_as!(
+            TaskRow,
             "select input_hash, state, outputs, error, attempts, payload from agent_tasks
              where object_id = $1 and operation = 'ensure' and (attempts > 0 or state = 'succeeded')
              order by created_at desc limit 1",
+            row.id,
         )
-        .bind(row.id)
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(made) = made {
-            let cleanup: Option<TaskRow> = sqlx::query_as(
+            let cleanup = sqlx::query_as!(
+                TaskRow,
                 "select input_hash, state, outputs, error, attempts, payload from agent_tasks
                  where object_id = $1 and operation = 'delete' order by created_at desc limit 1",
+                row.id,
             )
-            .bind(row.id)
             .fetch_optional(&mut *conn)
             .await?;
             match cleanup.as_ref().map(|t| t.state.as_str()) {
                 Some("succeeded") => {}
                 None => {
-                    sqlx::query(
+                    sqlx::query!(
                         "update agent_tasks set state = 'superseded', lease_id = null
                          where object_id = $1 and operation = 'ensure' and state in ('queued', 'leased')",
+                        row.id,
                     )
-                    .bind(row.id)
                     .execute(&mut *conn)
                     .await?;
                     queue_task(conn, row, "delete", &made.input_hash, &made.payload).await?;
@@ -660,14 +664,14 @@ async fn finalize_deletion(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::
         }
     }
     // Gone: tell what it used and what owned it.
-    let mut tell: Vec<Uuid> =
-        sqlx::query_scalar("select dependency from object_edges where dependent = $1")
-            .bind(row.id)
-            .fetch_all(&mut *conn)
-            .await?;
+    let mut tell = sqlx::query_scalar!(
+        "select dependency from object_edges where dependent = $1",
+        row.id,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
     tell.extend(row.owner_id);
-    sqlx::query("delete from objects where id = $1")
-        .bind(row.id)
+    sqlx::query!("delete from objects where id = $1", row.id)
         .execute(&mut *conn)
         .await?;
     store::enqueue(&mut *conn, &tell).await?;
@@ -703,17 +707,17 @@ async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::R
     {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "update objects set status = $2, outputs = $3, rendered = $4, observed_generation = $5,
            conditions = $6, updated_at = now()
          where id = $1",
+        row.id,
+        &status,
+        &outputs,
+        rendered.as_ref(),
+        observed,
+        &conditions,
     )
-    .bind(row.id)
-    .bind(&status)
-    .bind(&outputs)
-    .bind(&rendered)
-    .bind(observed)
-    .bind(&conditions)
     .execute(&mut *conn)
     .await?;
     let phase_changed = next.phase != row.phase();
@@ -754,11 +758,12 @@ async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::R
         }
     }
     if phase_changed || outputs_changed || observed != row.observed_generation {
-        let mut tell: Vec<Uuid> =
-            sqlx::query_scalar("select dependent from object_edges where dependency = $1")
-                .bind(row.id)
-                .fetch_all(&mut *conn)
-                .await?;
+        let mut tell = sqlx::query_scalar!(
+            "select dependent from object_edges where dependency = $1",
+            row.id,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
         tell.extend(row.owner_id);
         store::enqueue(&mut *conn, &tell).await?;
     }

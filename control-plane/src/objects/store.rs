@@ -38,7 +38,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ObjectRow {
     pub id: Uuid,
     pub kind: String,
@@ -57,9 +57,21 @@ pub struct ObjectRow {
     pub updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-pub const OBJECT_COLUMNS: &str = "id, kind, name, spec, status, outputs, rendered, generation, \
-    observed_generation, conditions, owner_id, deletion_requested_at, changed_by, created_at, \
-    updated_at";
+/// `sqlx::query_as!` for [`ObjectRow`]s: every column of `objects` (aliased `o`), then the rest
+/// of the query, which must stay a string literal so the macro checks it at compile time.
+macro_rules! select_objects {
+    ($rest:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            $crate::objects::store::ObjectRow,
+            "select o.id, o.kind, o.name, o.spec, o.status, o.outputs, o.rendered, o.generation,
+                    o.observed_generation, o.conditions, o.owner_id, o.deletion_requested_at,
+                    o.changed_by, o.created_at, o.updated_at "
+                + $rest
+            $(, $arg)*
+        )
+    };
+}
+pub(crate) use select_objects;
 
 impl ObjectRow {
     pub fn key(&self) -> ObjKey {
@@ -77,20 +89,28 @@ pub async fn enqueue(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<()> 
     if ids.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query!(
         "insert into reconcile_queue (object_id)
          select id from objects where id = any($1) order by id
          on conflict (object_id) do update
            set seq = reconcile_queue.seq + 1,
                not_before = least(reconcile_queue.not_before, now()),
                attempts = 0",
+        ids,
     )
-    .bind(ids)
     .execute(&mut *conn)
     .await?;
-    sqlx::query("select pg_notify($1, '')")
-        .bind(RECONCILE_CHANNEL)
-        .execute(&mut *conn)
+    notify(&mut *conn, RECONCILE_CHANNEL, "").await
+}
+
+/// `NOTIFY channel, payload`, delivered at commit.
+pub async fn notify(
+    executor: impl sqlx::PgExecutor<'_>,
+    channel: &str,
+    payload: &str,
+) -> sqlx::Result<()> {
+    sqlx::query!("select pg_notify($1, $2)", channel, payload)
+        .execute(executor)
         .await?;
     Ok(())
 }
@@ -103,13 +123,13 @@ pub async fn event(
     reason: &str,
     message: &str,
 ) -> sqlx::Result<()> {
-    sqlx::query(
+    sqlx::query!(
         "insert into object_events (object_id, type, reason, message) values ($1, $2, $3, $4)",
+        object,
+        if warning { "Warning" } else { "Normal" },
+        reason,
+        message,
     )
-    .bind(object)
-    .bind(if warning { "Warning" } else { "Normal" })
-    .bind(reason)
-    .bind(message)
     .execute(&mut *conn)
     .await?;
     Ok(())
@@ -134,12 +154,7 @@ pub async fn announce(
         "deleted": deleted,
         "at": chrono::Utc::now(),
     });
-    sqlx::query("select pg_notify($1, $2)")
-        .bind(OBJECTS_CHANNEL)
-        .bind(payload.to_string())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    notify(&mut *conn, OBJECTS_CHANNEL, &payload.to_string()).await
 }
 
 /// Aborts the process at a named point when `QLEET_CRASH_AT` names it: the crash-safety tests

@@ -20,7 +20,6 @@ pub use qleet_protocol::{
     ReportResponse, TaskEvent, TaskResult,
 };
 
-#[derive(sqlx::FromRow)]
 struct LeasedRow {
     id: Uuid,
     operation: String,
@@ -117,8 +116,9 @@ async fn take(
     max: u32,
     lease_secs: u32,
 ) -> Result<Vec<LeasedTask>, ApiError> {
-    let tasks: Vec<LeasedRow> = sqlx::query_as(
-        "with due as (
+    let tasks = sqlx::query_as!(
+        LeasedRow,
+        r#"with due as (
              select id from agent_tasks
              where (state = 'queued' and not_before <= now())
                 or (state = 'leased' and lease_expires_at < now())
@@ -131,11 +131,12 @@ async fn take(
            from due, objects o
           where t.id = due.id and o.id = t.object_id
          returning t.id, t.operation, t.object_id, o.kind as object_kind, o.name as object_name,
-                   t.generation, t.payload, t.lease_id, t.lease_expires_at, t.attempts as attempt",
+                   t.generation, t.payload, t.lease_id as "lease_id!",
+                   t.lease_expires_at as "lease_expires_at!", t.attempts as attempt"#,
+        i64::from(max),
+        agent,
+        f64::from(lease_secs),
     )
-    .bind(i64::from(max))
-    .bind(agent)
-    .bind(f64::from(lease_secs))
     .fetch_all(pool)
     .await?;
     Ok(tasks.into_iter().map(LeasedTask::from).collect())
@@ -148,14 +149,14 @@ pub async fn renew(
     req: LeaseRef,
 ) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
     let secs = req.lease_seconds.unwrap_or(60).clamp(10, 600);
-    let until: Option<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
-        "update agent_tasks set lease_expires_at = now() + make_interval(secs => $3)
+    let until = sqlx::query_scalar!(
+        r#"update agent_tasks set lease_expires_at = now() + make_interval(secs => $3)
          where id = $1 and lease_id = $2 and state = 'leased'
-         returning lease_expires_at",
+         returning lease_expires_at as "lease_expires_at!""#,
+        task,
+        req.lease_id,
+        f64::from(secs),
     )
-    .bind(task)
-    .bind(req.lease_id)
-    .bind(f64::from(secs))
     .fetch_optional(pool)
     .await?;
     until.ok_or_else(lease_lost)
@@ -163,27 +164,23 @@ pub async fn renew(
 
 /// Gives a task back unfinished (an agent shutting down), so another agent takes it now.
 pub async fn release(pool: &PgPool, task: Uuid, req: LeaseRef) -> Result<(), ApiError> {
-    let done = sqlx::query(
+    let done = sqlx::query!(
         "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null,
            lease_expires_at = null, not_before = now()
          where id = $1 and lease_id = $2 and state = 'leased'",
+        task,
+        req.lease_id,
     )
-    .bind(task)
-    .bind(req.lease_id)
     .execute(pool)
     .await?
     .rows_affected();
     if done == 0 {
         return Err(lease_lost());
     }
-    sqlx::query("select pg_notify($1, '')")
-        .bind(store::TASKS_CHANNEL)
-        .execute(pool)
-        .await?;
+    store::notify(pool, store::TASKS_CHANNEL, "").await?;
     Ok(())
 }
 
-#[derive(sqlx::FromRow)]
 struct Held {
     state: String,
     lease_id: Option<Uuid>,
@@ -200,12 +197,13 @@ pub async fn report(
     req: ReportRequest,
 ) -> Result<ReportResponse, ApiError> {
     let mut tx = pool.begin().await?;
-    let held: Option<Held> = sqlx::query_as(
+    let held = sqlx::query_as!(
+        Held,
         "select t.state, t.lease_id, t.object_id, t.operation, t.attempts, o.kind
          from agent_tasks t join objects o on o.id = t.object_id
          where t.id = $1 for update of t",
+        task,
     )
-    .bind(task)
     .fetch_optional(&mut *tx)
     .await?;
     let Some(held) = held else {
@@ -234,13 +232,13 @@ pub async fn report(
             if held.operation == "ensure" {
                 check_outputs(&held.kind, &outputs)?;
             }
-            sqlx::query(
+            sqlx::query!(
                 "update agent_tasks set state = 'succeeded', outputs = $2, error = null,
                    completed_at = now()
                  where id = $1",
+                task,
+                Value::Object(outputs),
             )
-            .bind(task)
-            .bind(Value::Object(outputs))
             .execute(&mut *tx)
             .await?;
             store::event(
@@ -262,24 +260,24 @@ pub async fn report(
             let error = json!({ "code": code, "message": message, "retryable": retryable });
             if retryable {
                 let delay = backoff(held.attempts.max(1) as u32);
-                sqlx::query(
+                sqlx::query!(
                     "update agent_tasks set state = 'queued', error = $2, lease_id = null,
                        lease_holder = null, lease_expires_at = null,
                        not_before = now() + make_interval(secs => $3)
                      where id = $1",
+                    task,
+                    &error,
+                    delay.as_secs_f64(),
                 )
-                .bind(task)
-                .bind(&error)
-                .bind(delay.as_secs_f64())
                 .execute(&mut *tx)
                 .await?;
             } else {
-                sqlx::query(
+                sqlx::query!(
                     "update agent_tasks set state = 'failed', error = $2, completed_at = now()
                      where id = $1",
+                    task,
+                    &error,
                 )
-                .bind(task)
-                .bind(&error)
                 .execute(&mut *tx)
                 .await?;
             }
