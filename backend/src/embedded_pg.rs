@@ -167,8 +167,8 @@ impl EmbeddedPostgres {
         .execute(&mut conn)
         .await?;
         write_private(&hba_file, HBA, self.run_as)?;
-        sqlx::query!("select pg_reload_conf()")
-            .execute(&mut conn)
+        sqlx::query_scalar!("select pg_reload_conf()")
+            .fetch_one(&mut conn)
             .await?;
         conn.close().await?;
         Ok(())

@@ -109,7 +109,7 @@ async fn websocket(
     tracing::debug!(control_plane.id = %upstream.cp.id, "WebSocket opened through the gateway");
     upgrade
         .max_message_size(MAX_RESPONSE_BYTES)
-        .protocols([protocol])
+        .protocols([protocol.clone()])
         .on_upgrade(move |client| pump(client, cp_socket, watch, protocol))
 }
 
