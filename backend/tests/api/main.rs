@@ -9,6 +9,7 @@ mod control_plane_alias;
 mod dev_cli;
 mod fleet;
 mod health;
+mod introspection;
 mod kubernetes;
 mod objects;
 mod objects_ui;
