@@ -15,6 +15,7 @@ pub mod graphql;
 pub mod identity;
 pub mod keys;
 pub mod orgs;
+pub mod security_headers;
 pub mod startup;
 pub mod state;
 pub mod ui;
