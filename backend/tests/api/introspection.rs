@@ -26,7 +26,10 @@ async fn serve_refuses_introspection_to_anonymous_callers_with_a_stable_code() {
             Some("UNAUTHENTICATED"),
             "{query}: {body}"
         );
-        assert!(body["data"].is_null(), "{query}: nothing of the schema: {body}");
+        assert!(
+            body["data"].is_null(),
+            "{query}: nothing of the schema: {body}"
+        );
     }
     // Ordinary anonymous requests are unaffected.
     let body = app.gql(Auth::Anonymous, "{ __typename }", json!({})).await;

@@ -21,3 +21,4 @@ mod security;
 mod sessions;
 mod support;
 mod tokens;
+mod ui_security;
