@@ -506,3 +506,81 @@ async fn server_functions_answer_refusals_with_a_4xx_not_500() {
         server_fn(&app, Auth::Session(&alice), "cp_agents", &[("cp", &other)]).await;
     assert_eq!(status, 404, "{body}");
 }
+
+// -------------------------------------------------------------------------------------------
+// In a real browser: the page hydrates under its policy, and the payload stays text.
+
+/// Waits (30 s at most) until `css` has `attr` = `want`.
+async fn wait_attr(client: &fantoccini::Client, css: &str, attr: &str, want: &str) {
+    let mut last = None;
+    for _ in 0..300 {
+        if let Ok(el) = client.find(fantoccini::Locator::Css(css)).await {
+            last = el.attr(attr).await.ok().flatten();
+            if last.as_deref() == Some(want) {
+                return;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{css}[{attr}] is {last:?}, not {want:?}");
+}
+
+#[tokio::test]
+async fn pages_hydrate_under_their_policy_and_a_payload_stays_text_in_chromium() {
+    let World { app, valid, .. } = world().await;
+    let cp = &valid["id"];
+    let driver = crate::browser::Driver::start().await;
+    let client = driver.browser(true).await;
+    crate::browser::sign_in_browser(&client, &app, "alice@example.test").await;
+
+    // The agents page marks itself live once the WebAssembly bundle runs and its first poll of
+    // a server function came back: the policy lets the bundle load, compile and fetch.
+    client
+        .goto(&format!("{}/orgs/acme/control-planes/{cp}/agents", app.url))
+        .await
+        .expect("agents page");
+    wait_attr(&client, "#agents-card", "data-live", "true").await;
+
+    // The reported attack: the query closes the textarea and adds a script and a handler.
+    let payload = "</textarea><script>window.__xss = 1</script>\
+                   <img src=x onerror=\"window.__xss = 2\">";
+    client
+        .goto(&format!(
+            "{}/orgs/acme/control-planes/{cp}/apply?yaml={}",
+            app.url,
+            encode(payload)
+        ))
+        .await
+        .expect("apply page");
+    crate::browser::text_of(&client, "#plan-error").await;
+    let value = client
+        .execute("return document.getElementById('apply-yaml').value", vec![])
+        .await
+        .expect("read the field");
+    assert_eq!(
+        value,
+        serde_json::json!(payload),
+        "the field holds the text"
+    );
+    let ran = client
+        .execute(
+            "return window.__xss === undefined ? null : window.__xss",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(ran, serde_json::Value::Null, "the payload did not run");
+    let images = client
+        .execute(
+            "return document.querySelectorAll('img[src=x]').length",
+            vec![],
+        )
+        .await
+        .expect("script");
+    assert_eq!(
+        images,
+        serde_json::json!(0),
+        "no element came from the query"
+    );
+    client.close().await.expect("close");
+}
