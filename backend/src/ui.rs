@@ -145,8 +145,9 @@ pub fn page_paths() -> Vec<String> {
 /// Pages, server functions and the built assets under `/pkg`.
 pub fn router(state: &AppState) -> Router<AppState> {
     let routes = leptos_axum::generate_route_list(qleet_frontend::App);
-    // Rendering a page: the backend, and the page's Content-Security-Policy naming the nonce
-    // leptos_axum made for this response and put on the scripts Leptos writes.
+    // The context of every page render and server-function call: the backend; for a page, its
+    // Content-Security-Policy naming the nonce leptos_axum made for this response and put on the
+    // scripts Leptos writes.
     let ctx = {
         let backend = backend(state);
         move || {
