@@ -237,6 +237,11 @@ pub struct CommonArgs {
     /// Log format (default: json for serve, pretty for dev).
     #[arg(long, env = "QLEET_LOG_FORMAT", value_name = "QLEET_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Who may introspect the GraphQL schema (`__schema`, `__type`) at `/graphql`:
+    /// `anonymous` (anyone), `authenticated` (a session or API token) or `off` (nobody).
+    /// Default: authenticated for serve, anonymous for dev.
+    #[arg(long, env = "QLEET_INTROSPECTION", value_name = "QLEET_INTROSPECTION")]
+    pub introspection: Option<Introspection>,
     #[command(flatten)]
     pub billing: BillingArgs,
 }
@@ -482,6 +487,28 @@ impl BillingConfig {
     }
 }
 
+/// Who may introspect the management GraphQL schema (`__schema`, `__type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Introspection {
+    /// Anyone, signed in or not (the default of `qleet dev`).
+    Anonymous,
+    /// Callers with a session or an API token (the default of `qleet serve`).
+    Authenticated,
+    /// Nobody.
+    Off,
+}
+
+impl Introspection {
+    /// Whether a caller, signed in or not, may introspect.
+    pub fn allows(self, authenticated: bool) -> bool {
+        match self {
+            Introspection::Anonymous => true,
+            Introspection::Authenticated => authenticated,
+            Introspection::Off => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum RuntimeKind {
     Process,
@@ -562,6 +589,8 @@ pub struct Config {
     pub control_plane_retention: Duration,
     /// Where control planes run.
     pub runtime: Runtime,
+    /// Who may introspect the schema at `/graphql`.
+    pub introspection: Introspection,
 }
 
 /// A configuration value that cannot be used, with a one-line reason.
@@ -644,6 +673,10 @@ impl Config {
         };
         Ok(Config {
             runtime,
+            introspection: common.introspection.unwrap_or(match mode {
+                Mode::Serve => Introspection::Authenticated,
+                Mode::Dev => Introspection::Anonymous,
+            }),
             secret_key,
             control_plane_binary,
             billing: BillingConfig::from_args(&common.billing)?,
@@ -810,6 +843,7 @@ mod tests {
             hibernate_after_secs: 0,
             control_plane_retention_hours: 0,
             runtime: RuntimeKind::Process,
+            introspection: None,
             control_plane_bin: None,
             k8s_image: None,
             k8s_gateway_namespace: "qleet".into(),
@@ -914,6 +948,40 @@ mod tests {
             common: common(),
         };
         assert!(!Config::from_serve(args).expect("valid").dev_sign_in);
+    }
+
+    #[test]
+    fn serve_refuses_introspection_to_anonymous_callers_unless_configured() {
+        let serve = |introspection| {
+            let mut common = common();
+            common.introspection = introspection;
+            Config::from_serve(ServeArgs {
+                listen: "127.0.0.1:80".parse().expect("addr"),
+                public_url: Url::parse("http://127.0.0.1:80").expect("url"),
+                database_url: "postgres://localhost/q".into(),
+                common,
+            })
+            .expect("valid")
+            .introspection
+        };
+        assert_eq!(serve(None), Introspection::Authenticated);
+        assert_eq!(serve(Some(Introspection::Off)), Introspection::Off);
+        assert_eq!(
+            serve(Some(Introspection::Anonymous)),
+            Introspection::Anonymous
+        );
+        let dev = Config::from_dev(DevArgs {
+            listen: "127.0.0.1:8080".parse().expect("addr"),
+            public_url: None,
+            database_url: Some("postgres://localhost/q".into()),
+            common: common(),
+        })
+        .expect("valid");
+        assert_eq!(dev.introspection, Introspection::Anonymous);
+        assert!(!Introspection::Authenticated.allows(false));
+        assert!(Introspection::Authenticated.allows(true));
+        assert!(!Introspection::Off.allows(true));
+        assert!(Introspection::Anonymous.allows(false));
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod identity;
 pub mod keys;
 pub mod limits;
 pub mod orgs;
+pub mod security_headers;
 pub mod startup;
 pub mod state;
 pub mod ui;

@@ -185,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(web::refuse_nul_in_uri))
         .layer(RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(crate::security_headers::set))
         .layer(axum::middleware::from_fn(telemetry::observe))
         .with_state(state)
 }

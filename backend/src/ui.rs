@@ -8,16 +8,21 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use leptos::prelude::provide_context;
+use leptos::prelude::{provide_context, use_context};
 use leptos_axum::LeptosRoutes as _;
-use qleet_frontend::backend::{Backend, BackendApi, BoxFuture, ProviderInfo, SignInOptions};
+use qleet_frontend::backend::{
+    Backend, BackendApi, BoxFuture, ProviderInfo, Refusal, SignInOptions,
+};
 use tower_http::services::ServeDir;
 
 use crate::error::ApiError;
 use crate::graphql::RequestAuth;
 use crate::identity::{Principal, session};
+use crate::security_headers::page_policy;
 use crate::state::AppState;
 
 /// The backend the UI's server functions call.
@@ -129,12 +134,38 @@ fn backend(state: &AppState) -> Backend {
     }))
 }
 
+/// The paths of the UI's pages, as the router serves them (axum syntax: `/orgs/{slug}`).
+pub fn page_paths() -> Vec<String> {
+    leptos_axum::generate_route_list(qleet_frontend::App)
+        .iter()
+        .map(|route| route.path().to_owned())
+        .collect()
+}
+
 /// Pages, server functions and the built assets under `/pkg`.
 pub fn router(state: &AppState) -> Router<AppState> {
     let routes = leptos_axum::generate_route_list(qleet_frontend::App);
+    // The context of every page render and server-function call: the backend; for a page, its
+    // Content-Security-Policy naming the nonce leptos_axum made for this response and put on the
+    // scripts Leptos writes.
     let ctx = {
         let backend = backend(state);
-        move || provide_context(backend.clone())
+        move || {
+            provide_context(backend.clone());
+            // A server-function call: where the UI notes a refusal (see `server_fn_status`).
+            if let Some(refusal) =
+                use_context::<Parts>().and_then(|parts| parts.extensions.get::<Refusal>().cloned())
+            {
+                provide_context(refusal);
+            }
+            if let (Some(nonce), Some(response)) = (
+                leptos::nonce::use_nonce(),
+                use_context::<leptos_axum::ResponseOptions>(),
+            ) && let Ok(policy) = HeaderValue::from_str(&page_policy(&nonce))
+            {
+                response.insert_header(header::CONTENT_SECURITY_POLICY, policy);
+            }
+        }
     };
     let shell = {
         let options = state.leptos.clone();
@@ -145,9 +176,18 @@ pub fn router(state: &AppState) -> Router<AppState> {
     if !pkg.join("qleet_bg.wasm").exists() {
         tracing::warn!(dir = %pkg.display(), "web UI assets not built (run scripts/build-ui.sh): pages render, but without interactivity");
     }
+    // `leptos_routes_with_context` also routes every server function (`/api/...`) with `ctx`;
+    // the catch-all below answers names that do not exist.
     Router::new()
         .leptos_routes_with_context(state, routes, ctx.clone(), shell.clone())
-        .route("/api/{*fn_name}", post(server_fn))
+        .route(
+            "/api/{*fn_name}",
+            post({
+                let ctx = ctx.clone();
+                move |req: Request<Body>| leptos_axum::handle_server_fns_with_context(ctx, req)
+            }),
+        )
+        .route_layer(axum::middleware::from_fn(server_fn_status))
         .nest_service("/pkg", ServeDir::new(pkg))
         .fallback(move |State(state): State<AppState>, req: Request<Body>| {
             let handler = leptos_axum::render_app_async_with_context(ctx.clone(), shell.clone());
@@ -158,11 +198,54 @@ pub fn router(state: &AppState) -> Router<AppState> {
         })
 }
 
-async fn server_fn(State(state): State<AppState>, req: Request<Body>) -> Response {
-    let backend = backend(&state);
-    leptos_axum::handle_server_fns_with_context(move || provide_context(backend.clone()), req)
-        .await
-        .into_response()
+/// Middleware: Leptos answers every server-function failure with 500; a refusal (a GraphQL
+/// error code such as `NOT_FOUND`, which the UI notes in the request's [`Refusal`], or
+/// arguments that do not decode) gets its 4xx instead, so only a real internal error reads as
+/// one. Pages pass through untouched.
+async fn server_fn_status(mut req: Request<Body>, next: Next) -> Response {
+    if !req.uri().path().starts_with("/api/") {
+        return next.run(req).await;
+    }
+    let refusal = Refusal::default();
+    req.extensions_mut().insert(refusal.clone());
+    let response = next.run(req).await;
+    if response.status() != StatusCode::INTERNAL_SERVER_ERROR {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Server-function errors are one short line: `Variant|message`.
+    let body = match axum::body::to_bytes(body, 64 * 1024).await {
+        Ok(body) => body,
+        Err(e) => return crate::error::internal(e).into_response(),
+    };
+    let bad_arguments = body.starts_with(b"Args|") || body.starts_with(b"MissingArg|");
+    let status = if bad_arguments {
+        Some(StatusCode::BAD_REQUEST)
+    } else {
+        refusal.code().as_deref().and_then(status_of_code)
+    };
+    if let Some(status) = status {
+        parts.status = status;
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// The HTTP status of a failure, by its GraphQL `extensions.code` (as `ApiError` answers it);
+/// None for `INTERNAL`, unknown codes or none, which stay 500.
+fn status_of_code(code: &str) -> Option<StatusCode> {
+    Some(match code {
+        "UNAUTHENTICATED" => StatusCode::UNAUTHORIZED,
+        "FORBIDDEN" | "CSRF" | "QUOTA_EXCEEDED" => StatusCode::FORBIDDEN,
+        "NOT_FOUND" => StatusCode::NOT_FOUND,
+        "INVALID_INPUT" => StatusCode::BAD_REQUEST,
+        "CONFLICT" => StatusCode::CONFLICT,
+        "SUBSCRIPTION_PAST_DUE" => StatusCode::PAYMENT_REQUIRED,
+        // `ApiError::Unavailable`'s codes: retry later.
+        "CONTROL_PLANE_UNREACHABLE" | "STRIPE_UNAVAILABLE" | "BILLING_NOT_CONFIGURED" => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

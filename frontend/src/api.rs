@@ -113,7 +113,7 @@ pub fn is_local_path(path: &str) -> bool {
 #[cfg(feature = "ssr")]
 pub(crate) use server::gql_raw;
 #[cfg(feature = "ssr")]
-pub use server::{cp_gql, gql, gql_access};
+pub use server::{cp_gql, gql, gql_access, refusal};
 
 #[cfg(feature = "ssr")]
 mod server {
@@ -143,8 +143,16 @@ mod server {
         }
     }
 
+    /// A server function's refusal with `code` (as in GraphQL's `extensions.code`: `NOT_FOUND`,
+    /// `INVALID_INPUT`, ...) and a sentence for the visitor; answered with the code's 4xx.
+    pub fn refusal(code: &str, message: impl Into<String>) -> ServerFnError {
+        crate::backend::Refusal::note(Some(code));
+        ServerFnError::ServerError(message.into())
+    }
+
     impl From<GqlFailure> for ServerFnError {
         fn from(failure: GqlFailure) -> Self {
+            crate::backend::Refusal::note(failure.code.as_deref());
             let message = match failure.code.as_deref() {
                 Some("UNAUTHENTICATED") => NOT_SIGNED_IN.to_owned(),
                 Some("CSRF") => {

@@ -10,7 +10,7 @@ use leptos_router::{
 };
 
 use crate::{
-    components::{ErrorBox, Refresh},
+    components::{ErrorBox, Refresh, raw_text_element},
     identity::{OrgLink, SignInPage, provide_session, signed_in_as, use_session},
     invitations::AcceptInvitationPage,
     orgs::{
@@ -61,7 +61,8 @@ pub fn App() -> impl IntoView {
     provide_session();
 
     view! {
-        <Title text="Qleet"/>
+        // Every page's `<Title>` text passes through this formatter (pages set text only).
+        <Title text="Qleet" formatter=raw_text_element/>
         <Router>
             <Header/>
             <main>

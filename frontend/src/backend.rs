@@ -21,7 +21,11 @@
 //! with a real redirect. Out-of-order streaming would need JavaScript to show anything that
 //! loads data.
 
-use std::{future::Future, pin::Pin, sync::Arc};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
 
 use leptos::prelude::*;
 
@@ -76,4 +80,29 @@ pub(crate) fn current() -> Result<(Backend, http::request::Parts), String> {
     let parts =
         use_context::<http::request::Parts>().ok_or("No HTTP request in the Leptos context.")?;
     Ok((backend, parts))
+}
+
+/// The code of the refusal a server function answered with (`NOT_FOUND`, `FORBIDDEN`,
+/// `INVALID_INPUT`, ... as in GraphQL's `extensions.code`), so the backend can answer it with
+/// the matching 4xx status: Leptos answers every server-function error with 500.
+///
+/// The backend provides one in the context of each server-function call made over HTTP (not of
+/// page renders); the UI notes the code of its last failure in it.
+#[derive(Clone, Debug, Default)]
+pub struct Refusal(Arc<Mutex<Option<String>>>);
+
+impl Refusal {
+    /// The code of the last failure, if it was a refusal with a code.
+    pub fn code(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|code| code.clone())
+    }
+
+    /// Notes the code of a failure (None: a failure without one, such as an internal error).
+    pub(crate) fn note(code: Option<&str>) {
+        if let Some(refusal) = use_context::<Refusal>()
+            && let Ok(mut last) = refusal.0.lock()
+        {
+            *last = code.map(str::to_owned);
+        }
+    }
 }

@@ -129,3 +129,51 @@ pub fn Submit(
         </button>
     }
 }
+
+/// `text` as the server must write it inside `<textarea>` or `<title>`.
+///
+/// Leptos writes the children of those two elements unescaped when it renders on the server
+/// (tachys treats `<textarea>` as raw text, and leptos_meta copies the title string as is), so
+/// a `</textarea>` or `</title>` in a query or path would end the element and start markup of
+/// the visitor's choosing. The browser decodes the entities back, so the field and the title read
+/// the original text. In the browser build text is set through the DOM, which never parses it:
+/// there it passes unchanged.
+pub fn raw_text_element(text: String) -> String {
+    #[cfg(feature = "ssr")]
+    {
+        escape_text(&text)
+    }
+    #[cfg(not(feature = "ssr"))]
+    {
+        text
+    }
+}
+
+/// Escapes `&`, `<` and `>` for HTML text.
+#[cfg_attr(not(feature = "ssr"), allow(dead_code))]
+fn escape_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_for_raw_text_elements_cannot_close_them() {
+        assert_eq!(
+            escape_text("</textarea><script>a && b</script>"),
+            "&lt;/textarea&gt;&lt;script&gt;a &amp;&amp; b&lt;/script&gt;"
+        );
+        assert_eq!(escape_text("kind: Workload\n"), "kind: Workload\n");
+    }
+}

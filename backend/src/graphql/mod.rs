@@ -8,12 +8,12 @@ use async_graphql::{Context, EmptySubscription, MergedObject, Schema};
 use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
 use axum::Router;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use sqlx::PgPool;
 
-use crate::config::Config;
+use crate::config::{Config, Introspection};
 use crate::error::ApiError;
 use crate::identity::{Actor, Principal};
 use crate::state::AppState;
@@ -93,13 +93,25 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/graphql", get(graphiql).post(graphql))
 }
 
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .title("Qleet GraphQL")
-            .finish(),
-    )
+/// The GraphiQL page. It loads GraphiQL from unpkg.com: its scripts run by the page's nonce,
+/// and what they load by `'strict-dynamic'`; nothing else may run.
+async fn graphiql() -> Response {
+    let nonce = leptos::nonce::Nonce::new();
+    let html = GraphiQLSource::build()
+        .endpoint("/graphql")
+        .title("Qleet GraphQL")
+        .finish()
+        .replace("<script", &format!("<script nonce=\"{nonce}\""));
+    let policy = format!(
+        "default-src 'self'; script-src 'nonce-{nonce}' 'strict-dynamic'; \
+         style-src 'self' 'unsafe-inline' https://unpkg.com; \
+         img-src 'self' data: https://graphql.org; font-src 'self' data: https://unpkg.com; \
+         connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    match HeaderValue::from_str(&policy) {
+        Ok(policy) => ([(header::CONTENT_SECURITY_POLICY, policy)], Html(html)).into_response(),
+        Err(e) => error_response(crate::error::internal(e)),
+    }
 }
 
 async fn graphql(
@@ -116,8 +128,68 @@ async fn graphql(
         Ok(p) => p,
         Err(e) => return error_response(e),
     };
-    let request = request.into_inner().data(RequestAuth { principal, ip });
+    let mut request = request.into_inner();
+    if !state.config.introspection.allows(principal.is_some()) {
+        if asks_for_introspection(&request.query) {
+            return error_response(match state.config.introspection {
+                Introspection::Off => {
+                    ApiError::forbidden("schema introspection is turned off on this server")
+                }
+                _ => ApiError::Unauthenticated,
+            });
+        }
+        // Whatever the check above missed resolves to null.
+        request = request.disable_introspection();
+    }
+    let request = request.data(RequestAuth { principal, ip });
     GraphQLResponse::from(state.schema.execute(request).await).into_response()
 }
 
+/// Whether a document selects `__schema` or `__type` anywhere (operations and fragments alike).
+/// A document that does not parse asks for nothing: execution reports its syntax error.
+fn asks_for_introspection(query: &str) -> bool {
+    use async_graphql::parser::types::{Selection, SelectionSet};
+    fn selects(set: &SelectionSet) -> bool {
+        set.items.iter().any(|item| match &item.node {
+            Selection::Field(field) => {
+                matches!(field.node.name.node.as_str(), "__schema" | "__type")
+                    || selects(&field.node.selection_set.node)
+            }
+            Selection::InlineFragment(fragment) => selects(&fragment.node.selection_set.node),
+            Selection::FragmentSpread(_) => false,
+        })
+    }
+    let Ok(document) = async_graphql::parser::parse_query(query) else {
+        return false;
+    };
+    document
+        .operations
+        .iter()
+        .any(|(_, op)| selects(&op.node.selection_set.node))
+        || document
+            .fragments
+            .values()
+            .any(|fragment| selects(&fragment.node.selection_set.node))
+}
+
 pub use qleet_common::error::error_response;
+
+#[cfg(test)]
+mod tests {
+    use super::asks_for_introspection;
+
+    #[test]
+    fn introspection_is_found_however_it_is_spelt() {
+        for query in [
+            "{ __schema { types { name } } }",
+            "query { t: __type(name: \"Query\") { name } }",
+            "query { ...F } fragment F on Query { __schema { queryType { name } } }",
+            "{ ... on Query { __type(name: \"Org\") { name } } }",
+        ] {
+            assert!(asks_for_introspection(query), "{query}");
+        }
+        for query in ["{ me { email } }", "{ __typename }", "{ not valid"] {
+            assert!(!asks_for_introspection(query), "{query}");
+        }
+    }
+}

@@ -59,6 +59,7 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
         hibernate_after: None,
         control_plane_retention: Duration::ZERO,
         runtime: qleet::config::Runtime::Process,
+        introspection: qleet::config::Introspection::Anonymous,
     };
     customize(&mut config);
     let app = Application::build(config, listener)

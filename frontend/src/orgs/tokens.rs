@@ -77,7 +77,8 @@ pub async fn create_api_token(
     struct Data {
         create_api_token: CreatedApiToken,
     }
-    let expires_at = end_of_day(&expires_on).map_err(ServerFnError::new)?;
+    let expires_at =
+        end_of_day(&expires_on).map_err(|e| crate::api::refusal("INVALID_INPUT", e))?;
     let query = format!(
         "mutation CreateApiToken($org: String!, $name: String!, $role: Role!, \
          $expiresAt: DateTime) {{ createApiToken(org: $org, name: $name, role: $role, \

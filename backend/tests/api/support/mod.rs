@@ -80,6 +80,7 @@ pub fn test_config(url: &str, db_url: &str) -> Config {
         hibernate_after: None,
         control_plane_retention: Duration::ZERO,
         runtime: qleet::config::Runtime::Process,
+        introspection: qleet::config::Introspection::Anonymous,
     }
 }
 

@@ -382,7 +382,7 @@ pub async fn flashed_registration(
 pub async fn revoke_agent(csrf: String, cp: String, id: String) -> Result<(), ServerFnError> {
     super::check_id(&cp)?;
     if !super::is_uuid(&id) {
-        return Err(ServerFnError::new("There is no such agent."));
+        return Err(crate::api::refusal("NOT_FOUND", "There is no such agent."));
     }
     let query = "mutation Revoke($id: UUID!) { revokeAgent(id: $id) { id status } }";
     crate::api::cp_gql::<serde_json::Value>(

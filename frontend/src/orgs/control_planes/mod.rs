@@ -136,7 +136,8 @@ fn check_id(id: &str) -> Result<(), ServerFnError> {
     if is_uuid(id) {
         Ok(())
     } else {
-        Err(ServerFnError::new(
+        Err(crate::api::refusal(
+            "NOT_FOUND",
             "There is no such control plane in this organisation.",
         ))
     }

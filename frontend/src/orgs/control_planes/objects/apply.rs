@@ -15,7 +15,9 @@ use super::{
     ApplyObjects, FieldDiff, Plan, PlannedChange, apply_path, can_change, plan_objects, use_cp_id,
 };
 use crate::{
-    components::{CsrfField, ErrorBox, Loading, Notice, Submit, action_error, mutation},
+    components::{
+        CsrfField, ErrorBox, Loading, Notice, Submit, action_error, mutation, raw_text_element,
+    },
     identity::use_session,
     orgs::{OrgContext, tab_basics},
 };
@@ -73,7 +75,7 @@ pub fn ApplyPage() -> impl IntoView {
                     placeholder=EXAMPLE
                     prop:value=move || yaml.get()
                 >
-                    {yaml.get_untracked()}
+                    {raw_text_element(yaml.get_untracked())}
                 </textarea>
                 <div class="inline">
                     <label class="check">

@@ -56,7 +56,12 @@ pub fn ObjectPage() -> impl IntoView {
     let delete = mutation::<DeleteObject>();
 
     view! {
-        <Title text=move || format!("{}/{} · Qleet", kind.get(), name.get())/>
+        // On the server the title is read after the page is rendered, when this page may have
+        // been dropped (its control plane failed to load): then the memos are gone.
+        <Title text=move || match (kind.try_get(), name.try_get()) {
+            (Some(kind), Some(name)) => format!("{kind}/{name} · Qleet"),
+            _ => "Object · Qleet".to_owned(),
+        }/>
         <Transition fallback=Loading>
             {move || Suspend::new(async move {
                 let (csrf, org) = tab_basics(session, ctx).await?;

@@ -440,14 +440,19 @@ fn drawing(layout: &Layout, slug: &str, cp: &str, live: super::live::ObjectLive)
         let phase = Phase(p.to_owned());
         view! {
             <li>
-                <span
-                    class="swatch"
-                    style=format!(
-                        "background:{};border-color:{}",
-                        phase.colours().0,
-                        phase.colours().1,
-                    )
-                ></span>
+                // Drawn, not styled: the Content-Security-Policy allows no inline styles.
+                <svg class="swatch" viewBox="0 0 14 14" aria-hidden="true">
+                    <rect
+                        x="1"
+                        y="1"
+                        width="12"
+                        height="12"
+                        rx="3"
+                        fill=phase.colours().0
+                        stroke=phase.colours().1
+                        stroke-width="1.5"
+                    ></rect>
+                </svg>
                 {phase.label()}
             </li>
         }

@@ -423,8 +423,9 @@ pub async fn get_object(
                  owner { kind name phase } deleting createdAt updatedAt } }";
     let variables = serde_json::json!({ "kind": kind, "name": name });
     let data: Data = crate::api::cp_gql(&cp, query, variables, None).await?;
-    data.object
-        .ok_or_else(|| ServerFnError::new(format!("There is no object {kind}/{name}.")))
+    data.object.ok_or_else(|| {
+        crate::api::refusal("NOT_FOUND", format!("There is no object {kind}/{name}."))
+    })
 }
 
 #[server(endpoint = "cp_graph")]
@@ -494,9 +495,10 @@ pub async fn delete_object(
 ) -> Result<(), ServerFnError> {
     super::check_id(&cp)?;
     if confirm_name.trim() != name {
-        return Err(ServerFnError::new(format!(
-            "Type the object's name, {name}, to confirm."
-        )));
+        return Err(crate::api::refusal(
+            "INVALID_INPUT",
+            format!("Type the object's name, {name}, to confirm."),
+        ));
     }
     let query = "mutation Delete($kind: String!, $name: String!) \
                  { delete(kind: $kind, name: $name) { applied } }";
