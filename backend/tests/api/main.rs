@@ -6,6 +6,7 @@ mod audit;
 mod billing;
 mod browser;
 mod control_plane_alias;
+mod cross_tenant;
 mod dev_cli;
 mod fleet;
 mod health;
