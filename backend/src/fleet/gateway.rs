@@ -142,8 +142,8 @@ async fn pump(
                     return Some(ended);
                 }
                 let refused = match &msg {
-                    Message::Text(t) => lock(&operations).from_client(t.as_str().as_bytes()),
-                    Message::Binary(b) => lock(&operations).from_client(b),
+                    Message::Text(t) => lock(&operations).note_client(t.as_str().as_bytes()),
+                    Message::Binary(b) => lock(&operations).note_client(b),
                     _ => None,
                 };
                 if let Some(id) = refused {
@@ -169,8 +169,8 @@ async fn pump(
         let to_client = async {
             while let Some(Ok(msg)) = cp_rx.next().await {
                 match &msg {
-                    Up::Text(t) => lock(&operations).from_server(t.as_str().as_bytes()),
-                    Up::Binary(b) => lock(&operations).from_server(b),
+                    Up::Text(t) => lock(&operations).note_server(t.as_str().as_bytes()),
+                    Up::Binary(b) => lock(&operations).note_server(b),
                     _ => {}
                 }
                 let out = match msg {
@@ -240,7 +240,7 @@ struct OperationMessage {
 
 impl Operations {
     /// Notes a client message; answers the id of an operation to refuse (one too many).
-    fn from_client(&mut self, message: &[u8]) -> Option<String> {
+    fn note_client(&mut self, message: &[u8]) -> Option<String> {
         let msg: OperationMessage = serde_json::from_slice(message).ok()?;
         let id = msg.id?;
         match msg.kind.as_str() {
@@ -262,7 +262,7 @@ impl Operations {
         None
     }
 
-    fn from_server(&mut self, message: &[u8]) {
+    fn note_server(&mut self, message: &[u8]) {
         if let Ok(OperationMessage { kind, id: Some(id) }) = serde_json::from_slice(message)
             && matches!(kind.as_str(), "complete" | "error")
         {
@@ -672,22 +672,22 @@ mod tests {
         let mut ops = Operations::default();
         for i in 0..MAX_OPERATIONS_PER_SOCKET {
             let msg = format!(r#"{{"type":"subscribe","id":"{i}","payload":{{}}}}"#);
-            assert_eq!(ops.from_client(msg.as_bytes()), None);
+            assert_eq!(ops.note_client(msg.as_bytes()), None);
         }
         let over = br#"{"type":"subscribe","id":"x","payload":{}}"#;
-        assert_eq!(ops.from_client(over), Some("x".to_owned()));
-        ops.from_server(br#"{"type":"complete","id":"0"}"#);
+        assert_eq!(ops.note_client(over), Some("x".to_owned()));
+        ops.note_server(br#"{"type":"complete","id":"0"}"#);
         assert_eq!(
-            ops.from_client(over),
+            ops.note_client(over),
             None,
             "a completed operation frees its place"
         );
         assert_eq!(
-            ops.from_client(br#"{"type":"start","id":"y"}"#),
+            ops.note_client(br#"{"type":"start","id":"y"}"#),
             Some("y".to_owned())
         );
-        ops.from_client(br#"{"type":"stop","id":"1"}"#);
-        ops.from_server(br#"{"type":"error","id":"2","payload":[]}"#);
+        ops.note_client(br#"{"type":"stop","id":"1"}"#);
+        ops.note_server(br#"{"type":"error","id":"2","payload":[]}"#);
         assert_eq!(ops.open.len(), MAX_OPERATIONS_PER_SOCKET - 2);
     }
 
