@@ -282,14 +282,32 @@ async fn expensive_queries_are_refused_before_they_run() {
     app.create_org(&alice, "acme").await;
     let normal = "{ me { organizations { organization { members { email } } } } }";
     app.gql_ok(Auth::Session(&alice), normal, json!({})).await;
-    let mut fields = String::new();
-    for i in 0..40 {
-        fields.push_str(&format!(
-            "a{i}: auditLog(first: 200) {{ edges {{ node {{ action changes }} }} }} "
-        ));
-    }
-    let expensive = format!("{{ organization(slug: \"acme\") {{ {fields} }} }}");
-    let body = app.gql(Auth::Session(&alice), &expensive, json!({})).await;
+    let aliased = |n: usize| {
+        let fields: String = (0..n)
+            .map(|i| {
+                format!("a{i}: auditLog(first: 200) {{ edges {{ node {{ action changes }} }} }} ")
+            })
+            .collect();
+        format!("{{ organization(slug: \"acme\") {{ {fields} }} }}")
+    };
+    // Within the alias limit, but each alias asks for 200 entries: too complex.
+    let body = app
+        .gql(Auth::Session(&alice), &aliased(20), json!({}))
+        .await;
     let msg = body["errors"][0]["message"].as_str().unwrap_or("");
     assert!(msg.contains("complex"), "{body}");
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("QUERY_TOO_COMPLEX"),
+        "{body}"
+    );
+    // Past the alias limit: refused on its size before its complexity is even counted.
+    let body = app
+        .gql(Auth::Session(&alice), &aliased(40), json!({}))
+        .await;
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("QUERY_TOO_LARGE"),
+        "{body}"
+    );
 }
