@@ -11,7 +11,8 @@ use uuid::Uuid;
 use super::compose;
 use super::kinds::{Builtin, CompositionSpec, parse_spec};
 use super::refs::{self, ObjKey};
-use super::store::{self, ObjectRow, select_objects};
+use super::rerun;
+use super::store::{self, ObjectRow, Phase, select_objects};
 use crate::error::ApiError;
 
 /// One document of an apply.
@@ -738,7 +739,22 @@ async fn write(
                 .await?;
                 touched.push(id);
             }
-            ChangeAction::Unchanged => {}
+            ChangeAction::Unchanged => {
+                // Re-applying a FAILED object unchanged is how a pipeline asks for another try.
+                if let Some(row) = current
+                    .get(&c.key)
+                    .filter(|r| r.phase() == Phase::Failed && r.deletion_requested_at.is_none())
+                {
+                    let by = actor.unwrap_or("apply");
+                    rerun::restart(
+                        &mut *conn,
+                        row.clone(),
+                        "RetryRequested",
+                        &format!("retry requested by {by} (re-applied unchanged)"),
+                    )
+                    .await?;
+                }
+            }
         }
     }
     // Dependency edges of everything created or updated. An object whose dependencies are not

@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::apply::{self, ChangeAction, Request};
 use super::refs::ObjKey;
+use super::rerun::{Rerun, rerun};
 use super::store::{ObjectRow, Phase, select_objects};
 use crate::caller::Caller;
 use crate::error::{ApiError, GqlResult as _};
@@ -457,6 +458,44 @@ impl ObjectsMutation {
         .gql()?;
         Ok(plan.into())
     }
+
+    /// Gives a FAILED object a fresh attempt: its agent work is queued again from the first
+    /// attempt (refused with CONFLICT for an object in any other phase). Answers the object.
+    async fn retry(
+        &self,
+        ctx: &Context<'_>,
+        kind: String,
+        name: String,
+    ) -> async_graphql::Result<ObjectView> {
+        rerun_object(ctx, kind, name, Rerun::Retry).await
+    }
+
+    /// Has the agent check a READY or FAILED object's cloud resources again: what was deleted
+    /// behind Qleet's back is made again and the outputs are read back from the cloud. Refused
+    /// (INVALID_INPUT) for kinds with nothing in the cloud. Answers the object.
+    async fn refresh(
+        &self,
+        ctx: &Context<'_>,
+        kind: String,
+        name: String,
+    ) -> async_graphql::Result<ObjectView> {
+        rerun_object(ctx, kind, name, Rerun::Refresh).await
+    }
+}
+
+async fn rerun_object(
+    ctx: &Context<'_>,
+    kind: String,
+    name: String,
+    which: Rerun,
+) -> async_graphql::Result<ObjectView> {
+    require(ctx, Role::Member).gql()?;
+    let key = ObjKey::parse(&format!("{kind}/{name}"))
+        .map_err(|e| ApiError::invalid("name", e))
+        .gql()?;
+    let pool = ctx.data_unchecked::<PgPool>();
+    let row = rerun(pool, &key, which, &caller(ctx).actor()).await.gql()?;
+    Ok(ObjectView::from(row))
 }
 
 #[derive(SimpleObject, serde::Deserialize)]

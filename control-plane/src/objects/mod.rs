@@ -8,6 +8,7 @@
 //! - [`apply`]: YAML → plan → atomic write (with the reconcile requests: an outbox).
 //! - [`reconcile`]: workers that drive each object to its spec, one idempotent step at a time.
 //! - [`render`]: spec + dependency outputs → what the agent is asked to do.
+//! - [`rerun`]: retry a FAILED object, refresh one against the cloud.
 //! - [`tasks`]: the agent API (lease, renew, release, report).
 
 pub mod apply;
@@ -17,6 +18,7 @@ pub mod kinds;
 pub mod reconcile;
 pub mod refs;
 pub mod render;
+pub mod rerun;
 pub mod store;
 pub mod tasks;
 pub mod yaml;

@@ -1037,3 +1037,164 @@ async fn a_large_legitimate_apply_still_succeeds() {
     assert_eq!(plan["applied"], true);
     assert_eq!(plan["summary"]["create"], 106, "{:.300}", plan.to_string());
 }
+
+const BUCKET_APP: &str = r#"
+kind: AwsAccount
+metadata: {name: main}
+spec: {accountId: "123456789012", roleArn: "arn:aws:iam::123456789012:role/qleet", defaultRegion: eu-west-1}
+---
+kind: ObjectStorageBucket
+metadata: {name: assets}
+spec: {account: AwsAccount/main}
+"#;
+
+const RETRY: &str =
+    "mutation($k: String!, $n: String!) { retry(kind: $k, name: $n) { kind name phase message } }";
+const REFRESH: &str = "mutation($k: String!, $n: String!) { refresh(kind: $k, name: $n) { kind name phase message } }";
+
+/// The one task leased next (waiting up to 30 s for it), which must be for `key`.
+async fn next_task(cp: &Cp, key: &str) -> Value {
+    let tasks = cp.lease_n(1).await;
+    assert_eq!(kinds_of(&tasks), BTreeSet::from([key.to_owned()]));
+    tasks[0].clone()
+}
+
+#[tokio::test]
+async fn a_failed_object_is_retried_and_a_ready_one_refreshed_against_the_cloud() {
+    let cp = Cp::start().await;
+    cp.apply_ok(BUCKET_APP).await;
+    let account = next_task(&cp, "AwsAccount/main").await;
+    let (code, _) = cp
+        .report(
+            &account,
+            json!({"succeeded": {"outputs": outputs_for(&account)}}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let bucket = next_task(&cp, "ObjectStorageBucket/assets").await;
+    let failure = json!({"failed": {"code": "AccessDenied", "message": "s3:CreateBucket denied", "retryable": false}});
+    assert_eq!(cp.report(&bucket, failure.clone()).await.0, 200);
+    cp.wait_until("the bucket failed", |p| {
+        p["ObjectStorageBucket/assets"] == "FAILED"
+    })
+    .await;
+    // A FAILED object stays failed: nothing more is handed out on its own.
+    assert!(cp.lease("test-agent", 50, 0).await.is_empty());
+
+    // Refusals: unknown object, wrong phase, bad name; nothing is queued by them.
+    let vars = |k: &str, n: &str| json!({"k": k, "n": n});
+    let body = cp.gql(RETRY, vars("ObjectStorageBucket", "nope")).await;
+    assert_eq!(error_code(&body).as_deref(), Some("NOT_FOUND"), "{body}");
+    let body = cp.gql(RETRY, vars("AwsAccount", "main")).await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+    assert_eq!(
+        body["errors"][0]["message"],
+        "only a FAILED object can be retried; AwsAccount/main is READY"
+    );
+    let body = cp.gql(RETRY, vars("ObjectStorageBucket", "")).await;
+    assert_eq!(
+        error_code(&body).as_deref(),
+        Some("INVALID_INPUT"),
+        "{body}"
+    );
+    assert!(cp.lease("test-agent", 50, 0).await.is_empty());
+
+    // Re-applying the unchanged spec of a FAILED object retries it too (how a pipeline asks).
+    cp.apply_ok(BUCKET_APP).await;
+    let reapplied = next_task(&cp, "ObjectStorageBucket/assets").await;
+    assert_eq!(reapplied["attempt"], 1, "{reapplied}");
+    assert_eq!(reapplied["payload"], bucket["payload"], "the same inputs");
+    assert_eq!(cp.report(&reapplied, failure.clone()).await.0, 200);
+    cp.wait_until("the bucket failed again", |p| {
+        p["ObjectStorageBucket/assets"] == "FAILED"
+    })
+    .await;
+
+    // Retry: the same work again, from the first attempt, and this time it works.
+    let retried = cp
+        .gql_ok(RETRY, vars("ObjectStorageBucket", "assets"))
+        .await;
+    assert_eq!(retried["retry"]["name"], "assets");
+    assert_eq!(retried["retry"]["phase"], "PROVISIONING", "{retried}");
+    let again = next_task(&cp, "ObjectStorageBucket/assets").await;
+    assert_eq!(again["attempt"], 1, "{again}");
+    assert_eq!(again["payload"], bucket["payload"], "the same inputs");
+    assert_eq!(again["generation"], bucket["generation"]);
+    assert_eq!(
+        cp.report(
+            &again,
+            json!({"succeeded": {"outputs": outputs_for(&again)}})
+        )
+        .await
+        .0,
+        200
+    );
+    cp.wait_until("the bucket is ready", |p| {
+        p["ObjectStorageBucket/assets"] == "READY"
+    })
+    .await;
+
+    // Refresh: the agent is asked to check it again and what it reads back becomes the outputs.
+    let refreshed = cp
+        .gql_ok(REFRESH, vars("ObjectStorageBucket", "assets"))
+        .await;
+    assert_eq!(refreshed["refresh"]["name"], "assets");
+    let check = next_task(&cp, "ObjectStorageBucket/assets").await;
+    let mut observed = outputs_for(&check);
+    observed["endpoint"] = json!("https://assets.s3.eu-west-1.example");
+    assert_eq!(
+        cp.report(&check, json!({"succeeded": {"outputs": observed}}))
+            .await
+            .0,
+        200
+    );
+    for _ in 0..600 {
+        let o = cp.object("ObjectStorageBucket", "assets").await;
+        if o["phase"] == "READY"
+            && o["outputs"]["endpoint"] == "https://assets.s3.eu-west-1.example"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let o = cp.object("ObjectStorageBucket", "assets").await;
+    assert_eq!(o["phase"], "READY", "{o}");
+    assert_eq!(
+        o["outputs"]["endpoint"],
+        "https://assets.s3.eu-west-1.example"
+    );
+    // A refresh of the account it uses: handed out too, and it all settles READY.
+    let body = cp.gql(REFRESH, vars("AwsAccount", "main")).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let account_again = next_task(&cp, "AwsAccount/main").await;
+    assert_eq!(
+        cp.report(
+            &account_again,
+            json!({"succeeded": {"outputs": outputs_for(&account_again)}})
+        )
+        .await
+        .0,
+        200
+    );
+    cp.wait_ready(2).await;
+    let reasons: Vec<&str> = o["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    assert!(reasons.contains(&"RetryRequested"), "{reasons:?}");
+    assert!(reasons.contains(&"RefreshRequested"), "{reasons:?}");
+    let messages = o["events"].to_string();
+    assert!(messages.contains("retry requested by admin"), "{messages}");
+    assert!(messages.contains("(re-applied unchanged)"), "{messages}");
+
+    // A refresh of an object on its way out is refused.
+    cp.gql_ok(
+        "mutation { delete(kind: \"ObjectStorageBucket\", name: \"assets\") { applied } }",
+        json!({}),
+    )
+    .await;
+    let body = cp.gql(REFRESH, vars("ObjectStorageBucket", "assets")).await;
+    assert_eq!(error_code(&body).as_deref(), Some("CONFLICT"), "{body}");
+}
