@@ -85,7 +85,7 @@ pub async fn rerun(
         Rerun::Retry => ("RetryRequested", format!("retry requested by {actor}")),
         Rerun::Refresh => ("RefreshRequested", format!("refresh requested by {actor}")),
     };
-    let row = restart(&mut *tx, row, reason, &message)
+    let row = restart(&mut tx, row, reason, &message)
         .await
         .map_err(internal)?;
     tx.commit().await.map_err(ApiError::from)?;
