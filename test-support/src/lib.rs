@@ -1,13 +1,15 @@
 //! What Qleet's test suites and benchmarks share instead of copying: a fresh database per test
 //! ([`db`]), a standalone control plane with GraphQL, agent-API and wait-for-phase helpers
 //! ([`cp`]), the `qleet-control-plane` binary for tests that run real processes
-//! ([`control_plane_binary`]), and (feature `kube`) an in-memory Kubernetes API server behind
-//! kube's mock with strict manifest checks ([`kube`]).
+//! ([`control_plane_binary`], and [`workspace_binary`] for the others), moto on loopback
+//! ([`moto`]), and (feature `kube`) an in-memory Kubernetes API server behind kube's mock with
+//! strict manifest checks ([`kube`]).
 
 pub mod cp;
 pub mod db;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod moto;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -21,37 +23,56 @@ pub fn error_code(body: &Value) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// The `qleet-control-plane` binary of this build (the directory cargo put the running test
-/// binary's profile in), built once with cargo if a test run has not built it already (as
-/// `cargo test -p qleet` alone does not).
+/// The `qleet-control-plane` binary of this build, brought up to date with cargo once per test
+/// binary (it has no features, so after `cargo test --workspace` this is a quick no-op, and a
+/// `cargo test -p qleet` alone still runs a current control plane).
 pub fn control_plane_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("test binary path");
-            // target/<profile>/deps/<test binary> → target/<profile>
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("test binary under target/<profile>/deps");
-            let binary = profile_dir.join("qleet-control-plane");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-            let mut build = std::process::Command::new(cargo);
-            build.args(["build", "--quiet", "-p", "qleet-control-plane", "--bin"]);
-            build.arg("qleet-control-plane");
-            if profile_dir.file_name().is_some_and(|p| p == "release") {
-                build.arg("--release");
-            }
-            if let Some(target_dir) = profile_dir.parent() {
-                build.env("CARGO_TARGET_DIR", target_dir);
-            }
-            // Up to date already after `cargo test --workspace`; then this is a quick no-op.
-            let status = build
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo to build qleet-control-plane");
-            assert!(status.success(), "building qleet-control-plane failed");
-            binary
-        })
+        .get_or_init(|| build_binary("qleet-control-plane", "qleet-control-plane"))
         .clone()
+}
+
+/// The binary `bin` of workspace package `package` in this build (the directory cargo put the
+/// running test binary's profile in). `cargo test --workspace` (the README's command) builds
+/// every binary first; when it is missing (a `cargo test -p` of another crate) it is built
+/// here. An existing one is used as it is: rebuilding `qleet` with other features than the
+/// test run's would cost minutes, so after changing another crate, run `--workspace`.
+pub fn workspace_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let binary = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary under target/<profile>/deps")
+        .join(bin);
+    if binary.exists() {
+        return binary;
+    }
+    build_binary(package, bin)
+}
+
+/// Builds `bin` of `package` with cargo into this test run's profile directory.
+fn build_binary(package: &str, bin: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test binary> → target/<profile>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary under target/<profile>/deps");
+    let binary = profile_dir.join(bin);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet", "-p", package, "--bin", bin]);
+    if profile_dir.file_name().is_some_and(|p| p == "release") {
+        build.arg("--release");
+    }
+    if let Some(target_dir) = profile_dir.parent() {
+        build.env("CARGO_TARGET_DIR", target_dir);
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap_or_else(|e| panic!("run cargo to build {bin}: {e}"));
+    assert!(status.success(), "building {bin} failed");
+    binary
 }

@@ -17,30 +17,17 @@ use qleet_protocol::LeasedTask;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use qleet_test_support::moto::MotoServer;
+
 /// The account moto pretends to be.
 pub const ACCOUNT: &str = "123456789012";
 pub const REGION: &str = "eu-west-1";
 pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/qleet";
 
-/// Where `scripts/lib.sh`'s `ensure_moto` installs moto.
-fn moto_server() -> PathBuf {
-    if let Some(p) = std::env::var_os("QLEET_MOTO_SERVER") {
-        return PathBuf::from(p);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv/bin/moto_server")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A moto server of its own, killed when dropped.
+/// A moto server of its own (killed when dropped), with SDK clients for the checks.
 pub struct Moto {
     pub url: String,
-    _child: tokio::process::Child,
+    _server: MotoServer,
 }
 
 impl Moto {
@@ -55,36 +42,11 @@ impl Moto {
     }
 
     async fn spawn(no_auth_calls: Option<u32>) -> Moto {
-        let bin = moto_server();
-        assert!(
-            bin.exists(),
-            "moto is missing at {}: run scripts/test.sh once (or `source scripts/lib.sh && ensure_moto`)",
-            bin.display()
-        );
-        let port = free_port();
-        let mut cmd = tokio::process::Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
-        if let Some(n) = no_auth_calls {
-            cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
+        let server = MotoServer::spawn(no_auth_calls).await;
+        Moto {
+            url: server.url.clone(),
+            _server: server,
         }
-        let child = cmd.spawn().expect("start moto_server");
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http
-                .get(format!("{url}/moto-api/data.json"))
-                .send()
-                .await
-                .is_ok()
-            {
-                return Moto { url, _child: child };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("moto_server did not answer on {url}");
     }
 
     /// An SDK configuration that talks to this moto with `key`/`secret`.
