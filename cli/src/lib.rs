@@ -133,10 +133,11 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
-    /// Retry a failed object now (not yet offered by the control plane's API).
-    Retry(objects::TargetArgs),
-    /// Re-read an object from the cloud now (not yet offered by the control plane's API).
-    Refresh(objects::TargetArgs),
+    /// Retry a FAILED object now, from its first attempt.
+    Retry(objects::RerunArgs),
+    /// Have the agent check a READY or FAILED object against the cloud again: what was deleted
+    /// behind Qleet's back is made again, its outputs are read back.
+    Refresh(objects::RerunArgs),
     /// Tenant agents of the current control plane.
     #[command(subcommand)]
     Agent(objects::AgentCommand),
@@ -320,8 +321,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Watch(a) => objects::watch(&ctx, a).await,
         Command::Graph(a) => objects::graph(&ctx, a).await,
         Command::Audit { limit } => manage::audit(&ctx, limit).await,
-        Command::Retry(a) => objects::unsupported(&ctx, a, "retry").await,
-        Command::Refresh(a) => objects::unsupported(&ctx, a, "refresh").await,
+        Command::Retry(a) => objects::rerun(&ctx, a, "retry").await,
+        Command::Refresh(a) => objects::rerun(&ctx, a, "refresh").await,
         Command::Agent(c) => objects::agent(&ctx, c).await,
     }
 }

@@ -43,6 +43,16 @@ pub struct TargetArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct RerunArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Wait until it is Ready again (at most TIMEOUT, default 10m); exit 1 if it ends FAILED
+    /// or time runs out.
+    #[arg(long, num_args = 0..=1, default_missing_value = "10m", require_equals = true, value_parser = parse_duration)]
+    wait: Option<Duration>,
+}
+
+#[derive(Args, Debug)]
 pub struct GetArgs {
     /// A kind, `Kind/name`, or nothing for every object.
     target: Option<String>,
@@ -804,14 +814,37 @@ pub async fn graph(ctx: &Ctx, args: GraphArgs) -> Result<()> {
     Ok(())
 }
 
-/// `retry` and `refresh`: the control plane's API has no such mutation yet; say so (exit 1)
-/// after checking the object exists, so the message is about the missing feature.
-pub async fn unsupported(ctx: &Ctx, args: TargetArgs, what: &str) -> Result<()> {
-    let (kind, name) = parse_target(&args.target, args.name.as_deref())?;
-    let _ = (ctx, kind, name);
-    Err(Failure::failed(format!(
-        "`{what}` is not available: the control plane's GraphQL API has no {what} mutation yet (it retries failed objects with backoff by itself; re-apply to force a new generation)"
-    )))
+/// `retry` (a FAILED object tries again from its first attempt) and `refresh` (the agent
+/// checks a READY or FAILED object against the cloud again, re-making what was deleted behind
+/// Qleet's back and reading its outputs back): `mutation` names the control plane's mutation.
+pub async fn rerun(ctx: &Ctx, args: RerunArgs, mutation: &str) -> Result<()> {
+    let (kind, name) = parse_target(&args.target.target, args.target.name.as_deref())?;
+    let cp = ctx.control_plane().await?;
+    let live = match args.wait {
+        Some(_) => subscribe(ctx, &cp, Some(&kind), Some(&name)).await,
+        None => None,
+    };
+    let data = ctx
+        .client
+        .control_plane(
+            &cp,
+            &format!(
+                "mutation($k: String!, $n: String!) {{ {mutation}(kind: $k, name: $n) {{ kind name phase message }} }}"
+            ),
+            json!({ "k": kind, "n": name }),
+        )
+        .await?;
+    let object = &data[mutation];
+    output::print_or(
+        ctx.format,
+        object,
+        &format!("{kind}/{name}: {}", output::cell(&object["message"])),
+    );
+    if let Some(timeout) = args.wait {
+        let targets = BTreeMap::from([((kind, name), Want::Ready)]);
+        wait_for(ctx, &cp, targets, timeout, live).await?;
+    }
+    Ok(())
 }
 
 pub async fn agent(ctx: &Ctx, cmd: AgentCommand) -> Result<()> {
