@@ -46,16 +46,17 @@ fn location(resp: &reqwest::Response) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organisation() {
-    let (app, _provider) = app_with_provider().await;
-    // The browser: one cookie jar, redirects followed by hand.
-    let browser = reqwest::Client::builder()
+/// A browser: one cookie jar, redirects followed by hand.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .expect("client");
+        .expect("client")
+}
 
+/// Starts `qleetctl login --no-browser`; answers the running CLI and the URL it prints.
+pub async fn start_cli_login(app: &TestApp) -> (tokio::process::Child, String) {
     let mut cli = command(&app.config_dir);
     cli.args([
         "login",
@@ -69,21 +70,19 @@ async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organis
     .stderr(Stdio::piped());
     let mut child = cli.spawn().expect("spawn qleetctl login");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut start = None;
     while let Some(line) = stderr.next_line().await.expect("read") {
         if line.starts_with("http") {
-            start = Some(line);
-            break;
+            return (child, line);
         }
     }
-    let start = start.expect("qleetctl prints the sign-in URL");
-    assert!(
-        start.starts_with(&format!("{}/auth/cli?port=", app.url)),
-        "{start}"
-    );
+    panic!("qleetctl login printed no sign-in URL");
+}
 
+/// Opens the CLI's sign-in URL `start` in `browser` and signs `user` in at the test OpenID
+/// provider (id `test`); answers where Qleet sends the browser back to (the CLI page).
+pub async fn sign_in(browser: &reqwest::Client, app: &TestApp, start: &str, user: &str) -> String {
     // Not signed in yet: Qleet's sign-in first, then back to the CLI page.
-    let resp = browser.get(&start).send().await.expect("cli page");
+    let resp = browser.get(start).send().await.expect("cli page");
     assert_eq!(resp.status(), 303);
     let signin = location(&resp);
     assert!(
@@ -99,7 +98,7 @@ async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organis
     assert_eq!(resp.status(), 303);
     let callback = authorize(
         &location(&resp),
-        "alice",
+        user,
         &format!("{}/auth/callback/test", app.url),
     )
     .await
@@ -108,19 +107,101 @@ async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organis
     assert_eq!(resp.status(), 303);
     let back = location(&resp);
     assert!(back.starts_with("/auth/cli?port="), "{back}");
+    back
+}
 
-    // Alice needs an organisation; she makes one in the same browser session.
+/// Creates organisation `slug` in `browser`'s session.
+pub async fn create_org(browser: &reqwest::Client, app: &TestApp, slug: &str) {
     let made: serde_json::Value = browser
         .post(format!("{}/graphql", app.url))
         .header("origin", &app.url)
-        .json(&json!({"query": "mutation { createOrganization(slug: \"acme\", name: \"Acme\") { slug } }"}))
+        .json(&json!({
+            "query": "mutation($s: String!) { createOrganization(slug: $s, name: $s) { slug } }",
+            "variables": {"s": slug},
+        }))
         .send()
         .await
         .expect("create org")
         .json()
         .await
         .expect("json");
-    assert_eq!(made["data"]["createOrganization"]["slug"], "acme", "{made}");
+    assert_eq!(made["data"]["createOrganization"]["slug"], slug, "{made}");
+}
+
+/// The hidden fields of the CLI page's confirmation form: csrf, port, state.
+pub fn form_fields(html: &str) -> (String, String, String) {
+    let field = |name: &str| -> String {
+        let marker = format!("name=\"{name}\" value=\"");
+        let at = html
+            .find(&marker)
+            .unwrap_or_else(|| panic!("no {name} in {html}"))
+            + marker.len();
+        html[at..].split('"').next().expect("value").to_owned()
+    };
+    (field("csrf"), field("port"), field("state"))
+}
+
+/// Posts the CLI page's confirmation form for `org`; answers the response.
+pub async fn confirm(
+    browser: &reqwest::Client,
+    app: &TestApp,
+    (csrf, port, state): (&str, &str, &str),
+    org: &str,
+) -> reqwest::Response {
+    browser
+        .post(format!("{}/auth/cli", app.url))
+        .header("origin", &app.url)
+        .form(&[
+            ("csrf", csrf),
+            ("port", port),
+            ("state", state),
+            ("org", org),
+        ])
+        .send()
+        .await
+        .expect("confirm")
+}
+
+/// `qleetctl login` through the browser, start to end, as `user` of a new organisation `org`
+/// (the test plays the browser). Answers what the CLI printed.
+pub async fn login_through_the_browser(app: &TestApp, user: &str, org: &str) -> String {
+    let browser = browser();
+    let (child, start) = start_cli_login(app).await;
+    let back = sign_in(&browser, app, &start, user).await;
+    create_org(&browser, app, org).await;
+    let html = browser
+        .get(format!("{}{back}", app.url))
+        .send()
+        .await
+        .expect("confirm page")
+        .text()
+        .await
+        .expect("html");
+    let (csrf, port, state) = form_fields(&html);
+    let resp = confirm(&browser, app, (&csrf, &port, &state), org).await;
+    assert_eq!(resp.status(), 303);
+    let done = browser.get(location(&resp)).send().await.expect("hand-off");
+    assert_eq!(done.status(), 200);
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("login finishes")
+        .expect("output");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organisation() {
+    let (app, _provider) = app_with_provider().await;
+    let browser = browser();
+    let (child, start) = start_cli_login(&app).await;
+    assert!(
+        start.starts_with(&format!("{}/auth/cli?port=", app.url)),
+        "{start}"
+    );
+    let back = sign_in(&browser, &app, &start, "alice").await;
+    // Alice needs an organisation; she makes one in the same browser session.
+    create_org(&browser, &app, "acme").await;
 
     let page = browser
         .get(format!("{}{back}", app.url))
@@ -139,29 +220,10 @@ async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organis
         html.contains("alice@example.test") && html.contains("value=\"acme\""),
         "{html}"
     );
-    let field = |name: &str| -> String {
-        let marker = format!("name=\"{name}\" value=\"");
-        let at = html
-            .find(&marker)
-            .unwrap_or_else(|| panic!("no {name} in {html}"))
-            + marker.len();
-        html[at..].split('"').next().expect("value").to_owned()
-    };
-    let (csrf, port, state) = (field("csrf"), field("port"), field("state"));
+    let (csrf, port, state) = form_fields(&html);
 
     // A forged confirmation (wrong CSRF token) mints nothing.
-    let forged = browser
-        .post(format!("{}/auth/cli", app.url))
-        .header("origin", &app.url)
-        .form(&[
-            ("csrf", "nope"),
-            ("port", port.as_str()),
-            ("state", state.as_str()),
-            ("org", "acme"),
-        ])
-        .send()
-        .await
-        .expect("forged");
+    let forged = confirm(&browser, &app, ("nope", &port, &state), "acme").await;
     assert_eq!(forged.status(), 403);
 
     // A callback with another state is refused by the CLI, which keeps waiting.
@@ -172,18 +234,7 @@ async fn login_through_the_browser_stores_a_private_token_for_the_chosen_organis
     .expect("wrong state");
     assert_eq!(wrong.status(), 400);
 
-    let resp = browser
-        .post(format!("{}/auth/cli", app.url))
-        .header("origin", &app.url)
-        .form(&[
-            ("csrf", csrf.as_str()),
-            ("port", port.as_str()),
-            ("state", state.as_str()),
-            ("org", "acme"),
-        ])
-        .send()
-        .await
-        .expect("confirm");
+    let resp = confirm(&browser, &app, (&csrf, &port, &state), "acme").await;
     assert_eq!(resp.status(), 303);
     let handoff = location(&resp);
     assert!(

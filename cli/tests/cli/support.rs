@@ -32,6 +32,18 @@ impl Drop for TestApp {
     }
 }
 
+impl TestApp {
+    /// A Qleet running elsewhere (e.g. a `qleet dev` child process) at `url`, with `config_dir`
+    /// for `qleetctl`.
+    pub fn external(url: String, config_dir: PathBuf) -> TestApp {
+        TestApp {
+            url,
+            config_dir,
+            shutdown: None,
+        }
+    }
+}
+
 /// Starts Qleet (dev mode, process driver) on `listener`, customised by `customize`.
 pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)) -> TestApp {
     qleet::telemetry::init_logging(LogFormat::Pretty);

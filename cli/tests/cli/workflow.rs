@@ -47,6 +47,15 @@ spec:
     - {name: DB_PASSWORD, valueFrom: {object: RelationalDatabase/db, output: password}}
 "#;
 
+#[test]
+fn the_tests_apply_the_readmes_worked_example_word_for_word() {
+    let readme = include_str!("../../../README.md");
+    assert!(
+        readme.contains(&format!("```yaml\n{APP}```")),
+        "README.md's worked example and cli/tests/cli/workflow.rs's APP differ"
+    );
+}
+
 /// Completes every task the control plane queues, as a well-behaved agent would, until
 /// `stop` is set.
 async fn play_agent(
@@ -227,6 +236,8 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
         5,
         "{text}"
     );
+    // Every output format, pinned (snapshots/).
+    crate::snapshots::outputs(&app, APP, &dir).await;
     let db = run(&app, &["get", "RelationalDatabase/db", "-o", "json"])
         .await
         .json();
@@ -265,9 +276,23 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
     let tree = run(&app, &["graph"]).await;
     assert!(tree.ok().starts_with("Workload/web (READY)\n"), "{tree:?}");
 
-    // What the API does not offer says so, exit 1.
+    // Retry is for FAILED objects only: one line with the code, exit 1. Refresh has the
+    // agent check the workload again; --wait follows it back to READY.
     let out = run(&app, &["retry", "Workload/web"]).await;
-    assert!(out.fails(1).contains("no retry mutation"), "{out:?}");
+    assert!(
+        out.fails(1)
+            .contains("CONFLICT: only a FAILED object can be retried; Workload/web is READY"),
+        "{out:?}"
+    );
+    let out = run(&app, &["refresh", "Workload/web", "--wait=60s"]).await;
+    let text = out.ok();
+    assert!(
+        text.starts_with("Workload/web: refresh requested by "),
+        "{out:?}"
+    );
+    assert!(text.contains("Workload/web  READY"), "{out:?}");
+    let out = run(&app, &["refresh", "Workload/nope"]).await;
+    assert!(out.fails(1).contains("NOT_FOUND"), "{out:?}");
 
     // Agents.
     let reg = run(&app, &["agent", "token"]).await;
