@@ -92,6 +92,7 @@ impl Application {
             hibernate_after: config.hibernate_after,
             admin_url,
             export_dir: config.data_dir.join("exports"),
+            instance: uuid::Uuid::new_v4(),
         });
         let state = AppState {
             oidc: Arc::new(Providers::new(&config.oidc_providers)?),
@@ -130,7 +131,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
-        let revocations = tokio::spawn(self.state.revocations.clone().listen());
+        let listener = tokio::spawn(self.state.revocations.clone().listen());
         let lifecycle = tokio::spawn(fleet::lifecycle::run(
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
@@ -139,6 +140,13 @@ impl Application {
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
         ));
+        // On the signal, live streams and agents' long-polls end at once (they reconnect); the
+        // other requests in flight drain.
+        let revocations = self.state.revocations.clone();
+        let shutdown = async move {
+            shutdown.await;
+            revocations.shut_down();
+        };
         let served = axum::serve(
             self.listener,
             self.router
@@ -148,7 +156,7 @@ impl Application {
         .await
         .context("HTTP server failed");
         cleanup.abort();
-        revocations.abort();
+        listener.abort();
         billing.abort();
         lifecycle.abort();
         let _ = lifecycle.await;

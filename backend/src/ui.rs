@@ -226,6 +226,12 @@ async fn server_fn_status(mut req: Request<Body>, next: Next) -> Response {
     };
     if let Some(status) = status {
         parts.status = status;
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            parts.headers.insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(crate::error::RETRY_AFTER_SECS),
+            );
+        }
     }
     Response::from_parts(parts, Body::from(body))
 }
@@ -241,9 +247,10 @@ fn status_of_code(code: &str) -> Option<StatusCode> {
         "CONFLICT" => StatusCode::CONFLICT,
         "SUBSCRIPTION_PAST_DUE" => StatusCode::PAYMENT_REQUIRED,
         // `ApiError::Unavailable`'s codes: retry later.
-        "CONTROL_PLANE_UNREACHABLE" | "STRIPE_UNAVAILABLE" | "BILLING_NOT_CONFIGURED" => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        "UNAVAILABLE"
+        | "CONTROL_PLANE_UNREACHABLE"
+        | "STRIPE_UNAVAILABLE"
+        | "BILLING_NOT_CONFIGURED" => StatusCode::SERVICE_UNAVAILABLE,
         _ => return None,
     })
 }

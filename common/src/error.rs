@@ -99,10 +99,54 @@ impl ApiError {
     }
 }
 
+/// The code of [`ApiError::Unavailable`] when the database cannot answer for now.
+pub const UNAVAILABLE: &str = "UNAVAILABLE";
+
+/// How long a client is told to wait (`Retry-After`, seconds) before retrying an
+/// [`ApiError::Unavailable`] answer.
+pub const RETRY_AFTER_SECS: u32 = 1;
+
+/// Whether a database failure is transient, so the same request is worth retrying as it is: the
+/// server cannot be reached or is restarting, the pool has no connection to give, or the
+/// transaction lost a serialization race or a deadlock.
+pub fn is_retryable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 40001 serialization failure; 40P01 deadlock;
+            // 53300 too many connections; 57P01-57P03 shutting down or starting up.
+            code.starts_with("08")
+                || matches!(
+                    &*code,
+                    "40001" | "40P01" | "53300" | "57P01" | "57P02" | "57P03"
+                )
+        }),
+        _ => false,
+    }
+}
+
+/// The answer for a transient database failure: `UNAVAILABLE`, retry shortly.
+fn database_unavailable(err: &sqlx::Error) -> ApiError {
+    tracing::warn!(error = %err, "database unavailable; the caller is told to retry");
+    ApiError::Unavailable {
+        code: UNAVAILABLE,
+        message: "the database is briefly unavailable; retry in a moment".into(),
+    }
+}
+
 /// Turns any unexpected failure into [`ApiError::Internal`], logging the whole cause chain once
-/// inside the current (request) span.
+/// inside the current (request) span. A transient database failure anywhere in the chain is
+/// [`ApiError::Unavailable`] instead: the caller should retry, not report a bug.
 pub fn internal(err: impl Into<anyhow::Error>) -> ApiError {
     let source = err.into();
+    if let Some(db) = source
+        .chain()
+        .find_map(|e| e.downcast_ref::<sqlx::Error>())
+        .filter(|db| is_retryable(db))
+    {
+        return database_unavailable(db);
+    }
     let request_id = crate::telemetry::current_request_id();
     tracing::error!(error = format!("{source:#}"), request.id = %request_id, "internal error");
     ApiError::Internal { request_id, source }
@@ -128,6 +172,9 @@ impl From<UnknownRole> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        if is_retryable(&err) {
+            return database_unavailable(&err);
+        }
         internal(err)
     }
 }
@@ -142,6 +189,9 @@ impl ErrorExtensions for ApiError {
             }
             if let ApiError::Internal { request_id, .. } = self {
                 e.set("requestId", request_id.as_str());
+            }
+            if let ApiError::Unavailable { .. } = self {
+                e.set("retryAfterSeconds", RETRY_AFTER_SECS);
             }
             if let ApiError::QuotaExceeded {
                 limit,
@@ -178,7 +228,14 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
             serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
-        (self.status(), axum::Json(body)).into_response()
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let ApiError::Unavailable { .. } = self {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+            );
+        }
+        response
     }
 }
 

@@ -866,6 +866,7 @@ async fn lease(
         max: Some(max),
         wait_seconds: Some(wait_seconds),
         lease_seconds: Some(LEASE_SECONDS),
+        holding: None,
     };
     let answer: LeaseResponse = call(http, url, "tasks/lease", Some(agent), &req).await?;
     Ok(answer.tasks)

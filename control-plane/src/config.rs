@@ -70,6 +70,11 @@ pub struct ControlPlaneArgs {
         hide = true
     )]
     pub crash_at: Option<String>,
+    /// Stop (gracefully) when standard input reaches its end: the management plane's process
+    /// driver holds the other end of a pipe, so a control plane never outlives its supervisor,
+    /// even one killed with SIGKILL, and closing the pipe is how it asks for a clean stop.
+    #[arg(long, env = "QLEET_CP_STOP_ON_STDIN_EOF", hide = true)]
+    pub stop_on_stdin_eof: bool,
 }
 
 /// How a control plane authenticates its callers.
@@ -93,6 +98,8 @@ pub struct ControlPlaneConfig {
     pub crash_at: Option<String>,
     /// Benchmarks only: poll every this long instead of waking on notifications.
     pub poll_interval: Option<std::time::Duration>,
+    /// Stop when standard input ends (see [`ControlPlaneArgs::stop_on_stdin_eof`]).
+    pub stop_on_stdin_eof: bool,
 }
 
 impl ControlPlaneConfig {
@@ -127,6 +134,7 @@ impl ControlPlaneConfig {
             log_format: args.log_format,
             crash_at: args.crash_at,
             poll_interval: args.poll_ms.map(std::time::Duration::from_millis),
+            stop_on_stdin_eof: args.stop_on_stdin_eof,
         })
     }
 }

@@ -142,6 +142,12 @@ impl Application {
         for _ in 0..workers {
             background.spawn(crate::objects::reconcile::worker(self.engine.clone()));
         }
+        // On the signal, agents' long-polls answer at once; other requests in flight drain.
+        let stopping = self.engine.stopping.clone();
+        let shutdown = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await

@@ -53,8 +53,33 @@ async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let stdin_ends = config.stop_on_stdin_eof.then(stdin_closed).transpose()?;
     let app = Application::build(config, listener).await?;
     tracing::info!(addr = %app.local_addr()?, "control plane serving");
-    app.run_until(qleet_common::shutdown::shutdown_signal())
-        .await
+    app.run_until(async move {
+        match stdin_ends {
+            Some(closed) => tokio::select! {
+                () = qleet_common::shutdown::shutdown_signal() => {}
+                () = closed => tracing::info!("standard input closed (the supervisor is gone or asked us to stop); shutting down"),
+            },
+            None => qleet_common::shutdown::shutdown_signal().await,
+        }
+    })
+    .await
+}
+
+/// Resolves when standard input, a pipe from the supervisor, reaches its end (or fails).
+fn stdin_closed() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use std::os::fd::AsFd as _;
+    use tokio::io::AsyncReadExt as _;
+    let fd = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("cannot take standard input")?;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+        .context("QLEET_CP_STOP_ON_STDIN_EOF needs standard input to be a pipe")?;
+    Ok(async move {
+        let mut buf = [0u8; 64];
+        while matches!(pipe.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
 }

@@ -84,6 +84,13 @@ pub struct LeaseRequest {
     /// How long the lease lasts unless renewed (10 to 600 s; default 60).
     #[serde(default)]
     pub lease_seconds: Option<u32>,
+    /// The tasks this agent is working on now (at most 200). When given, any other task still
+    /// leased to this agent (an answer that never arrived, or a lease held by the agent's previous
+    /// process) is handed back first, under a new lease, instead of waiting for it to expire. An
+    /// agent's identity is one process: a second process with the same credential would take the
+    /// first one's leases.
+    #[serde(default)]
+    pub holding: Option<Vec<Uuid>>,
 }
 
 /// A task handed to an agent.

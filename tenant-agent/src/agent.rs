@@ -3,9 +3,10 @@
 //! reported (retried until the control plane has them), reconnection with jittered exponential
 //! backoff, and a graceful shutdown that finishes running tasks or gives their leases back.
 
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use qleet_protocol::{LeasedTask, TaskEvent, TaskResult};
@@ -78,6 +79,9 @@ pub async fn run(
     let (fatal_tx, mut fatal_rx) = watch::channel(None::<String>);
     let running = Arc::new(AtomicU32::new(0));
     let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
+    // The tasks being worked on, sent with each lease call so the control plane hands back any
+    // other lease still in this agent's name at once.
+    let holding = Arc::new(Mutex::new(HashSet::new()));
 
     let heartbeat = tokio::spawn(heartbeats(
         client.clone(),
@@ -101,7 +105,7 @@ pub async fn run(
         };
         let free = 1 + slots.available_permits() as u32;
         let leased = tokio::select! {
-            r = client.lease(free, settings.wait_seconds, settings.lease_seconds) => r,
+            r = client.lease(free, settings.wait_seconds, settings.lease_seconds, held(&holding)) => r,
             () = &mut shutdown => { stopping = true; continue; }
             _ = fatal_rx.changed() => break,
         };
@@ -123,17 +127,21 @@ pub async fn run(
                     };
                     tracing::info!(task = %t.id, kind = %t.object_kind, name = %t.object_name,
                         operation = %t.operation, attempt = t.attempt, "task leased");
-                    let (client, ctx, running, cancel, lease) = (
+                    let (client, ctx, running, cancel, lease, holding) = (
                         client.clone(),
                         ctx.clone(),
                         running.clone(),
                         cancel_rx.clone(),
                         settings.lease_seconds,
+                        holding.clone(),
                     );
+                    let id = t.id;
+                    lock(&holding).insert(id);
                     workers.spawn(async move {
                         running.fetch_add(1, Ordering::SeqCst);
                         work(&client, &ctx, t, lease, cancel).await;
                         running.fetch_sub(1, Ordering::SeqCst);
+                        lock(&holding).remove(&id);
                         drop(permit);
                     });
                 }
@@ -175,6 +183,17 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+fn lock(holding: &Mutex<HashSet<uuid::Uuid>>) -> std::sync::MutexGuard<'_, HashSet<uuid::Uuid>> {
+    // Only inserts and removes happen under the lock: a poisoned set is still a valid set.
+    holding
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn held(holding: &Mutex<HashSet<uuid::Uuid>>) -> Vec<uuid::Uuid> {
+    lock(holding).iter().copied().collect()
 }
 
 async fn heartbeats(

@@ -161,11 +161,14 @@ impl Client {
         .await
     }
 
+    /// Leases up to `max` tasks; `holding` are the tasks this agent is running now, so any other
+    /// lease it still has (an answer lost on the way, a previous process's) comes back at once.
     pub async fn lease(
         &self,
         max: u32,
         wait_seconds: u32,
         lease_seconds: u32,
+        holding: Vec<Uuid>,
     ) -> Result<Vec<LeasedTask>, ClientError> {
         let r: LeaseResponse = self
             .post(
@@ -175,6 +178,7 @@ impl Client {
                     max: Some(max),
                     wait_seconds: Some(wait_seconds),
                     lease_seconds: Some(lease_seconds),
+                    holding: Some(holding),
                 },
             )
             .await?;

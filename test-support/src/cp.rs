@@ -24,7 +24,8 @@ pub struct Cp {
     pub db: String,
     pub id: Uuid,
     pub http: reqwest::Client,
-    _shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Cp {
@@ -41,17 +42,24 @@ impl Cp {
             db: db.to_owned(),
             id,
             http: reqwest::Client::new(),
-            _shutdown: None,
+            shutdown: None,
+            server: None,
         }
     }
 
     /// A standalone control plane in this process, with id `id`, on database `db`.
     pub async fn start_on(db: String, id: Uuid) -> Cp {
+        Cp::start_connecting(db.clone(), db, id).await
+    }
+
+    /// A standalone control plane on database `db` that connects to it with `connect` (the same
+    /// database through a [`crate::proxy::TcpProxy`], say); helpers query `db` directly.
+    pub async fn start_connecting(db: String, connect: String, id: Uuid) -> Cp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let config = ControlPlaneConfig {
             listen: listener.local_addr().expect("addr"),
-            database_url: SecretString::from(db.clone()),
+            database_url: SecretString::from(connect),
             id,
             auth: ControlPlaneAuth::Standalone {
                 admin_token_hash: qleet_common::secrets::hash_secret(ADMIN),
@@ -59,12 +67,13 @@ impl Cp {
             log_format: LogFormat::Pretty,
             crash_at: None,
             poll_interval: None,
+            stop_on_stdin_eof: false,
         };
         let app = qleet_control_plane::Application::build(config, listener)
             .await
             .expect("control plane");
         let (tx, rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(app.run_until(async {
+        let server = tokio::spawn(app.run_until(async {
             let _ = rx.await;
         }));
         Cp {
@@ -72,8 +81,16 @@ impl Cp {
             db,
             id,
             http: reqwest::Client::new(),
-            _shutdown: Some(tx),
+            shutdown: Some(tx),
+            server: Some(server),
         }
+    }
+
+    /// Starts an in-process control plane's graceful shutdown, as SIGTERM does; the handle
+    /// resolves once its server has stopped. `None` for a [`Cp::remote`] one.
+    pub fn shut_down(&mut self) -> Option<tokio::task::JoinHandle<anyhow::Result<()>>> {
+        let _ = self.shutdown.take()?.send(());
+        self.server.take()
     }
 
     pub async fn gql(&self, query: &str, variables: Value) -> Value {

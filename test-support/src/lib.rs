@@ -2,7 +2,7 @@
 //! ([`db`]), a standalone control plane with GraphQL, agent-API and wait-for-phase helpers
 //! ([`cp`]), the `qleet-control-plane` binary for tests that run real processes
 //! ([`control_plane_binary`], and [`workspace_binary`] for the others), moto on loopback
-//! ([`moto`]), and (feature `kube`) an in-memory Kubernetes API server behind kube's mock with
+//! ([`moto`]), a TCP proxy that can cut a server off its database ([`proxy`]), and (feature `kube`) an in-memory Kubernetes API server behind kube's mock with
 //! strict manifest checks ([`kube`]).
 
 pub mod cp;
@@ -10,6 +10,7 @@ pub mod db;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod moto;
+pub mod proxy;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

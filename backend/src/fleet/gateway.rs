@@ -575,25 +575,45 @@ async fn forward_inner(
     if let Some(ip) = ip {
         upstream = upstream.header("x-forwarded-for", ip);
     }
-    let response = upstream.send().await.map_err(|e| ApiError::Unavailable {
-        code: "CONTROL_PLANE_UNREACHABLE",
-        message: format!(
-            "the control plane did not answer ({})",
-            if e.is_timeout() {
-                "timeout"
-            } else {
-                "connection failed"
-            }
-        ),
-    })?;
-    let status = response.status();
-    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = read_bounded(response).await?;
+    let exchange = async {
+        let response = upstream.send().await.map_err(|e| ApiError::Unavailable {
+            code: "CONTROL_PLANE_UNREACHABLE",
+            message: format!(
+                "the control plane did not answer ({})",
+                if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection failed"
+                }
+            ),
+        })?;
+        let status = response.status();
+        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+        Ok::<_, ApiError>((status, content_type, read_bounded(response).await?))
+    };
+    // An agent's long-poll must not hold a graceful shutdown up: it ends at once with
+    // `UNAVAILABLE` and the agent asks again (elsewhere, or here once restarted); a task leased
+    // in the meantime comes back to it on its next lease call. Other calls drain.
+    let (status, content_type, bytes) = if rest == "agent/v1/tasks/lease" {
+        tokio::select! {
+            answer = exchange => answer?,
+            () = state.revocations.stopping() => return Err(shutting_down()),
+        }
+    } else {
+        exchange.await?
+    };
     let mut out = (status, bytes).into_response();
     if let Some(ct) = content_type {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     Ok(out)
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::Unavailable {
+        code: crate::error::UNAVAILABLE,
+        message: "the server is restarting; retry in a moment".into(),
+    }
 }
 
 /// Runs a GraphQL request on a control plane as the principal `headers` name (the web UI's

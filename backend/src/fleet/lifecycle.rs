@@ -39,9 +39,16 @@ pub async fn run(pool: PgPool, services: Arc<Services>) {
 }
 
 /// Claims one control plane that needs work and moves it one step. Returns whether it did.
+/// How long a claim on a control plane lasts unless renewed. Short, so that when the process
+/// holding it dies another (or the same one, restarted) takes the work over within seconds.
+pub const LEASE: Duration = Duration::from_secs(6);
+
+/// How often a running step renews its claim (a third of [`LEASE`]).
+const RENEW_EVERY: Duration = Duration::from_secs(2);
+
 pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> {
     let claimed = query_control_planes!(
-        "update control_planes set locked_until = now() + interval '5 minutes'
+        "update control_planes set locked_until = now() + make_interval(secs => $1), locked_by = $2
          where id = (
              select id from control_planes
              where next_attempt_at <= now() and (locked_until is null or locked_until < now())
@@ -52,17 +59,23 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
              for update skip locked)
          returning ",
         "",
+        LEASE.as_secs_f64(),
+        services.instance,
     )
     .fetch_optional(pool)
     .await?;
     let Some(cp) = claimed else { return Ok(false) };
     let span = tracing::info_span!("control_plane", control_plane.id = %cp.id, status = %cp.status);
+    let renewing = tokio::spawn(renew(pool.clone(), cp.id, services.instance));
     let result = tracing::Instrument::instrument(advance(pool, services, &cp), span).await;
+    renewing.abort();
     match result {
         Ok(()) => {
             sqlx::query!(
-                "update control_planes set locked_until = null where id = $1",
+                "update control_planes set locked_until = null, locked_by = null
+                 where id = $1 and locked_by = $2",
                 cp.id,
+                services.instance,
             )
             .execute(pool)
             .await?;
@@ -75,7 +88,8 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
             };
             tracing::warn!(control_plane.id = %cp.id, error = %reason, "control-plane step failed; will retry");
             let row = sqlx::query!(
-                "update control_planes set locked_until = null, attempts = attempts + 1, status_reason = $2,
+                "update control_planes set locked_until = null, locked_by = null,
+                     attempts = attempts + 1, status_reason = $2,
                      next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '5 minutes'),
                      updated_at = now()
                  where id = $1 returning attempts, updated_at",
@@ -94,6 +108,29 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
         }
     }
     Ok(true)
+}
+
+/// Keeps this instance's claim on `id` alive while its step runs (aborted when it ends). A
+/// renewal that fails is retried at the next tick; if the claim lapses meanwhile another
+/// instance may take the step over, which is safe because every step is idempotent.
+async fn renew(pool: PgPool, id: Uuid, instance: Uuid) {
+    let mut every = tokio::time::interval(RENEW_EVERY);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let renewed = sqlx::query!(
+            "update control_planes set locked_until = now() + make_interval(secs => $3)
+             where id = $1 and locked_by = $2",
+            id,
+            instance,
+            LEASE.as_secs_f64(),
+        )
+        .execute(&pool)
+        .await;
+        if let Err(e) = renewed {
+            tracing::warn!(control_plane.id = %id, error = %e, "could not renew the claim; retrying");
+        }
+    }
 }
 
 async fn move_to(

@@ -266,6 +266,8 @@ pub struct Services {
     pub admin_url: secrecy::SecretString,
     /// Where a deleted control plane's database is exported (`pg_dump`) before it is dropped.
     pub export_dir: std::path::PathBuf,
+    /// This management-plane process, as the holder of worker leases.
+    pub instance: Uuid,
 }
 
 impl Services {

@@ -1,6 +1,7 @@
 //! The `process` runtime driver (default, and `qleet dev`): each control plane is a child
 //! process `qleet-control-plane` on a loopback port, supervised here: restarted with backoff
-//! when it dies, stopped on request, and killed with the management plane.
+//! when it dies, stopped on request (the end of its standard input, then SIGKILL after a grace
+//! period), and gone with the management plane, which holds that pipe open while it lives.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +14,9 @@ use uuid::Uuid;
 use super::driver::{
     BoxFuture, ControlPlaneSpec, DriverError, Endpoint, RuntimeDriver, RuntimeStatus,
 };
+
+/// How long a control plane asked to stop may take to drain before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the process driver.
 #[derive(Debug, Clone)]
@@ -59,9 +63,7 @@ impl ProcessDriver {
     /// Stops every child (on shutdown).
     pub async fn stop_all(&self) {
         let ids: Vec<Uuid> = self.running.lock().await.keys().copied().collect();
-        for id in ids {
-            let _ = self.stop_inner(id).await;
-        }
+        futures::future::join_all(ids.into_iter().map(|id| self.stop_inner(id))).await;
     }
 
     async fn stop_inner(&self, id: Uuid) -> Result<(), DriverError> {
@@ -145,7 +147,10 @@ async fn supervise(
                 "RUST_LOG",
                 std::env::var("QLEET_CP_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdin(std::process::Stdio::null())
+            // The child stops when this pipe ends: when it is closed here to stop it, or when
+            // the management plane dies, however it dies.
+            .env("QLEET_CP_STOP_ON_STDIN_EOF", "true")
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .kill_on_drop(true)
             .spawn();
@@ -155,12 +160,18 @@ async fn supervise(
                 if let Some(pid) = child.id() {
                     let _ = std::fs::write(&pid_file, pid.to_string());
                 }
+                let lifeline = child.stdin.take();
                 tokio::select! {
                     status = child.wait() => {
                         tracing::warn!(control_plane.id = %spec.id, status = ?status.ok(), "control plane exited; restarting");
                     }
                     () = stop_requested(&mut keep_running) => {
-                        let _ = child.kill().await;
+                        // A clean stop: the pipe's end, then a grace period, then SIGKILL.
+                        drop(lifeline);
+                        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
+                            tracing::warn!(control_plane.id = %spec.id, grace = ?STOP_GRACE, "control plane did not stop in time; killing it");
+                            let _ = child.kill().await;
+                        }
                         let _ = std::fs::remove_file(&pid_file);
                         return;
                     }

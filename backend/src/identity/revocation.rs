@@ -21,6 +21,7 @@ use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{Principal, hash_secret, session, tokens};
@@ -159,6 +160,8 @@ pub enum Ended {
     TokenExpired,
     /// The database could not confirm the grant.
     CheckFailed,
+    /// The server is shutting down; reconnect (to another instance, or to this one restarted).
+    ShuttingDown,
 }
 
 impl Ended {
@@ -168,6 +171,8 @@ impl Ended {
             Ended::SignedOut | Ended::TokenExpired => 4401,
             Ended::AccessLost => 4403,
             Ended::CheckFailed => 1011,
+            // "Service Restart": the client should reconnect.
+            Ended::ShuttingDown => 1012,
         }
     }
 
@@ -177,6 +182,7 @@ impl Ended {
             Ended::AccessLost => "access to the organisation was removed or lowered",
             Ended::TokenExpired => "the connection's token expired; reconnect",
             Ended::CheckFailed => "access could not be confirmed; reconnect",
+            Ended::ShuttingDown => "the server is restarting; reconnect",
         }
     }
 }
@@ -192,6 +198,8 @@ pub struct Revocations {
     pool: PgPool,
     entries: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
+    /// Cancelled when the server starts shutting down: every live connection ends at once.
+    stopping: CancellationToken,
 }
 
 impl Revocations {
@@ -200,7 +208,19 @@ impl Revocations {
             pool,
             entries: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
+            stopping: CancellationToken::new(),
         })
+    }
+
+    /// Ends every live connection now and any opened from here on ([`Ended::ShuttingDown`]):
+    /// the server is stopping, and streams must not hold its graceful shutdown up.
+    pub fn shut_down(&self) {
+        self.stopping.cancel();
+    }
+
+    /// Resolves once [`Revocations::shut_down`] was called.
+    pub async fn stopping(&self) {
+        self.stopping.cancelled().await;
     }
 
     /// Binds a connection to `grant` until at most `until` (the gateway token's expiry):
@@ -346,6 +366,7 @@ impl Watch {
             tokio::select! {
                 () = self.kick.notified() => {}
                 () = sleep => {}
+                () = self.hub.stopping.cancelled() => return Ended::ShuttingDown,
             }
             if let Err(ended) = self.recheck().await {
                 return ended;

@@ -16,6 +16,7 @@ mod objects;
 mod objects_ui;
 mod oidc;
 mod orgs;
+mod recovery;
 mod revocation;
 mod roles;
 mod schema;

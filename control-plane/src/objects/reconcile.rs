@@ -40,6 +40,8 @@ pub struct Engine {
     pub claim_for: Duration,
     /// Benchmark baseline: ignore notifications and look for work at this interval.
     pub poll_interval: Option<Duration>,
+    /// Cancelled when the server starts shutting down: agents' long-polls answer at once.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 impl Engine {
@@ -53,6 +55,7 @@ impl Engine {
             changes: broadcast::channel(1024).0,
             claim_for: Duration::from_secs(30),
             poll_interval: None,
+            stopping: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
@@ -137,10 +140,7 @@ pub async fn worker(engine: Engine) {
             Ok(Some((id, seq))) => {
                 if let Err(e) = reconcile_claimed(&engine, id, seq).await {
                     tracing::warn!(object.id = %id, error = %e, "reconcile failed");
-                    if let Err(e) = back_off(&engine.pool, id, &e.to_string()).await {
-                        tracing::error!(object.id = %id, error = %e, "cannot record a failed reconcile");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                    record_failure(&engine, id, &e.to_string()).await;
                 }
             }
             Ok(None) => {
@@ -152,6 +152,28 @@ pub async fn worker(engine: Engine) {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim reconcile work");
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Records a failed reconcile (which also releases its claim), retrying while the database is
+/// away, so the object moves again as soon as it is back instead of waiting out the claim. Gives
+/// up once the claim would have lapsed anyway.
+async fn record_failure(engine: &Engine, id: Uuid, error: &str) {
+    let until = tokio::time::Instant::now() + engine.claim_for;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match back_off(&engine.pool, id, error).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() + pause < until => {
+                tracing::warn!(object.id = %id, error = %e, retry_in = ?pause, "cannot record a failed reconcile yet");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(object.id = %id, error = %e, "cannot record a failed reconcile; its claim will lapse");
+                return;
             }
         }
     }

@@ -69,6 +69,12 @@ pub async fn lease(
     let max = req.max.unwrap_or(1).clamp(1, 50);
     let wait = Duration::from_secs(req.wait_seconds.unwrap_or(0).min(30).into());
     let lease_secs = req.lease_seconds.unwrap_or(60).clamp(10, 600);
+    if req.holding.as_ref().is_some_and(|h| h.len() > 200) {
+        return Err(ApiError::invalid("holding", "at most 200 task ids"));
+    }
+    // Without `holding` (an older agent), its own live leases stay where they are.
+    let resume = req.holding.is_some();
+    let holding = req.holding.unwrap_or_default();
     let deadline = tokio::time::Instant::now() + wait;
     engine.task_waiters.fetch_add(1, Ordering::SeqCst);
     let _waiting = count_waiting(&engine.task_waiters);
@@ -76,24 +82,31 @@ pub async fn lease(
         let notified = engine.task_wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let tasks = take(&engine.pool, agent, max, lease_secs).await?;
+        let tasks = take(&engine.pool, agent, max, lease_secs, resume, &holding).await?;
         if !tasks.is_empty() {
             // There may be more: let the next waiting agent look.
             engine.task_wake.notify_one();
             return Ok(LeaseResponse { tasks });
         }
         let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if now >= deadline || engine.stopping.is_cancelled() {
             return Ok(LeaseResponse { tasks });
         }
         let left = deadline - now;
-        match engine.poll_interval {
-            // The benchmark's polling baseline.
-            Some(every) => tokio::time::sleep(left.min(every)).await,
-            // A notification, or the due-task watcher (`reconcile::watch_due_tasks`).
-            None => {
-                let _ = tokio::time::timeout(left, notified).await;
+        let wait = async {
+            match engine.poll_interval {
+                // The benchmark's polling baseline.
+                Some(every) => tokio::time::sleep(left.min(every)).await,
+                // A notification, or the due-task watcher (`reconcile::watch_due_tasks`).
+                None => {
+                    let _ = tokio::time::timeout(left, notified).await;
+                }
             }
+        };
+        // A shutdown answers the long-poll now (with nothing) rather than hold the server up.
+        tokio::select! {
+            () = wait => {}
+            () = engine.stopping.cancelled() => {}
         }
     }
 }
@@ -110,11 +123,16 @@ fn count_waiting(waiters: &AtomicUsize) -> impl Drop + '_ {
     Waiting(waiters)
 }
 
+/// Leases up to `max` tasks: first (when `resume`) those still leased to `agent` that it is not
+/// `holding` (their answer was lost, or its previous process died), then due ones in order.
+/// Either way the lease is new, so a stale holder's renew or report is refused.
 async fn take(
     pool: &PgPool,
     agent: &str,
     max: u32,
     lease_secs: u32,
+    resume: bool,
+    holding: &[Uuid],
 ) -> Result<Vec<LeasedTask>, ApiError> {
     let tasks = sqlx::query_as!(
         LeasedRow,
@@ -122,12 +140,17 @@ async fn take(
              select id from agent_tasks
              where (state = 'queued' and not_before <= now())
                 or (state = 'leased' and lease_expires_at < now())
-             order by created_at
+                or ($4 and state = 'leased' and lease_holder = $2 and id <> all($5))
+             order by (state = 'leased' and lease_holder = $2 and lease_expires_at >= now()) desc,
+                      created_at
              for update skip locked
              limit $1)
          update agent_tasks t
             set state = 'leased', lease_id = gen_random_uuid(), lease_holder = $2,
-                lease_expires_at = now() + make_interval(secs => $3), attempts = t.attempts + 1
+                lease_expires_at = now() + make_interval(secs => $3),
+                attempts = t.attempts
+                    + case when t.state = 'leased' and t.lease_holder = $2
+                                and t.lease_expires_at >= now() then 0 else 1 end
            from due, objects o
           where t.id = due.id and o.id = t.object_id
          returning t.id, t.operation, t.object_id, o.kind as object_kind, o.name as object_name,
@@ -136,6 +159,8 @@ async fn take(
         i64::from(max),
         agent,
         f64::from(lease_secs),
+        resume,
+        holding,
     )
     .fetch_all(pool)
     .await?;

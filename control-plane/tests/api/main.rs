@@ -5,4 +5,5 @@
 mod agents;
 mod control_plane;
 mod objects;
+mod recovery;
 mod schema;

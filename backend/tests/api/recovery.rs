@@ -1,0 +1,360 @@
+//! The management plane as a real process, killed with SIGKILL at seeded random points while a
+//! control plane is provisioning: the control plane's child never outlives it, a restarted
+//! management plane takes the work over within seconds (short, renewed worker leases), and a
+//! SIGTERM stops it at once even with an agent's long-poll open through the gateway. Set
+//! `QLEET_FAULT_SEED` to replay a run; the figures it prints go into BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::{Child, Command};
+
+/// Kill points per test run (each: kill, check the child, restart, wait for Ready).
+const RUNS: usize = 3;
+
+/// A small deterministic generator (xorshift), so a failing seed can be replayed.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+struct Plane {
+    db: String,
+    data_dir: PathBuf,
+    port: u16,
+    url: String,
+}
+
+impl Plane {
+    /// Starts `qleet dev` on the plane's database and data dir; answers once it serves.
+    async fn start(&self) -> Child {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_qleet"))
+            .arg("dev")
+            .env("DATABASE_URL", &self.db)
+            .env("QLEET_DATA_DIR", &self.data_dir)
+            .env("QLEET_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env(
+                "QLEET_CONTROL_PLANE_BIN",
+                qleet_test_support::control_plane_binary(),
+            )
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn qleet dev");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        tokio::time::timeout(Duration::from_secs(120), async {
+            while let Some(line) = lines.next_line().await.expect("read stdout") {
+                if line.contains("Qleet is running at") {
+                    return;
+                }
+            }
+            panic!("qleet dev exited before it was ready");
+        })
+        .await
+        .expect("qleet dev did not start in 120 s");
+        child
+    }
+
+    async fn gql(&self, token: &str, path: &str, query: &str, variables: Value) -> Value {
+        let body: Value = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(token)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("graphql")
+            .json()
+            .await
+            .expect("json");
+        assert!(body.get("errors").is_none(), "{body}");
+        body["data"].clone()
+    }
+}
+
+/// Signs in with the development sign-in, makes organisation `org` and an owner API token.
+async fn owner_token(url: &str, org: &str) -> String {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = http
+        .post(format!("{url}/auth/dev"))
+        .form(&[("email", "ops@example.test"), ("name", "")])
+        .send()
+        .await
+        .expect("dev sign-in");
+    let cookie = resp
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("qleet_session="))
+        .and_then(|v| v.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let mut token = None;
+    for (query, variables) in [
+        (
+            "mutation($s: String!) { createOrganization(slug: $s, name: $s) { id } }",
+            json!({ "s": org }),
+        ),
+        (
+            "mutation($o: String!) { createApiToken(org: $o, name: \"ops\", role: OWNER) { token } }",
+            json!({ "o": org }),
+        ),
+    ] {
+        let body: Value = http
+            .post(format!("{url}/graphql"))
+            .header("cookie", &cookie)
+            .header("origin", url)
+            .json(&json!({ "query": query, "variables": variables }))
+            .send()
+            .await
+            .expect("graphql")
+            .json()
+            .await
+            .expect("json");
+        assert!(body.get("errors").is_none(), "{body}");
+        token = body["data"]["createApiToken"]["token"]
+            .as_str()
+            .map(str::to_owned);
+    }
+    token.expect("api token")
+}
+
+async fn status(pool: &PgPool, id: uuid::Uuid) -> String {
+    sqlx::query_scalar::<_, String>("select status from control_planes where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .expect("status")
+}
+
+/// The control plane's child process, if the pid file names one that is alive.
+fn child_pid(data_dir: &Path, id: uuid::Uuid) -> Option<u32> {
+    let pid = std::fs::read_to_string(data_dir.join("run").join(format!("{id}.pid")))
+        .ok()?
+        .trim()
+        .parse::<u32>()
+        .ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped by init) is gone for our purposes.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}
+
+fn signal(child: &Child, sig: &str) {
+    let pid = child.id().expect("pid").to_string();
+    let status = std::process::Command::new("kill")
+        .args([sig, &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+}
+
+fn median_p95_max(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "median {:?}, p95 {:?}, max {:?}",
+        at(0.5),
+        at(0.95),
+        v[v.len() - 1]
+    )
+}
+
+#[tokio::test]
+async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stops_at_once() {
+    let seed = std::env::var("QLEET_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+                | 1
+        });
+    println!("QLEET_FAULT_SEED={seed}");
+    let mut rng = Seeded(seed);
+    let db = qleet_test_support::db::fresh_database().await;
+    let pool = PgPool::connect(&db).await.expect("management db");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let plane = Plane {
+        db,
+        data_dir: std::env::temp_dir().join(format!("qleet-recovery-{}", uuid::Uuid::new_v4())),
+        port,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let mut qleet = plane.start().await;
+    let token = owner_token(&plane.url, "acme").await;
+
+    let (mut orphan_gone, mut ready_again) = (Vec::new(), Vec::new());
+    let mut cp_id = String::new();
+    for run in 0..RUNS {
+        let created = plane
+            .gql(
+                &token,
+                "/graphql",
+                "mutation($n: String!) { createControlPlane(org: \"acme\", name: $n) { id } }",
+                json!({ "n": format!("cp-{run}") }),
+            )
+            .await;
+        let id: uuid::Uuid = created["createControlPlane"]["id"]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .expect("id");
+        // Somewhere in provisioning: after the claim, maybe after the child started.
+        let delay = Duration::from_millis(rng.next() % 1500);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while status(&pool, id).await == "pending" {
+            assert!(Instant::now() < deadline, "never left pending");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(delay).await;
+        let child = child_pid(&plane.data_dir, id);
+        signal(&qleet, "-KILL");
+        let killed = Instant::now();
+        let _ = qleet.wait().await;
+        println!(
+            "run {run}: killed {delay:?} into provisioning (status {}, child {child:?})",
+            status(&pool, id).await
+        );
+
+        // The child (if it had started) goes with it, unmanaged for no longer than it takes to
+        // read the end of its pipe and drain.
+        if let Some(pid) = child {
+            while alive(pid) {
+                assert!(
+                    killed.elapsed() < Duration::from_secs(30),
+                    "control plane {pid} outlived its management plane"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            orphan_gone.push(killed.elapsed());
+        }
+
+        // Restarted at once: it takes the dead instance's claim over when its short lease
+        // lapses and brings the control plane up.
+        qleet = plane.start().await;
+        loop {
+            let now = status(&pool, id).await;
+            if now == "ready" {
+                break;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(90),
+                "still {now} {:?} after the kill",
+                killed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        ready_again.push(killed.elapsed());
+        let answer = plane
+            .gql(
+                &token,
+                &format!("/cp/{id}/graphql"),
+                "{ objects { kind } }",
+                json!({}),
+            )
+            .await;
+        assert_eq!(answer["objects"], json!([]));
+        cp_id = id.to_string();
+    }
+    println!(
+        "killed mid-provisioning → READY again: {}",
+        median_p95_max(ready_again)
+    );
+    if !orphan_gone.is_empty() {
+        println!(
+            "killed → its control-plane child gone: {}",
+            median_p95_max(orphan_gone)
+        );
+    }
+
+    // SIGTERM with an agent's long-poll open through the gateway: the poll is answered at once
+    // (UNAVAILABLE: ask again) and everything the plane started is gone.
+    let registration = plane
+        .gql(
+            &token,
+            &format!("/cp/{cp_id}/graphql"),
+            "mutation { createAgentRegistration { token } }",
+            json!({}),
+        )
+        .await["createAgentRegistration"]["token"]
+        .as_str()
+        .expect("registration token")
+        .to_owned();
+    let http = reqwest::Client::new();
+    let agent_url = format!("{}/cp/{cp_id}/agent/v1", plane.url);
+    let registered: Value = http
+        .post(format!("{agent_url}/register"))
+        .json(&json!({ "token": registration, "name": "agent-1", "version": "test" }))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let credential = registered["credential"]
+        .as_str()
+        .expect("credential")
+        .to_owned();
+    let poll = tokio::spawn(async move {
+        http.post(format!("{agent_url}/tasks/lease"))
+            .bearer_auth(credential)
+            .json(&json!({ "waitSeconds": 30, "holding": [] }))
+            .send()
+            .await
+    });
+    // Give the poll time to reach the control plane and wait there.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let children: Vec<u32> = std::fs::read_dir(plane.data_dir.join("run"))
+        .expect("run dir")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    assert_eq!(children.len(), RUNS, "{children:?}");
+    signal(&qleet, "-TERM");
+    let asked = Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(30), qleet.wait())
+        .await
+        .expect("qleet dev stopped well inside the long-poll's 30 s")
+        .expect("wait");
+    let stopped = asked.elapsed();
+    assert!(exit.success(), "{exit}");
+    let answer = poll.await.expect("join");
+    if let Ok(answer) = answer {
+        // Answered before the server closed: a retryable refusal or an empty lease.
+        let code = answer.status().as_u16();
+        assert!(code == 503 || code == 200, "{code}");
+    }
+    let left: Vec<u32> = children.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "children left running: {left:?}");
+    println!("SIGTERM with a long-poll open → qleet dev and its control planes gone: {stopped:?}");
+}
