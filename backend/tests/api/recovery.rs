@@ -13,8 +13,14 @@ use sqlx::PgPool;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
-/// Kill points per test run (each: kill, check the child, restart, wait for Ready).
-const RUNS: usize = 3;
+/// Kill points per test run (each: kill, check the child, restart, wait for Ready);
+/// `QLEET_FAULT_RUNS` asks for more (the benchmark figures use 20).
+fn runs() -> usize {
+    std::env::var("QLEET_FAULT_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4)
+}
 
 /// A small deterministic generator (xorshift), so a failing seed can be replayed.
 struct Seeded(u64);
@@ -212,25 +218,29 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
         url: format!("http://127.0.0.1:{port}"),
     };
     let mut qleet = plane.start().await;
-    let token = owner_token(&plane.url, "acme").await;
 
     let (mut orphan_gone, mut ready_again) = (Vec::new(), Vec::new());
-    let mut cp_id = String::new();
-    for run in 0..RUNS {
+    let (mut cp_id, mut token) = (String::new(), String::new());
+    let runs = runs();
+    for run in 0..runs {
+        // An organisation per run: the free plan allows one control plane each.
+        let org = format!("acme-{run}");
+        token = owner_token(&plane.url, &org).await;
         let created = plane
             .gql(
                 &token,
                 "/graphql",
-                "mutation($n: String!) { createControlPlane(org: \"acme\", name: $n) { id } }",
-                json!({ "n": format!("cp-{run}") }),
+                "mutation($o: String!) { createControlPlane(org: $o, name: \"prod\") { id } }",
+                json!({ "o": org }),
             )
             .await;
         let id: uuid::Uuid = created["createControlPlane"]["id"]
             .as_str()
             .and_then(|s| s.parse().ok())
             .expect("id");
-        // Somewhere in provisioning: after the claim, maybe after the child started.
-        let delay = Duration::from_millis(rng.next() % 1500);
+        // Somewhere in provisioning (it takes about half a second here): after the claim,
+        // before or after the child started.
+        let delay = Duration::from_millis(rng.next() % 500);
         let deadline = Instant::now() + Duration::from_secs(60);
         while status(&pool, id).await == "pending" {
             assert!(Instant::now() < deadline, "never left pending");
@@ -241,9 +251,9 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
         signal(&qleet, "-KILL");
         let killed = Instant::now();
         let _ = qleet.wait().await;
+        let at_kill = status(&pool, id).await;
         println!(
-            "run {run}: killed {delay:?} into provisioning (status {}, child {child:?})",
-            status(&pool, id).await
+            "run {run}: killed {delay:?} into provisioning (status {at_kill}, child {child:?})"
         );
 
         // The child (if it had started) goes with it, unmanaged for no longer than it takes to
@@ -274,7 +284,9 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        ready_again.push(killed.elapsed());
+        if at_kill != "ready" {
+            ready_again.push(killed.elapsed());
+        }
         let answer = plane
             .gql(
                 &token,
@@ -285,11 +297,29 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
             .await;
         assert_eq!(answer["objects"], json!([]));
         cp_id = id.to_string();
+        if run + 1 < runs {
+            // Suspended (its child stopped) so that many runs do not exhaust PostgreSQL's
+            // connections with idle control planes.
+            plane
+                .gql(
+                    &token,
+                    "/graphql",
+                    "mutation($o: String!, $id: UUID!) { suspendControlPlane(org: $o, id: $id) { id } }",
+                    json!({ "o": org, "id": id }),
+                )
+                .await;
+            while status(&pool, id).await != "suspended" {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
-    println!(
-        "killed mid-provisioning → READY again: {}",
-        median_p95_max(ready_again)
-    );
+    if !ready_again.is_empty() {
+        println!(
+            "killed mid-provisioning ({} of {runs} runs) → READY again: {}",
+            ready_again.len(),
+            median_p95_max(ready_again)
+        );
+    }
     if !orphan_gone.is_empty() {
         println!(
             "killed → its control-plane child gone: {}",
@@ -338,8 +368,9 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
         .expect("run dir")
         .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
         .filter_map(|p| p.trim().parse().ok())
+        .filter(|p| alive(*p))
         .collect();
-    assert_eq!(children.len(), RUNS, "{children:?}");
+    assert_eq!(children.len(), 1, "{children:?}");
     signal(&qleet, "-TERM");
     let asked = Instant::now();
     let exit = tokio::time::timeout(Duration::from_secs(30), qleet.wait())

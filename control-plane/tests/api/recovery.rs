@@ -85,7 +85,7 @@ async fn a_lease_whose_answer_was_lost_comes_back_to_its_agent_at_once_and_to_no
         .find(|t| t["id"] == stale["id"])
         .expect("resumed");
     let (code, body) = cp
-        .report(fresh, qleet_test_support::cp::success_report(fresh))
+        .report(fresh, qleet_test_support::cp::success(fresh))
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["accepted"], true, "{body}");
