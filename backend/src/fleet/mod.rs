@@ -390,8 +390,17 @@ pub async fn request(
     let access: OrgAccess = access(pool, &actor.principal, slug).await?;
     require(&access, Permission::ManageControlPlanes)?;
     let cp = get(pool, access.org.id, id).await?;
-    let status = Status::parse(&cp.status)?;
     let mut tx = pool.begin().await?;
+    // The status as of now, and held: the lifecycle worker's transitions wait for this request,
+    // so a step finishing meanwhile (say provisioning → ready) cannot make the transition below
+    // miss and the request be lost.
+    let status = sqlx::query_scalar!(
+        "select status from control_planes where id = $1 for update",
+        id
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    let status = Status::parse(&status)?;
     let (desired, change, action) = match request {
         Request::Suspend => {
             if !matches!(
@@ -436,6 +445,11 @@ pub async fn request(
                 &format!("deletion requested by {}", actor.principal.label()),
             )
             .await?;
+            if change.is_none() {
+                return Err(ApiError::Conflict(
+                    "the control plane changed state meanwhile; try again".into(),
+                ));
+            }
             sqlx::query!(
                 "update control_planes set delete_after = now() + make_interval(secs => $2)
                  where id = $1",
