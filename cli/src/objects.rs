@@ -954,7 +954,7 @@ mod tests {
         assert_eq!(
             render_plan(&plan, false),
             "+ ObjectStorageBucket/assets  create\n\
-             ~ Workload/web  update\n    spec.manifests:\n        a: 1\n      + b: 3\n      - b: 2\n\
+             ~ Workload/web  update\n    spec.manifests:\n        a: 1\n      - b: 2\n      + b: 3\n\
              \x20   spec.namespace: \"shop\" → \"store\"\n\
              - RelationalDatabase/db (owned by WebApp/shop)  delete\n\
              Plan: 1 to create, 1 to update, 1 to delete, 2 unchanged.\n"

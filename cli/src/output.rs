@@ -225,42 +225,25 @@ pub fn paint(on: bool, code: &str, s: &str) -> String {
     }
 }
 
-/// A line diff of `before` → `after` (longest common subsequence): ` ` kept, `-` gone, `+` new.
+/// A line diff of `before` → `after` (`similar`'s Myers diff, which gives up on finding the
+/// smallest diff after a second on pathological input): ` ` kept, `-` gone, `+` new; a changed
+/// line reads as its old version, then its new one.
 pub fn line_diff(before: &str, after: &str) -> Vec<(char, String)> {
-    let a: Vec<&str> = before.lines().collect();
-    let b: Vec<&str> = after.lines().collect();
-    // Bounded: a manifest is at most a few thousand lines.
-    if a.len() * b.len() > 4_000_000 {
-        let mut out: Vec<(char, String)> = a.iter().map(|l| ('-', (*l).to_owned())).collect();
-        out.extend(b.iter().map(|l| ('+', (*l).to_owned())));
-        return out;
-    }
-    let mut lcs = vec![vec![0u32; b.len() + 1]; a.len() + 1];
-    for i in (0..a.len()).rev() {
-        for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] {
-                lcs[i + 1][j + 1] + 1
-            } else {
-                lcs[i + 1][j].max(lcs[i][j + 1])
+    let diff = similar::TextDiff::configure()
+        .timeout(std::time::Duration::from_secs(1))
+        .diff_lines(before, after);
+    diff.iter_all_changes()
+        .map(|change| {
+            let sign = match change.tag() {
+                similar::ChangeTag::Equal => ' ',
+                similar::ChangeTag::Delete => '-',
+                similar::ChangeTag::Insert => '+',
             };
-        }
-    }
-    let (mut i, mut j) = (0, 0);
-    let mut out = Vec::new();
-    while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
-            out.push((' ', a[i].to_owned()));
-            i += 1;
-            j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            out.push(('+', b[j].to_owned()));
-            j += 1;
-        } else {
-            out.push(('-', a[i].to_owned()));
-            i += 1;
-        }
-    }
-    out
+            let line = change.value();
+            let line = line.strip_suffix('\n').unwrap_or(line);
+            (sign, line.strip_suffix('\r').unwrap_or(line).to_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -300,8 +283,8 @@ mod tests {
             d,
             vec![
                 (' ', "a".into()),
-                ('+', "x".into()),
                 ('-', "b".into()),
+                ('+', "x".into()),
                 (' ', "c".into())
             ]
         );
