@@ -1,7 +1,8 @@
 //! The `qleet-agent` binary against a real control plane (standalone, in process, on its own
 //! database) and moto: registration once, its identity kept private, the way through an HTTP
-//! proxy, and tasks of an agent killed half-way finished by another without duplicates. (The
-//! whole journey through the management plane is in `managed.rs`.)
+//! proxy, tasks of an agent killed half-way finished by another without duplicates, and resumed
+//! at once by the same agent started again. (The whole journey through the management plane is
+//! in `managed.rs`.)
 
 use std::time::Duration;
 
@@ -288,4 +289,66 @@ async fn tasks_of_an_agent_killed_mid_way_are_finished_by_another_without_duplic
         secrets.secret_list()[0].arn()
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test]
+async fn an_agent_killed_mid_task_and_started_again_resumes_its_own_leases_at_once() {
+    let cp = Cp::start().await;
+    let moto = Moto::start().await;
+    let dir = std::env::temp_dir().join(format!("qleet-agent-resume-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = dir.join("agent.json");
+
+    // Its creates reach moto but their answers never come back, and its leases last the
+    // longest an agent may ask (600 s): only leases handed back to it at once, not expired
+    // ones, can let the work finish inside this test's wait.
+    let black_hole = Recorder::holding(&moto.url, creates).await;
+    let token = cp.registration_token().await;
+    let mut first = agent_command(&cp.url, &black_hole.url, &state)
+        .args(["--token", &token, "--lease-seconds", "600"])
+        .spawn()
+        .expect("start the agent");
+    cp.apply_ok(AWS_APP).await;
+    let mut made = 0;
+    for _ in 0..600 {
+        made = black_hole.requests().iter().filter(|r| creates(r)).count();
+        if made == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(made, 2, "{:#?}", black_hole.requests());
+    first.start_kill().expect("kill");
+    first.wait().await.expect("killed");
+    assert_eq!(
+        cp.sql_count("select count(*) from agent_tasks where state = 'leased' and lease_expires_at > now() + interval '500 seconds'")
+            .await,
+        2,
+        "both tasks are still leased to the dead process"
+    );
+
+    // The same agent (its state file, no new registration), started again.
+    let mut again = agent_command(&cp.url, &moto.url, &state)
+        .args(["--lease-seconds", "600"])
+        .spawn()
+        .expect("start the agent again");
+    cp.wait_ready(3).await;
+    assert!(terminate(&mut again).await.success());
+    assert_eq!(cp.agent_ids().await.len(), 1, "one agent, registered once");
+
+    // What the first process had started is adopted, not made twice.
+    let sdk = moto.sdk("test", "test").await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&sdk)
+            .force_path_style(true)
+            .build(),
+    );
+    let buckets = s3.list_buckets().send().await.expect("buckets");
+    assert_eq!(buckets.buckets().len(), 1);
+    let instances = aws_sdk_rds::Client::new(&sdk)
+        .describe_db_instances()
+        .send()
+        .await
+        .expect("rds");
+    assert_eq!(instances.db_instances().len(), 1);
 }
