@@ -254,7 +254,9 @@ impl Claimed {
 }
 
 /// How long a claimed event is left to the worker that claimed it before another may retry it.
-const LEASE: Duration = Duration::from_secs(120);
+/// Short, and renewed every third of it while the worker is at it (however long Stripe takes),
+/// so the events of a worker that died are retried within seconds.
+pub(super) const LEASE: Duration = Duration::from_secs(15);
 /// Customers whose events are applied at the same time.
 const CONCURRENCY: usize = 4;
 
@@ -278,6 +280,7 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
             return Ok(done);
         }
         done += rows.len() as u64;
+        let working = super::worker::Claims::new(rows.iter().map(|r| r.id.clone()));
         let mut groups: BTreeMap<Option<String>, Vec<Claimed>> = BTreeMap::new();
         for r in rows {
             let claimed = Claimed::new(r.id, r.r#type, r.payload, r.attempts);
@@ -286,33 +289,72 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
                 .or_default()
                 .push(claimed);
         }
-        futures::stream::iter(groups)
-            .for_each_concurrent(CONCURRENCY, |(customer, events)| async move {
-                let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
-                let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(1);
-                let span = tracing::info_span!("stripe_events", customer = ?customer, events = ?ids);
-                let result = tracing::Instrument::instrument(
-                    apply_group(pool, services, customer, events),
-                    span,
-                )
-                .await;
-                if let Err(e) = result {
-                    tracing::warn!(events = ?ids, error = %e, "applying Stripe events failed; they will be retried");
-                    let retry = super::worker::backoff(&services.billing, attempts);
-                    let _ = sqlx::query!(
-                        "update stripe_events set last_error = $2,
-                             next_attempt_at = now() + make_interval(secs => $3)
-                         where id = any($1)",
-                        &ids,
-                        e.to_string(),
-                        retry.as_seconds_f64(),
-                    )
-                    .execute(pool)
-                    .await;
-                }
-            })
-            .await;
+        let applying = futures::stream::iter(groups)
+            .for_each_concurrent(CONCURRENCY, |(customer, events)| {
+                apply_claimed(pool, services, customer, events, &working)
+            });
+        // The claim is renewed for as long as the batch is applied, and no longer: one future,
+        // so a worker that is stopped stops renewing too.
+        tokio::select! {
+            () = applying => {}
+            never = renew_events(pool.clone(), working.clone()) => match never {},
+        }
         services.wake.notify_one();
+    }
+}
+
+/// Applies one customer's claimed events; on failure they are given a retry time.
+async fn apply_claimed(
+    pool: &PgPool,
+    services: &Services,
+    customer: Option<String>,
+    events: Vec<Claimed>,
+    working: &super::worker::Claims,
+) {
+    let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+    let attempts = events.iter().map(|e| e.attempts).max().unwrap_or(1);
+    let span = tracing::info_span!("stripe_events", customer = ?customer, events = ?ids);
+    let result =
+        tracing::Instrument::instrument(apply_group(pool, services, customer, events), span).await;
+    // Done with these (applied, or about to be given a retry time): no more renewals.
+    working.finish(&ids);
+    if let Err(e) = result {
+        tracing::warn!(events = ?ids, error = %e, "applying Stripe events failed; they will be retried");
+        let retry = super::worker::backoff(&services.billing, attempts);
+        let _ = sqlx::query!(
+            "update stripe_events set last_error = $2,
+                 next_attempt_at = now() + make_interval(secs => $3)
+             where id = any($1)",
+            &ids,
+            e.to_string(),
+            retry.as_seconds_f64(),
+        )
+        .execute(pool)
+        .await;
+    }
+}
+
+/// Keeps this worker's claim on the events it is still applying; runs until dropped.
+async fn renew_events(pool: PgPool, working: super::worker::Claims) -> std::convert::Infallible {
+    let mut every = tokio::time::interval(LEASE / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let ids = working.held();
+        if ids.is_empty() {
+            continue;
+        }
+        let renewed = sqlx::query!(
+            "update stripe_events set next_attempt_at = now() + make_interval(secs => $2)
+             where id = any($1) and applied_at is null",
+            &ids,
+            LEASE.as_secs_f64(),
+        )
+        .execute(&pool)
+        .await;
+        if let Err(e) = renewed {
+            tracing::warn!(error = %e, "could not renew the claim on Stripe events; retrying");
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! `QLEET_BILLING_INTERVAL_SECS`.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -32,9 +32,31 @@ async fn queues(pool: &PgPool, services: &Services) {
         if let Err(e) = cancel_deleted(pool, services).await {
             tracing::warn!(error = %e, "billing: cancelling deleted organisations' subscriptions failed");
         }
-        // Woken by a new event or cancellation; retries are due by the interval at the latest.
-        let _ = tokio::time::timeout(billing.config.interval, billing.wake.notified()).await;
+        // Woken by a new event or cancellation, or when the next retry or lapsed claim (another
+        // instance's that died) falls due; by the interval at the latest.
+        let wait = match next_due(pool).await {
+            Ok(Some(due)) => due.clamp(Duration::from_millis(100), billing.config.interval),
+            Ok(None) => billing.config.interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "billing: cannot look for due work");
+                billing.config.interval
+            }
+        };
+        let _ = tokio::time::timeout(wait, billing.wake.notified()).await;
     }
+}
+
+/// How long until the next unapplied event or unfinished cancellation is due (zero if one is).
+async fn next_due(pool: &PgPool) -> Result<Option<Duration>, ApiError> {
+    let secs = sqlx::query_scalar!(
+        r#"select extract(epoch from least(
+                   (select min(next_attempt_at) from stripe_events where applied_at is null),
+                   (select min(next_attempt_at) from billing_cancellations where done_at is null)
+               ) - now())::float8 as "secs""#,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
 }
 
 /// How long before the `attempts`-th failed try is retried: the worker's interval doubled per
@@ -168,20 +190,42 @@ pub async fn refit_over_limit(pool: &PgPool, services: &Services) -> Result<u64,
 /// that is due. Stripe is called with no database connection held; a failure is retried with
 /// backoff. Returns how many customers are done.
 pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, ApiError> {
-    let billing = &services.billing;
-    let stripe = billing.stripe()?;
+    // Nothing is claimed while billing is not configured.
+    services.billing.stripe()?;
     let due = sqlx::query!(
-        "update billing_cancellations set attempts = attempts + 1, next_attempt_at = now() + interval '2 minutes'
+        "update billing_cancellations set attempts = attempts + 1,
+             next_attempt_at = now() + make_interval(secs => $1)
          where stripe_customer_id in (select stripe_customer_id from billing_cancellations
                                       where done_at is null and next_attempt_at <= now()
                                       limit 20 for update skip locked)
          returning stripe_customer_id, org_id, attempts",
+        super::webhook::LEASE.as_secs_f64(),
     )
     .fetch_all(pool)
     .await?;
+    let due: Vec<(String, Uuid, i32)> = due
+        .into_iter()
+        .map(|d| (d.stripe_customer_id, d.org_id, d.attempts))
+        .collect();
+    let working = Claims::new(due.iter().map(|(customer, ..)| customer.clone()));
+    // Renewed while they are worked on, and no longer (one future: a stopped worker stops both).
+    tokio::select! {
+        result = cancel_claimed(pool, services, due, &working) => result,
+        never = renew_cancellations(pool.clone(), working.clone()) => match never {},
+    }
+}
+
+/// Cancels the claimed customers' subscriptions, one customer after another.
+async fn cancel_claimed(
+    pool: &PgPool,
+    services: &Services,
+    due: Vec<(String, Uuid, i32)>,
+    working: &Claims,
+) -> Result<u64, ApiError> {
+    let billing = &services.billing;
+    let stripe = billing.stripe()?;
     let mut done = 0;
-    for d in due {
-        let (customer, org, attempts) = (d.stripe_customer_id, d.org_id, d.attempts);
+    for (customer, org, attempts) in due {
         let result = async {
             let mut cancelled = Vec::new();
             for sub in stripe.subscriptions_of(&customer).await? {
@@ -193,6 +237,8 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
             Ok::<_, ApiError>(cancelled)
         }
         .await;
+        // Done with this customer (about to be marked done or given a retry time).
+        working.finish(std::slice::from_ref(&customer));
         match result {
             Ok(cancelled) => {
                 tracing::info!(org.id = %org, customer, subscriptions = ?cancelled, "billing: cancelled a deleted organisation's subscriptions");
@@ -221,4 +267,59 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
         }
     }
     Ok(done)
+}
+
+/// The claims a worker is still working on, shared with the task that renews them.
+#[derive(Clone)]
+pub(super) struct Claims(Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
+
+impl Claims {
+    pub(super) fn new(ids: impl IntoIterator<Item = String>) -> Claims {
+        Claims(Arc::new(std::sync::Mutex::new(ids.into_iter().collect())))
+    }
+
+    /// Stops renewing `ids` (the worker is done with them).
+    pub(super) fn finish(&self, ids: &[String]) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in ids {
+            held.remove(id);
+        }
+    }
+
+    /// What is still held.
+    pub(super) fn held(&self) -> Vec<String> {
+        let held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.iter().cloned().collect()
+    }
+}
+
+/// Keeps this worker's claim on the cancellations it is still working on; runs until dropped.
+async fn renew_cancellations(pool: PgPool, working: Claims) -> std::convert::Infallible {
+    let lease = super::webhook::LEASE;
+    let mut every = tokio::time::interval(lease / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let customers = working.held();
+        if customers.is_empty() {
+            continue;
+        }
+        let renewed = sqlx::query!(
+            "update billing_cancellations set next_attempt_at = now() + make_interval(secs => $2)
+             where stripe_customer_id = any($1) and done_at is null",
+            &customers,
+            lease.as_secs_f64(),
+        )
+        .execute(&pool)
+        .await;
+        if let Err(e) = renewed {
+            tracing::warn!(error = %e, "could not renew the claim on cancellations; retrying");
+        }
+    }
 }

@@ -1712,3 +1712,70 @@ async fn control_planes_beyond_the_plan_after_a_cancellation_while_past_due_stay
     );
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_billing_claim_is_renewed_while_stripe_is_slow_and_taken_over_soon_after_its_holder_stops()
+ {
+    let ls = LocalStripe::start().await;
+    ls.catalogue().await;
+    let proxy = StripeProxy::start(&ls.url).await;
+    // Both instances look for due work every second (retries and lapsed claims included).
+    let every_second = |c: &mut qleet::config::Config| c.billing.interval = Duration::from_secs(1);
+    let first = spawn_billing(&proxy.url, every_second).await;
+    let alice = first.sign_in("alice@example.test").await;
+    first.create_org(&alice, "acme").await;
+    let customer = customer_in_localstripe(&first, &ls, &alice, "acme").await;
+    let sub = ls.subscribe(&customer, "price_team").await;
+    let sub_id = sub["id"].as_str().expect("sub").to_owned();
+
+    // The first instance claims the events and waits on a Stripe that does not answer.
+    proxy.pause();
+    burst(&first, "evt_lease", 5, &sub_id, &customer).await;
+    proxy.wait_for_held(1).await;
+    let claimed =
+        "select count(*) from stripe_events where id like 'evt\\_lease\\_%' and attempts = 1";
+    while count(&first, claimed).await < 5 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lapses_at: f64 = sqlx::query_scalar(
+        "select extract(epoch from min(next_attempt_at))::float8 from stripe_events where id like 'evt\\_lease\\_%'",
+    )
+    .fetch_one(&first.pool)
+    .await
+    .expect("claim");
+    // A second instance on the same database, its billing worker running too.
+    let db_url = first.db_url.clone();
+    let second = spawn_billing(&proxy.url, move |c| {
+        every_second(c);
+        c.database = qleet::config::Database::Url(SecretString::from(db_url));
+    })
+    .await;
+    // Past the moment the first claim would have lapsed (it lasts 15 s; Stripe's own timeout
+    // is 20 s): the holder renewed it, so the second instance claimed nothing (each claim
+    // counts an attempt).
+    loop {
+        let now: f64 = sqlx::query_scalar("select extract(epoch from now())::float8")
+            .fetch_one(&first.pool)
+            .await
+            .expect("now");
+        if now > lapses_at + 1.5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let claimed_twice =
+        "select count(*) from stripe_events where id like 'evt\\_lease\\_%' and attempts > 1";
+    assert_eq!(
+        count(&first, claimed_twice).await,
+        0,
+        "a live claim was taken"
+    );
+
+    // The holder stops for good mid-call: its claim lapses within seconds (not minutes), and
+    // the second instance applies the events once Stripe answers.
+    first.stop().await;
+    proxy.resume();
+    wait_all_applied(&second, "evt_lease", 5).await;
+    assert_eq!(billing(&second, &alice, "acme").await["plan"]["id"], "team");
+    second.stop().await;
+}
