@@ -66,9 +66,12 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
     .await?;
     let Some(cp) = claimed else { return Ok(false) };
     let span = tracing::info_span!("control_plane", control_plane.id = %cp.id, status = %cp.status);
-    let renewing = tokio::spawn(renew(pool.clone(), cp.id, services.instance));
-    let result = tracing::Instrument::instrument(advance(pool, services, &cp), span).await;
-    renewing.abort();
+    // The claim is renewed while the step runs, and no longer: one future, so a worker that is
+    // stopped (shutdown) stops renewing too and its claim lapses.
+    let result = tokio::select! {
+        result = tracing::Instrument::instrument(advance(pool, services, &cp), span) => result,
+        never = renew(pool.clone(), cp.id, services.instance) => match never {},
+    };
     match result {
         Ok(()) => {
             sqlx::query!(
@@ -110,10 +113,10 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
     Ok(true)
 }
 
-/// Keeps this instance's claim on `id` alive while its step runs (aborted when it ends). A
+/// Keeps this instance's claim on `id` alive while its step runs; runs until dropped. A
 /// renewal that fails is retried at the next tick; if the claim lapses meanwhile another
 /// instance may take the step over, which is safe because every step is idempotent.
-async fn renew(pool: PgPool, id: Uuid, instance: Uuid) {
+async fn renew(pool: PgPool, id: Uuid, instance: Uuid) -> std::convert::Infallible {
     let mut every = tokio::time::interval(RENEW_EVERY);
     every.tick().await;
     loop {
