@@ -227,10 +227,7 @@ async fn server_fn_status(mut req: Request<Body>, next: Next) -> Response {
     if let Some(status) = status {
         parts.status = status;
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            parts.headers.insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(crate::error::RETRY_AFTER_SECS),
-            );
+            crate::error::set_retry_after(&mut parts.headers);
         }
     }
     Response::from_parts(parts, Body::from(body))

@@ -106,6 +106,14 @@ pub const UNAVAILABLE: &str = "UNAVAILABLE";
 /// [`ApiError::Unavailable`] answer.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
+/// Tells the client when to retry an answer that is unavailable for now (`Retry-After`).
+pub fn set_retry_after(headers: &mut axum::http::HeaderMap) {
+    headers.insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from(RETRY_AFTER_SECS),
+    );
+}
+
 /// Whether a database failure is transient, so the same request is worth retrying as it is: the
 /// server cannot be reached or is restarting, the pool has no connection to give, or the
 /// transaction lost a serialization race or a deadlock.
@@ -172,9 +180,7 @@ impl From<UnknownRole> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if is_retryable(&err) {
-            return database_unavailable(&err);
-        }
+        // `internal` answers a transient failure as `UNAVAILABLE`.
         internal(err)
     }
 }
@@ -230,10 +236,7 @@ impl IntoResponse for ApiError {
             serde_json::json!({ "error": { "code": self.code(), "message": self.to_string() } });
         let mut response = (self.status(), axum::Json(body)).into_response();
         if let ApiError::Unavailable { .. } = self {
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(RETRY_AFTER_SECS),
-            );
+            set_retry_after(response.headers_mut());
         }
         response
     }
