@@ -38,14 +38,12 @@ pub async fn run(pool: PgPool, services: Arc<Services>) {
     }
 }
 
-/// Claims one control plane that needs work and moves it one step. Returns whether it did.
-/// How long a claim on a control plane lasts unless renewed. Short, so that when the process
-/// holding it dies another (or the same one, restarted) takes the work over within seconds.
+/// How long a claim on a control plane lasts unless renewed (every third of it while its step
+/// runs). Short, so that when the process holding it dies another (or the same one, restarted)
+/// takes the work over within seconds.
 pub const LEASE: Duration = Duration::from_secs(6);
 
-/// How often a running step renews its claim (a third of [`LEASE`]).
-const RENEW_EVERY: Duration = Duration::from_secs(2);
-
+/// Claims one control plane that needs work and moves it one step. Returns whether it did.
 pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> {
     let claimed = query_control_planes!(
         "update control_planes set locked_until = now() + make_interval(secs => $1), locked_by = $2
@@ -117,7 +115,7 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
 /// renewal that fails is retried at the next tick; if the claim lapses meanwhile another
 /// instance may take the step over, which is safe because every step is idempotent.
 async fn renew(pool: PgPool, id: Uuid, instance: Uuid) -> std::convert::Infallible {
-    let mut every = tokio::time::interval(RENEW_EVERY);
+    let mut every = tokio::time::interval(LEASE / 3);
     every.tick().await;
     loop {
         every.tick().await;
