@@ -293,12 +293,19 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
             .for_each_concurrent(CONCURRENCY, |(customer, events)| {
                 apply_claimed(pool, services, customer, events, &working)
             });
-        // The claim is renewed for as long as the batch is applied, and no longer: one future,
-        // so a worker that is stopped stops renewing too.
-        tokio::select! {
-            () = applying => {}
-            never = renew_events(pool.clone(), working.clone()) => match never {},
-        }
+        working
+            .hold(applying, |ids| async move {
+                sqlx::query!(
+                    "update stripe_events set next_attempt_at = now() + make_interval(secs => $2)
+                     where id = any($1) and applied_at is null",
+                    &ids,
+                    LEASE.as_secs_f64(),
+                )
+                .execute(pool)
+                .await
+                .map(drop)
+            })
+            .await;
         services.wake.notify_one();
     }
 }
@@ -331,30 +338,6 @@ async fn apply_claimed(
         )
         .execute(pool)
         .await;
-    }
-}
-
-/// Keeps this worker's claim on the events it is still applying; runs until dropped.
-async fn renew_events(pool: PgPool, working: super::worker::Claims) -> std::convert::Infallible {
-    let mut every = tokio::time::interval(LEASE / 3);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let ids = working.held();
-        if ids.is_empty() {
-            continue;
-        }
-        let renewed = sqlx::query!(
-            "update stripe_events set next_attempt_at = now() + make_interval(secs => $2)
-             where id = any($1) and applied_at is null",
-            &ids,
-            LEASE.as_secs_f64(),
-        )
-        .execute(&pool)
-        .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, "could not renew the claim on Stripe events; retrying");
-        }
     }
 }
 

@@ -208,11 +208,23 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
         .map(|d| (d.stripe_customer_id, d.org_id, d.attempts))
         .collect();
     let working = Claims::new(due.iter().map(|(customer, ..)| customer.clone()));
-    // Renewed while they are worked on, and no longer (one future: a stopped worker stops both).
-    tokio::select! {
-        result = cancel_claimed(pool, services, due, &working) => result,
-        never = renew_cancellations(pool.clone(), working.clone()) => match never {},
-    }
+    let lease = super::webhook::LEASE;
+    working
+        .hold(
+            cancel_claimed(pool, services, due, &working),
+            |customers| async move {
+                sqlx::query!(
+                    "update billing_cancellations set next_attempt_at = now() + make_interval(secs => $2)
+                     where stripe_customer_id = any($1) and done_at is null",
+                    &customers,
+                    lease.as_secs_f64(),
+                )
+                .execute(pool)
+                .await
+                .map(drop)
+            },
+        )
+        .await
 }
 
 /// Cancels the claimed customers' subscriptions, one customer after another.
@@ -290,36 +302,42 @@ impl Claims {
     }
 
     /// What is still held.
-    pub(super) fn held(&self) -> Vec<String> {
+    fn held(&self) -> Vec<String> {
         let held = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         held.iter().cloned().collect()
     }
-}
 
-/// Keeps this worker's claim on the cancellations it is still working on; runs until dropped.
-async fn renew_cancellations(pool: PgPool, working: Claims) -> std::convert::Infallible {
-    let lease = super::webhook::LEASE;
-    let mut every = tokio::time::interval(lease / 3);
-    every.tick().await;
-    loop {
-        every.tick().await;
-        let customers = working.held();
-        if customers.is_empty() {
-            continue;
-        }
-        let renewed = sqlx::query!(
-            "update billing_cancellations set next_attempt_at = now() + make_interval(secs => $2)
-             where stripe_customer_id = any($1) and done_at is null",
-            &customers,
-            lease.as_secs_f64(),
-        )
-        .execute(&pool)
-        .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, "could not renew the claim on cancellations; retrying");
+    /// Runs `work` while renewing, every third of the lease, the claims it still holds with
+    /// `renew` (one update of the held keys). One future: the renewal ends with the work, and a
+    /// worker that is stopped stops renewing too, so its claims lapse.
+    pub(super) async fn hold<T, R>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+        renew: impl Fn(Vec<String>) -> R,
+    ) -> T
+    where
+        R: std::future::Future<Output = sqlx::Result<()>>,
+    {
+        let renewing = async {
+            let mut every = tokio::time::interval(super::webhook::LEASE / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let held = self.held();
+                if held.is_empty() {
+                    continue;
+                }
+                if let Err(e) = renew(held).await {
+                    tracing::warn!(error = %e, "billing: could not renew a claim; retrying");
+                }
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            never = renewing => match never {},
         }
     }
 }
