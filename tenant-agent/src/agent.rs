@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,15 +76,14 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cancel_tx, cancel_rx) = watch::channel(false);
     let (fatal_tx, mut fatal_rx) = watch::channel(None::<String>);
-    let running = Arc::new(AtomicU32::new(0));
     let slots = Arc::new(Semaphore::new(settings.concurrency as usize));
-    // The tasks being worked on, sent with each lease call so the control plane hands back any
-    // other lease still in this agent's name at once.
+    // The tasks being worked on: sent with each lease call, so the control plane hands back any
+    // other lease still in this agent's name at once, and counted in heartbeats.
     let holding = Arc::new(Mutex::new(HashSet::new()));
 
     let heartbeat = tokio::spawn(heartbeats(
         client.clone(),
-        running.clone(),
+        holding.clone(),
         stop_rx.clone(),
         fatal_tx.clone(),
     ));
@@ -127,10 +125,9 @@ pub async fn run(
                     };
                     tracing::info!(task = %t.id, kind = %t.object_kind, name = %t.object_name,
                         operation = %t.operation, attempt = t.attempt, "task leased");
-                    let (client, ctx, running, cancel, lease, holding) = (
+                    let (client, ctx, cancel, lease, holding) = (
                         client.clone(),
                         ctx.clone(),
-                        running.clone(),
                         cancel_rx.clone(),
                         settings.lease_seconds,
                         holding.clone(),
@@ -138,9 +135,7 @@ pub async fn run(
                     let id = t.id;
                     lock(&holding).insert(id);
                     workers.spawn(async move {
-                        running.fetch_add(1, Ordering::SeqCst);
                         work(&client, &ctx, t, lease, cancel).await;
-                        running.fetch_sub(1, Ordering::SeqCst);
                         lock(&holding).remove(&id);
                         drop(permit);
                     });
@@ -198,7 +193,7 @@ fn held(holding: &Mutex<HashSet<uuid::Uuid>>) -> Vec<uuid::Uuid> {
 
 async fn heartbeats(
     client: Client,
-    running: Arc<AtomicU32>,
+    holding: Arc<Mutex<HashSet<uuid::Uuid>>>,
     mut stop: watch::Receiver<bool>,
     fatal: watch::Sender<Option<String>>,
 ) {
@@ -206,7 +201,8 @@ async fn heartbeats(
     let mut interval = Duration::from_secs(15);
     let mut connected: Option<bool> = None;
     loop {
-        let wait = match client.heartbeat(running.load(Ordering::SeqCst)).await {
+        let running = lock(&holding).len() as u32;
+        let wait = match client.heartbeat(running).await {
             Ok(r) => {
                 if connected != Some(true) {
                     tracing::info!(
