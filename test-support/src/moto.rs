@@ -11,14 +11,6 @@ pub fn moto_server() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv/bin/moto_server")
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// A moto server of its own, killed when dropped.
 pub struct MotoServer {
     pub url: String,
@@ -40,7 +32,7 @@ impl MotoServer {
             "moto is missing at {}: run scripts/test.sh once (or `source scripts/lib.sh && ensure_moto`)",
             bin.display()
         );
-        let port = free_port();
+        let port = crate::free_port();
         let mut cmd = tokio::process::Command::new(&bin);
         cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 async fn start(data_dir: &Path, port: u16) -> (Child, String) {
@@ -20,17 +19,7 @@ async fn start(data_dir: &Path, port: u16) -> (Child, String) {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn qleet dev");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    let line = tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(line) = lines.next_line().await.expect("read stdout") {
-            if line.contains("Qleet is running at") {
-                return line;
-            }
-        }
-        panic!("qleet dev exited before it was ready");
-    })
-    .await
-    .expect("qleet dev did not become ready in 120 s");
+    let line = qleet_test_support::qleet_dev_serving(&mut child).await;
     (child, line)
 }
 
@@ -48,20 +37,12 @@ async fn stop(mut child: Child) {
     assert!(exit.success(), "qleet dev exited with {exit}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test]
 async fn qleet_dev_without_database_url_runs_its_own_postgres_and_serves_the_ui() {
     let data_dir =
         std::env::temp_dir().join(format!("qleet-dev-test-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&data_dir).expect("data dir");
-    let port = free_port();
+    let port = qleet_test_support::free_port();
     let (child, line) = start(&data_dir, port).await;
     let url = format!("http://127.0.0.1:{port}");
     assert!(line.contains(&url), "{line}");
@@ -96,7 +77,7 @@ async fn qleet_dev_without_database_url_runs_its_own_postgres_and_serves_the_ui(
     );
 
     // The next start reuses the cluster and its data.
-    let port = free_port();
+    let port = qleet_test_support::free_port();
     let (child, _) = start(&data_dir, port).await;
     let url = format!("http://127.0.0.1:{port}");
     let signed_in = http
@@ -236,7 +217,7 @@ async fn qleet_dev_s_postgres_wants_its_generated_password_even_from_a_closed_ho
     let cluster = data_dir.join("postgres");
     let password_file = data_dir.join("postgres.password");
 
-    let (child, _) = start(&data_dir, free_port()).await;
+    let (child, _) = start(&data_dir, qleet_test_support::free_port()).await;
     let meta = std::fs::metadata(&password_file).expect("password file");
     assert_eq!(meta.mode() & 0o777, 0o600, "the password file is private");
     let password = std::fs::read_to_string(&password_file).expect("password");
@@ -273,7 +254,7 @@ async fn qleet_dev_s_postgres_wants_its_generated_password_even_from_a_closed_ho
     let hba = cluster.join("pg_hba.conf");
     std::fs::write(&hba, "host all all 127.0.0.1/32 trust\n").expect("trusting pg_hba.conf");
     std::fs::remove_file(&password_file).expect("forget the password");
-    let (child, _) = start(&data_dir, free_port()).await;
+    let (child, _) = start(&data_dir, qleet_test_support::free_port()).await;
     let new_password = std::fs::read_to_string(&password_file).expect("new password");
     assert_ne!(new_password, password);
     let base = format!("127.0.0.1:{}/postgres", cluster_port(&cluster));

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 /// Kill points per test run (each: kill, check the child, restart, wait for Ready);
@@ -59,85 +58,74 @@ impl Plane {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn qleet dev");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::time::timeout(Duration::from_secs(120), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if line.contains("Qleet is running at") {
-                    return;
-                }
-            }
-            panic!("qleet dev exited before it was ready");
-        })
-        .await
-        .expect("qleet dev did not start in 120 s");
+        qleet_test_support::qleet_dev_serving(&mut child).await;
         child
     }
 
+    /// GraphQL at `path` with an API token; answers `data`.
     async fn gql(&self, token: &str, path: &str, query: &str, variables: Value) -> Value {
-        let body: Value = reqwest::Client::new()
-            .post(format!("{}{path}", self.url))
-            .bearer_auth(token)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("graphql")
-            .json()
-            .await
-            .expect("json");
-        assert!(body.get("errors").is_none(), "{body}");
-        body["data"].clone()
+        graphql(
+            &self.url,
+            path,
+            ("authorization", format!("Bearer {token}")),
+            query,
+            variables,
+        )
+        .await
     }
+}
+
+/// A GraphQL request at `url` + `path` with one credential header, same-origin; answers
+/// `data`, failing on any error.
+async fn graphql(
+    url: &str,
+    path: &str,
+    (header, value): (&str, String),
+    query: &str,
+    variables: Value,
+) -> Value {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .header(header, value)
+        .header("origin", url)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("graphql")
+        .json()
+        .await
+        .expect("json");
+    assert!(body.get("errors").is_none(), "{body}");
+    body["data"].clone()
 }
 
 /// Signs in with the development sign-in, makes organisation `org` and an owner API token.
 async fn owner_token(url: &str, org: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let resp = http
-        .post(format!("{url}/auth/dev"))
-        .form(&[("email", "ops@example.test"), ("name", "")])
-        .send()
-        .await
-        .expect("dev sign-in");
-    let cookie = resp
-        .headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("qleet_session="))
-        .and_then(|v| v.split(';').next())
-        .expect("session cookie")
-        .to_owned();
-    let mut token = None;
-    for (query, variables) in [
-        (
-            "mutation($s: String!) { createOrganization(slug: $s, name: $s) { id } }",
-            json!({ "s": org }),
-        ),
-        (
-            "mutation($o: String!) { createApiToken(org: $o, name: \"ops\", role: OWNER) { token } }",
-            json!({ "o": org }),
-        ),
-    ] {
-        let body: Value = http
-            .post(format!("{url}/graphql"))
-            .header("cookie", &cookie)
-            .header("origin", url)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("graphql")
-            .json()
-            .await
-            .expect("json");
-        assert!(body.get("errors").is_none(), "{body}");
-        token = body["data"]["createApiToken"]["token"]
-            .as_str()
-            .map(str::to_owned);
-    }
-    token.expect("api token")
+    let cookie = format!(
+        "qleet_session={}",
+        qleet_test_support::dev_session(url, "ops@example.test").await
+    );
+    let session = || ("cookie", cookie.clone());
+    graphql(
+        url,
+        "/graphql",
+        session(),
+        "mutation($s: String!) { createOrganization(slug: $s, name: $s) { id } }",
+        json!({ "s": org }),
+    )
+    .await;
+    let made = graphql(
+        url,
+        "/graphql",
+        session(),
+        "mutation($o: String!) { createApiToken(org: $o, name: \"ops\", role: OWNER) { token } }",
+        json!({ "o": org }),
+    )
+    .await;
+    made["createApiToken"]["token"]
+        .as_str()
+        .expect("api token")
+        .to_owned()
 }
 
 async fn status(pool: &PgPool, id: uuid::Uuid) -> String {
@@ -207,10 +195,7 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
     let mut rng = Seeded(seed);
     let db = qleet_test_support::db::fresh_database().await;
     let pool = PgPool::connect(&db).await.expect("management db");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = qleet_test_support::free_port();
     let plane = Plane {
         db,
         data_dir: std::env::temp_dir().join(format!("qleet-recovery-{}", uuid::Uuid::new_v4())),
@@ -373,7 +358,7 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
     assert_eq!(children.len(), 1, "{children:?}");
     signal(&qleet, "-TERM");
     let asked = Instant::now();
-    let exit = tokio::time::timeout(Duration::from_secs(30), qleet.wait())
+    let exit = tokio::time::timeout(Duration::from_secs(20), qleet.wait())
         .await
         .expect("qleet dev stopped well inside the long-poll's 30 s")
         .expect("wait");

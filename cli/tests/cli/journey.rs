@@ -5,12 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
 
+use qleet_test_support::free_port;
 use qleet_test_support::kube::ApiServer;
-use qleet_test_support::moto::{MotoServer, free_port};
+use qleet_test_support::moto::MotoServer;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::login::login_through_the_browser;
@@ -68,17 +67,7 @@ impl QleetDev {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn qleet dev");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::time::timeout(Duration::from_secs(120), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if line.contains("Qleet is running at") {
-                    return;
-                }
-            }
-            panic!("qleet dev exited before it was ready");
-        })
-        .await
-        .expect("qleet dev ready in 120 s");
+        qleet_test_support::qleet_dev_serving(&mut child).await;
         let app = TestApp::external(format!("http://127.0.0.1:{port}"), scratch.join("config"));
         QleetDev {
             app,

@@ -172,24 +172,7 @@ pub async fn run(app: &TestApp, args: &[&str]) -> Run {
 
 /// A development sign-in: the session cookie.
 pub async fn dev_session(app: &TestApp, email: &str) -> String {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("client");
-    let resp = http
-        .post(format!("{}/auth/dev", app.url))
-        .form(&[("email", email), ("name", "")])
-        .send()
-        .await
-        .expect("dev sign-in");
-    resp.headers()
-        .get_all(reqwest::header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .filter_map(|v| v.strip_prefix("qleet_session="))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .find(|v| !v.is_empty())
-        .expect("session cookie")
+    qleet_test_support::dev_session(&app.url, email).await
 }
 
 /// GraphQL with a session cookie (same-origin), panicking on errors; answers `data`.

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
 
@@ -56,10 +55,7 @@ impl Qleet {
     /// `qleet dev` with extra environment (e.g. a short hibernation time).
     async fn start_with(env: &[(&str, &str)]) -> Qleet {
         let data_dir = std::env::temp_dir().join(format!("qleet-journey-{}", Uuid::new_v4()));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = qleet_test_support::free_port();
         let mut child = Command::new(qleet_binary())
             .arg("dev")
             .env("DATABASE_URL", fresh_database().await)
@@ -73,17 +69,7 @@ impl Qleet {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn qleet dev");
-        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-        tokio::time::timeout(Duration::from_secs(120), async {
-            while let Some(line) = lines.next_line().await.expect("read stdout") {
-                if line.contains("Qleet is running at") {
-                    return;
-                }
-            }
-            panic!("qleet dev exited before it was ready");
-        })
-        .await
-        .expect("qleet dev ready in 120 s");
+        qleet_test_support::qleet_dev_serving(&mut child).await;
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
