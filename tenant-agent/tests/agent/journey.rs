@@ -192,6 +192,22 @@ fn creates(r: &Recorded) -> bool {
     bucket || r.action().as_deref() == Some("CreateDBInstance")
 }
 
+/// Waits (60 s at most) until the bucket's and the database's creates have reached the black
+/// hole (which never answers them), then kills `agent` with SIGKILL: it gives no lease back.
+async fn kill_once_both_creates_hang(black_hole: &Recorder, agent: &mut tokio::process::Child) {
+    let mut made = 0;
+    for _ in 0..600 {
+        made = black_hole.requests().iter().filter(|r| creates(r)).count();
+        if made == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(made, 2, "{:#?}", black_hole.requests());
+    agent.start_kill().expect("kill");
+    agent.wait().await.expect("killed");
+}
+
 #[tokio::test]
 async fn tasks_of_an_agent_killed_mid_way_are_finished_by_another_without_duplicates() {
     let cp = Cp::start().await;
@@ -209,17 +225,7 @@ async fn tasks_of_an_agent_killed_mid_way_are_finished_by_another_without_duplic
         .spawn()
         .expect("start the first agent");
     cp.apply_ok(AWS_APP).await;
-    let mut made = 0;
-    for _ in 0..600 {
-        made = black_hole.requests().iter().filter(|r| creates(r)).count();
-        if made == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(made, 2, "{:#?}", black_hole.requests());
-    first.start_kill().expect("kill");
-    first.wait().await.expect("killed");
+    kill_once_both_creates_hang(&black_hole, &mut first).await;
     let phases = cp.phases().await;
     assert_eq!(
         phases["ObjectStorageBucket/assets"], "PROVISIONING",
@@ -309,17 +315,7 @@ async fn an_agent_killed_mid_task_and_started_again_resumes_its_own_leases_at_on
         .spawn()
         .expect("start the agent");
     cp.apply_ok(AWS_APP).await;
-    let mut made = 0;
-    for _ in 0..600 {
-        made = black_hole.requests().iter().filter(|r| creates(r)).count();
-        if made == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(made, 2, "{:#?}", black_hole.requests());
-    first.start_kill().expect("kill");
-    first.wait().await.expect("killed");
+    kill_once_both_creates_hang(&black_hole, &mut first).await;
     assert_eq!(
         cp.sql_count("select count(*) from agent_tasks where state = 'leased' and lease_expires_at > now() + interval '500 seconds'")
             .await,
@@ -337,14 +333,8 @@ async fn an_agent_killed_mid_task_and_started_again_resumes_its_own_leases_at_on
     assert_eq!(cp.agent_ids().await.len(), 1, "one agent, registered once");
 
     // What the first process had started is adopted, not made twice.
+    assert_eq!(moto.bucket_names().await.len(), 1);
     let sdk = moto.sdk("test", "test").await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&sdk)
-            .force_path_style(true)
-            .build(),
-    );
-    let buckets = s3.list_buckets().send().await.expect("buckets");
-    assert_eq!(buckets.buckets().len(), 1);
     let instances = aws_sdk_rds::Client::new(&sdk)
         .describe_db_instances()
         .send()

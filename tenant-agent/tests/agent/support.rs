@@ -27,7 +27,7 @@ pub const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/qleet";
 /// A moto server of its own (killed when dropped), with SDK clients for the checks.
 pub struct Moto {
     pub url: String,
-    _server: MotoServer,
+    server: MotoServer,
 }
 
 impl Moto {
@@ -45,8 +45,13 @@ impl Moto {
         let server = MotoServer::spawn(no_auth_calls).await;
         Moto {
             url: server.url.clone(),
-            _server: server,
+            server,
         }
+    }
+
+    /// The S3 buckets this moto holds, by name.
+    pub async fn bucket_names(&self) -> Vec<String> {
+        self.server.bucket_names().await
     }
 
     /// An SDK configuration that talks to this moto with `key`/`secret`.
