@@ -8,9 +8,11 @@
 
 pub mod cp;
 pub mod db;
+pub mod fault;
 #[cfg(feature = "kube")]
 pub mod kube;
 pub mod moto;
+pub mod pg;
 pub mod proxy;
 
 use std::path::PathBuf;

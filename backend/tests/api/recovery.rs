@@ -8,30 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use qleet_test_support::fault::{self, Seeded, alive, median_p95_max};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
-
-/// Kill points per test run (each: kill, check the child, restart, wait for Ready);
-/// `QLEET_FAULT_RUNS` asks for more (the benchmark figures use 20).
-fn runs() -> usize {
-    std::env::var("QLEET_FAULT_RUNS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4)
-}
-
-/// A small deterministic generator (xorshift), so a failing seed can be replayed.
-struct Seeded(u64);
-
-impl Seeded {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
 
 struct Plane {
     db: String,
@@ -146,53 +126,13 @@ fn child_pid(data_dir: &Path, id: uuid::Uuid) -> Option<u32> {
     Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
 }
 
-fn alive(pid: u32) -> bool {
-    // A zombie (exited, not yet reaped by init) is gone for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
-
 fn signal(child: &Child, sig: &str) {
-    let pid = child.id().expect("pid").to_string();
-    let status = std::process::Command::new("kill")
-        .args([sig, &pid])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-}
-
-fn median_p95_max(mut v: Vec<Duration>) -> String {
-    v.sort();
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    format!(
-        "median {:?}, p95 {:?}, max {:?}",
-        at(0.5),
-        at(0.95),
-        v[v.len() - 1]
-    )
+    fault::signal(child.id().expect("pid"), sig);
 }
 
 #[tokio::test]
 async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stops_at_once() {
-    let seed = std::env::var("QLEET_FAULT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-                | 1
-        });
-    println!("QLEET_FAULT_SEED={seed}");
-    let mut rng = Seeded(seed);
+    let mut rng = Seeded::from_env();
     let db = qleet_test_support::db::fresh_database().await;
     let pool = PgPool::connect(&db).await.expect("management db");
     let port = qleet_test_support::free_port();
@@ -206,7 +146,7 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
 
     let (mut orphan_gone, mut ready_again) = (Vec::new(), Vec::new());
     let (mut cp_id, mut token) = (String::new(), String::new());
-    let runs = runs();
+    let runs = fault::runs(4);
     for run in 0..runs {
         // An organisation per run: the free plan allows one control plane each.
         let org = format!("acme-{run}");
@@ -225,7 +165,7 @@ async fn a_management_plane_killed_mid_provisioning_recovers_in_seconds_and_stop
             .expect("id");
         // Somewhere in provisioning (it takes about half a second here): after the claim,
         // before or after the child started.
-        let delay = Duration::from_millis(rng.next() % 500);
+        let delay = rng.millis(500);
         let deadline = Instant::now() + Duration::from_secs(60);
         while status(&pool, id).await == "pending" {
             assert!(Instant::now() < deadline, "never left pending");
