@@ -187,7 +187,7 @@ async fn the_agent_binary_registers_once_keeps_its_identity_private_and_does_the
 }
 
 /// Moto calls that make something: a bucket (`PUT /bucket`, no query) or a database instance.
-fn creates(r: &Recorded) -> bool {
+pub fn creates(r: &Recorded) -> bool {
     let bucket = r.method == "PUT" && r.query.is_empty() && !r.path.trim_matches('/').contains('/');
     bucket || r.action().as_deref() == Some("CreateDBInstance")
 }

@@ -5,6 +5,7 @@
 
 mod aws;
 mod eks_access;
+mod fault;
 mod journey;
 mod kube;
 mod load_balancer;

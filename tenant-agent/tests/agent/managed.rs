@@ -39,12 +39,15 @@ fn qleet_binary() -> PathBuf {
 }
 
 /// `qleet dev` on a database of its own, with someone signed in.
-struct Qleet {
-    url: String,
+pub struct Qleet {
+    pub url: String,
     http: reqwest::Client,
     cookie: String,
-    child: Child,
-    data_dir: PathBuf,
+    pub child: Child,
+    pub data_dir: PathBuf,
+    db: String,
+    port: u16,
+    env: Vec<(String, String)>,
 }
 
 impl Qleet {
@@ -54,22 +57,18 @@ impl Qleet {
 
     /// `qleet dev` with extra environment (e.g. a short hibernation time).
     async fn start_with(env: &[(&str, &str)]) -> Qleet {
+        Qleet::start_on(fresh_database().await, env).await
+    }
+
+    /// `qleet dev` on the management database `db`, with extra environment.
+    pub async fn start_on(db: String, env: &[(&str, &str)]) -> Qleet {
         let data_dir = std::env::temp_dir().join(format!("qleet-journey-{}", Uuid::new_v4()));
         let port = qleet_test_support::free_port();
-        let mut child = Command::new(qleet_binary())
-            .arg("dev")
-            .env("DATABASE_URL", fresh_database().await)
-            .env("QLEET_DATA_DIR", &data_dir)
-            .env("QLEET_LISTEN", format!("127.0.0.1:{port}"))
-            .env("QLEET_CONTROL_PLANE_RETENTION_HOURS", "0")
-            .env("RUST_LOG", "warn")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn qleet dev");
-        qleet_test_support::qleet_dev_serving(&mut child).await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = Qleet::launch(&db, &data_dir, port, &env).await;
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -97,13 +96,55 @@ impl Qleet {
             cookie,
             child,
             data_dir,
+            db,
+            port,
+            env,
         }
+    }
+
+    /// Starts `qleet dev` and answers once it serves.
+    async fn launch(db: &str, data_dir: &Path, port: u16, env: &[(String, String)]) -> Child {
+        let mut child = Command::new(qleet_binary())
+            .arg("dev")
+            .env("DATABASE_URL", db)
+            .env("QLEET_DATA_DIR", data_dir)
+            .env("QLEET_LISTEN", format!("127.0.0.1:{port}"))
+            .env("QLEET_CONTROL_PLANE_RETENTION_HOURS", "0")
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn qleet dev");
+        qleet_test_support::qleet_dev_serving(&mut child).await;
+        child
+    }
+
+    /// Starts it again (after it was killed) on the same database, data dir and port; the
+    /// session stays valid.
+    pub async fn restart(&mut self) {
+        self.child = Qleet::launch(&self.db, &self.data_dir, self.port, &self.env).await;
     }
 
     /// GraphQL as the signed-in person: at `path` (`graphql`, or `cp/<id>/graphql` through
     /// the gateway). Panics on errors; answers `data`.
-    async fn gql(&self, path: &str, query: &str, variables: Value) -> Value {
-        let body: Value = self
+    pub async fn gql(&self, path: &str, query: &str, variables: Value) -> Value {
+        match self.try_gql(path, query, variables).await {
+            Ok(data) => data,
+            Err(e) => panic!("{path}: {e}"),
+        }
+    }
+
+    /// Like [`Qleet::gql`], but a failure (no answer, errors) is returned, for callers that
+    /// expect the server to be briefly away.
+    pub async fn try_gql(
+        &self,
+        path: &str,
+        query: &str,
+        variables: Value,
+    ) -> Result<Value, String> {
+        let response = self
             .http
             .post(format!("{}/{path}", self.url))
             .header("cookie", format!("qleet_session={}", self.cookie))
@@ -111,16 +152,20 @@ impl Qleet {
             .json(&json!({ "query": query, "variables": variables }))
             .send()
             .await
-            .expect("graphql")
+            .map_err(|e| e.to_string())?;
+        let status = response.status();
+        let body: Value = response
             .json()
             .await
-            .expect("graphql json");
-        assert!(body.get("errors").is_none(), "{path}: {body:#}");
-        body["data"].clone()
+            .map_err(|e| format!("{status}: {e}"))?;
+        if body.get("errors").is_some() {
+            return Err(format!("{status}: {body:#}"));
+        }
+        Ok(body["data"].clone())
     }
 
     /// The organisation `shop` and its control plane `prod`, READY; answers its id.
-    async fn organization_and_control_plane(&self) -> String {
+    pub async fn organization_and_control_plane(&self) -> String {
         self.gql(
             "graphql",
             "mutation { createOrganization(slug: \"shop\", name: \"Shop\") { id } }",
@@ -142,7 +187,7 @@ impl Qleet {
     }
 
     /// A one-time registration token, through the gateway.
-    async fn registration_token(&self, cp: &str) -> String {
+    pub async fn registration_token(&self, cp: &str) -> String {
         self.gql(
             &format!("cp/{cp}/graphql"),
             "mutation { createAgentRegistration(ttlMinutes: 30) { token } }",
@@ -154,7 +199,7 @@ impl Qleet {
             .to_owned()
     }
 
-    async fn apply(&self, cp: &str, yaml: &str) {
+    pub async fn apply(&self, cp: &str, yaml: &str) {
         self.gql(
             &format!("cp/{cp}/graphql"),
             "mutation($y: String!) { apply(yaml: $y, dryRun: false, prune: false) { applied } }",
@@ -186,7 +231,7 @@ impl Qleet {
             .to_owned()
     }
 
-    async fn wait_control_plane(&self, id: &str, want: &str) {
+    pub async fn wait_control_plane(&self, id: &str, want: &str) {
         for _ in 0..600 {
             if self.control_plane_status(id).await == want {
                 return;
@@ -200,17 +245,25 @@ impl Qleet {
     }
 
     /// Objects by `Kind/name`, with phase and outputs, through the gateway.
-    async fn objects(&self, cp: &str) -> serde_json::Map<String, Value> {
+    pub async fn objects(&self, cp: &str) -> serde_json::Map<String, Value> {
+        match self.try_objects(cp).await {
+            Ok(objects) => objects,
+            Err(e) => panic!("objects: {e}"),
+        }
+    }
+
+    /// Like [`Qleet::objects`], but a failure is returned.
+    pub async fn try_objects(&self, cp: &str) -> Result<serde_json::Map<String, Value>, String> {
         let data = self
-            .gql(
+            .try_gql(
                 &format!("cp/{cp}/graphql"),
                 "{ objects { kind name phase message outputs } }",
                 json!({}),
             )
-            .await;
-        data["objects"]
+            .await?;
+        Ok(data["objects"]
             .as_array()
-            .expect("objects")
+            .ok_or("no objects")?
             .iter()
             .map(|o| {
                 (
@@ -222,7 +275,7 @@ impl Qleet {
                     o.clone(),
                 )
             })
-            .collect()
+            .collect())
     }
 
     /// Waits (120 s at most) until all `n` objects are READY; answers them.
@@ -248,7 +301,7 @@ impl Qleet {
     }
 
     /// SIGTERM, as an operator stops it: it stops its control planes and exits cleanly.
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         assert!(terminate(&mut self.child).await.success());
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }

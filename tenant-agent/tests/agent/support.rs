@@ -226,6 +226,16 @@ impl Recorder {
     /// A recorder that passes requests matching `hold` on upstream but never answers them:
     /// the work is done, the caller never learns it (as when it dies at that moment).
     pub async fn holding(upstream: &str, hold: fn(&Recorded) -> bool) -> Recorder {
+        Recorder::spawn(upstream, hold, Duration::ZERO).await
+    }
+
+    /// A recorder that passes every request on only after `delay`: a slow cloud, so that the
+    /// agent's work takes long enough to be interrupted in the middle.
+    pub async fn slow(upstream: &str, delay: Duration) -> Recorder {
+        Recorder::spawn(upstream, |_| false, delay).await
+    }
+
+    async fn spawn(upstream: &str, hold: fn(&Recorded) -> bool, delay: Duration) -> Recorder {
         let seen: Arc<Mutex<Vec<Recorded>>> = Arc::default();
         let http = reqwest::Client::new();
         let upstream = upstream.to_owned();
@@ -242,6 +252,7 @@ impl Recorder {
                     };
                     let held = hold(&recorded);
                     record.lock().expect("lock").push(recorded);
+                    tokio::time::sleep(delay).await;
                     let target = format!(
                         "{upstream}{}",
                         uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
