@@ -267,12 +267,13 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
     loop {
         let rows = sqlx::query!(
             "update stripe_events set attempts = attempts + 1,
-                 next_attempt_at = now() + make_interval(secs => $1)
+                 next_attempt_at = now() + make_interval(secs => $1), claimed_by = $2
              where id in (select id from stripe_events
                           where applied_at is null and next_attempt_at <= now()
                           order by created, id limit 100 for update skip locked)
              returning id, type, payload, attempts",
             LEASE.as_secs_f64(),
+            services.instance,
         )
         .fetch_all(pool)
         .await?;
@@ -297,9 +298,10 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
             .hold(applying, |ids| async move {
                 sqlx::query!(
                     "update stripe_events set next_attempt_at = now() + make_interval(secs => $2)
-                     where id = any($1) and applied_at is null",
+                     where id = any($1) and applied_at is null and claimed_by = $3",
                     &ids,
                     LEASE.as_secs_f64(),
+                    services.instance,
                 )
                 .execute(pool)
                 .await

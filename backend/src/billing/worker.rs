@@ -194,12 +194,13 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
     services.billing.stripe()?;
     let due = sqlx::query!(
         "update billing_cancellations set attempts = attempts + 1,
-             next_attempt_at = now() + make_interval(secs => $1)
+             next_attempt_at = now() + make_interval(secs => $1), claimed_by = $2
          where stripe_customer_id in (select stripe_customer_id from billing_cancellations
                                       where done_at is null and next_attempt_at <= now()
                                       limit 20 for update skip locked)
          returning stripe_customer_id, org_id, attempts",
         super::webhook::LEASE.as_secs_f64(),
+        services.instance,
     )
     .fetch_all(pool)
     .await?;
@@ -215,9 +216,10 @@ pub async fn cancel_deleted(pool: &PgPool, services: &Services) -> Result<u64, A
             |customers| async move {
                 sqlx::query!(
                     "update billing_cancellations set next_attempt_at = now() + make_interval(secs => $2)
-                     where stripe_customer_id = any($1) and done_at is null",
+                     where stripe_customer_id = any($1) and done_at is null and claimed_by = $3",
                     &customers,
                     lease.as_secs_f64(),
+                    services.instance,
                 )
                 .execute(pool)
                 .await

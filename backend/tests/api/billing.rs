@@ -1744,6 +1744,13 @@ async fn a_billing_claim_is_renewed_while_stripe_is_slow_and_taken_over_soon_aft
     .fetch_one(&first.pool)
     .await
     .expect("claim");
+    // Held by a named instance, which alone renews it.
+    let holder = "select claimed_by from stripe_events where id like 'evt\\_lease\\_%'";
+    let first_holder: Option<Uuid> = sqlx::query_scalar(holder)
+        .fetch_one(&first.pool)
+        .await
+        .expect("holder");
+    assert!(first_holder.is_some());
     // A second instance on the same database, its billing worker running too.
     let db_url = first.db_url.clone();
     let second = spawn_billing(&proxy.url, move |c| {
@@ -1778,5 +1785,13 @@ async fn a_billing_claim_is_renewed_while_stripe_is_slow_and_taken_over_soon_aft
     proxy.resume();
     wait_all_applied(&second, "evt_lease", 1).await;
     assert_eq!(billing(&second, &alice, "acme").await["plan"]["id"], "team");
+    let second_holder: Option<Uuid> = sqlx::query_scalar(holder)
+        .fetch_one(&second.pool)
+        .await
+        .expect("holder");
+    assert!(
+        second_holder.is_some() && second_holder != first_holder,
+        "taken over by the other instance: {first_holder:?} then {second_holder:?}"
+    );
     second.stop().await;
 }
