@@ -246,6 +246,10 @@ fn status_of_code(code: &str) -> Option<StatusCode> {
         // `ApiError::Unavailable`'s codes: retry later.
         "UNAVAILABLE"
         | "CONTROL_PLANE_UNREACHABLE"
+        | "CONTROL_PLANE_NOT_READY"
+        | "CONTROL_PLANE_SUSPENDED"
+        | "CONTROL_PLANE_FAILED"
+        | "CONTROL_PLANE_GONE"
         | "STRIPE_UNAVAILABLE"
         | "BILLING_NOT_CONFIGURED" => StatusCode::SERVICE_UNAVAILABLE,
         _ => return None,
@@ -255,6 +259,25 @@ fn status_of_code(code: &str) -> Option<StatusCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retryable_refusals_are_503_and_unknown_codes_stay_500() {
+        for code in [
+            "UNAVAILABLE",
+            "CONTROL_PLANE_UNREACHABLE",
+            "CONTROL_PLANE_NOT_READY",
+            "CONTROL_PLANE_SUSPENDED",
+            "CONTROL_PLANE_FAILED",
+            "CONTROL_PLANE_GONE",
+        ] {
+            assert_eq!(
+                status_of_code(code),
+                Some(StatusCode::SERVICE_UNAVAILABLE),
+                "{code}"
+            );
+        }
+        assert_eq!(status_of_code("INTERNAL"), None);
+    }
 
     #[test]
     fn detects_mutations() {

@@ -8,6 +8,17 @@ use serde::{Deserialize, Serialize};
 /// sign-in link when it sees it.
 pub const NOT_SIGNED_IN: &str = "You are not signed in.";
 
+/// The message of an error that means "try again shortly" (the backend's database is
+/// restarting, a control plane is starting): [`crate::components::ErrorBox`] loads the page's
+/// data again by itself.
+pub const UNAVAILABLE: &str = "Qleet is briefly unavailable.";
+/// The same for a control plane that does not answer yet (starting, or restarting).
+pub const CONTROL_PLANE_AWAY: &str = "The control plane is not answering yet.";
+
+/// How long the UI waits before it asks again after a retryable error (the backend's
+/// `Retry-After` is about as long).
+pub const RETRY_SECONDS: u64 = 3;
+
 /// A member's or token's role in an organisation, most powerful first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -67,6 +78,18 @@ pub fn error_text(error: &ServerFnError) -> String {
     }
 }
 
+/// Whether asking again shortly may succeed: the backend answered that it is briefly
+/// unavailable, or the server could not be reached at all (restarting).
+pub fn is_retryable(error: &ServerFnError) -> bool {
+    match error {
+        ServerFnError::ServerError(message) => {
+            message == UNAVAILABLE || message == CONTROL_PLANE_AWAY
+        }
+        ServerFnError::Request(_) => true,
+        _ => false,
+    }
+}
+
 /// Whether `error` means the visitor has to sign in.
 pub fn is_not_signed_in(error: &ServerFnError) -> bool {
     matches!(error, ServerFnError::ServerError(message) if message == NOT_SIGNED_IN)
@@ -117,7 +140,7 @@ pub use server::{cp_gql, gql, gql_access, refusal};
 
 #[cfg(feature = "ssr")]
 mod server {
-    use super::{Access, NOT_SIGNED_IN};
+    use super::{Access, CONTROL_PLANE_AWAY, NOT_SIGNED_IN, UNAVAILABLE};
     use leptos::prelude::ServerFnError;
     use serde::{Deserialize, de::DeserializeOwned};
     use serde_json::Value;
@@ -155,6 +178,11 @@ mod server {
             crate::backend::Refusal::note(failure.code.as_deref());
             let message = match failure.code.as_deref() {
                 Some("UNAUTHENTICATED") => NOT_SIGNED_IN.to_owned(),
+                // Retryable: the page asks again by itself (see `is_retryable`).
+                Some("UNAVAILABLE") => UNAVAILABLE.to_owned(),
+                Some("CONTROL_PLANE_UNREACHABLE" | "CONTROL_PLANE_NOT_READY") => {
+                    CONTROL_PLANE_AWAY.to_owned()
+                }
                 Some("CSRF") => {
                     "This form has expired or belongs to another session. Reload the page and \
                      try again."
@@ -317,6 +345,35 @@ mod server {
                 message: "missing session".into(),
             });
             assert!(crate::api::is_not_signed_in(&error));
+        }
+
+        #[test]
+        fn transient_failures_read_as_retryable_and_refusals_do_not() {
+            let error = |code: &str| {
+                ServerFnError::from(GqlFailure {
+                    code: Some(code.into()),
+                    message: "database connection pool timed out".into(),
+                })
+            };
+            for code in [
+                "UNAVAILABLE",
+                "CONTROL_PLANE_UNREACHABLE",
+                "CONTROL_PLANE_NOT_READY",
+            ] {
+                assert!(crate::api::is_retryable(&error(code)), "{code}");
+            }
+            for code in [
+                "FORBIDDEN",
+                "NOT_FOUND",
+                "INTERNAL",
+                "CONTROL_PLANE_SUSPENDED",
+            ] {
+                assert!(!crate::api::is_retryable(&error(code)), "{code}");
+            }
+            assert_eq!(
+                crate::api::error_text(&error("UNAVAILABLE")),
+                crate::api::UNAVAILABLE
+            );
         }
 
         #[test]

@@ -4,7 +4,7 @@
 use leptos::{prelude::*, server_fn::ServerFn};
 use leptos_router::hooks::use_location;
 
-use crate::api::{Role, error_text, is_not_signed_in, url_encode};
+use crate::api::{RETRY_SECONDS, Role, error_text, is_not_signed_in, is_retryable, url_encode};
 
 /// Bumped after every successful mutation; every data resource lists it in its source, so the
 /// page (and the header's organisation list) reloads what may have changed.
@@ -44,8 +44,13 @@ where
 }
 
 /// A readable error; offers a sign-in link when the error says the visitor is signed out.
+///
+/// A retryable error (the backend briefly unavailable, a control plane restarting) of the
+/// page's data is asked again by itself after [`RETRY_SECONDS`]: in the browser by reloading
+/// the page's data (see [`Refresh`]), without JavaScript by a `<noscript>` refresh of the page.
+/// The error of a form (`action`) is not repeated by itself: it says to try again.
 #[component]
-pub fn ErrorBox(error: ServerFnError) -> impl IntoView {
+pub fn ErrorBox(error: ServerFnError, #[prop(optional)] action: bool) -> impl IntoView {
     let sign_in = is_not_signed_in(&error).then(|| {
         let here = use_location().pathname.get_untracked();
         view! {
@@ -55,10 +60,41 @@ pub fn ErrorBox(error: ServerFnError) -> impl IntoView {
             </a>
         }
     });
+    let retry = is_retryable(&error);
+    let hint = retry.then_some(if action {
+        " Try again in a few seconds."
+    } else {
+        " This page tries again by itself in a few seconds."
+    });
+    let again = (retry && !action).then(|| {
+        reload_data_later();
+        view! {
+            <noscript inner_html=format!(
+                r#"<meta http-equiv="refresh" content="{RETRY_SECONDS}">"#,
+            )></noscript>
+        }
+    });
     view! {
-        <div id="error" class="error" role="alert">
-            <p>{error_text(&error)} {sign_in}</p>
+        <div id="error" class="error" role="alert" data-retry=retry.then_some("true")>
+            <p>{error_text(&error)} {hint} {sign_in}</p>
+            {again}
         </div>
+    }
+}
+
+/// In the browser, bumps the page's [`Refresh`] generation after [`RETRY_SECONDS`], so every
+/// data resource of the page loads again (cancelled if the error is gone by then).
+fn reload_data_later() {
+    #[cfg(feature = "hydrate")]
+    if let Some(Refresh(generation)) = use_context::<Refresh>()
+        && let Ok(handle) = leptos::leptos_dom::helpers::set_timeout_with_handle(
+            move || {
+                generation.try_update(|n| *n += 1);
+            },
+            std::time::Duration::from_secs(RETRY_SECONDS),
+        )
+    {
+        on_cleanup(move || handle.clear());
     }
 }
 
@@ -74,7 +110,7 @@ where
             .value()
             .get()
             .and_then(Result::err)
-            .map(|error| view! { <ErrorBox error/> })
+            .map(|error| view! { <ErrorBox error action=true/> })
     }
 }
 

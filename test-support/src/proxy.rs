@@ -26,6 +26,18 @@ impl TcpProxy {
         TcpProxy { addr, open, task }
     }
 
+    /// A proxy to the server of the `postgres://` URL `database_url`.
+    pub async fn in_front_of(database_url: &str) -> TcpProxy {
+        let url = url::Url::parse(database_url).expect("database url");
+        let host = url.host_str().expect("host").to_owned();
+        let target = tokio::net::lookup_host((host.as_str(), url.port().unwrap_or(5432)))
+            .await
+            .expect("resolve the database server")
+            .next()
+            .expect("an address");
+        TcpProxy::start(target).await
+    }
+
     /// Closes every open connection and closes new ones at once until [`TcpProxy::restore`].
     pub fn cut(&self) {
         self.open.send_replace(false);

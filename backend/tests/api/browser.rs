@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use fantoccini::{Client, ClientBuilder, Locator};
+use qleet_test_support::proxy::TcpProxy;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
 use crate::oidc::app_with_provider;
-use crate::support::{TestApp, spawn_app};
+use crate::support::{TestApp, spawn_app, spawn_app_with};
 
 /// A chromedriver on a free loopback port, killed on drop.
 pub(crate) struct Driver {
@@ -360,4 +362,47 @@ async fn an_owner_sees_the_billing_page_upgrades_through_checkout_and_the_past_d
     let banner = text_of(&client, "#past-due-banner").await;
     assert!(banner.contains("Payment failed"), "{banner}");
     client.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_page_whose_database_is_briefly_away_says_so_and_loads_again_by_itself() {
+    // The server reaches its database through a proxy the test can cut (every connection
+    // closed, new ones refused) and restore.
+    let proxy = TcpProxy::in_front_of(&qleet_test_support::db::admin_url()).await;
+    let app = spawn_app_with(|c| {
+        if let qleet::config::Database::Url(url) = &c.database {
+            let through = proxy.database_url(url.expose_secret());
+            c.database = qleet::config::Database::Url(SecretString::from(through));
+        }
+    })
+    .await;
+    let driver = Driver::start().await;
+    // With JavaScript (the page's data is asked for again) and without (the page reloads).
+    for javascript in [true, false] {
+        let client = driver.browser(javascript).await;
+        let slug = if javascript { "away-js" } else { "away-plain" };
+        let email = format!("{slug}@example.test");
+        sign_in_browser(&client, &app, &email).await;
+        create_org_in_browser(&client, slug, "Away").await;
+
+        proxy.cut();
+        client
+            .goto(&format!("{}/orgs/{slug}", app.url))
+            .await
+            .expect("open the organisation's page");
+        let said = text_of(&client, "#error[data-retry]").await;
+        assert!(
+            said.contains("Qleet is briefly unavailable") && said.contains("by itself"),
+            "javascript {javascript}: {said}"
+        );
+
+        // Back: the members show up with nothing done in the browser.
+        proxy.restore();
+        let members = text_of(&client, "table.members").await;
+        assert!(
+            members.contains(&email),
+            "javascript {javascript}: {members}"
+        );
+        client.close().await.expect("close");
+    }
 }

@@ -108,17 +108,7 @@ async fn a_lease_whose_answer_was_lost_comes_back_to_its_agent_at_once_and_to_no
 async fn the_database_going_away_is_unavailable_with_retry_after_and_work_resumes_when_it_is_back()
 {
     let db = fresh_database().await;
-    let target = {
-        let url = reqwest::Url::parse(&db).expect("url");
-        let host = url.host_str().expect("host").to_owned();
-        let port = url.port().unwrap_or(5432);
-        tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .expect("resolve")
-            .next()
-            .expect("an address")
-    };
-    let proxy = TcpProxy::start(target).await;
+    let proxy = TcpProxy::in_front_of(&db).await;
     let cp = Cp::start_connecting(db.clone(), proxy.database_url(&db), Uuid::new_v4()).await;
     cp.apply_ok(APP).await;
 
