@@ -27,6 +27,9 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Print the GraphQL schema (SDL).
     Schema,
+    /// Print the Kubernetes manifests that install the management plane (with the Kubernetes
+    /// runtime driver) as multi-document YAML, for `kubectl apply -f -`.
+    Manifests(ManifestsArgs),
     /// Run one tenant's control plane: an alias that runs the `qleet-control-plane` binary
     /// installed next to `qleet` (or QLEET_CONTROL_PLANE_BIN) with the same arguments.
     #[command(disable_help_flag = true)]
@@ -96,6 +99,14 @@ pub struct MigrateArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    /// A YAML file of install settings (deploy/values.example.yaml lists them); every field
+    /// has a default.
+    #[arg(long, value_name = "FILE")]
+    pub values: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,8 @@ pub mod embedded_pg;
 pub mod fleet;
 pub mod graphql;
 pub mod identity;
+#[cfg(feature = "kubernetes")]
+pub mod install;
 pub mod keys;
 pub mod limits;
 pub mod orgs;

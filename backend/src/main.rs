@@ -34,6 +34,29 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `qleet manifests`: the install, printed; nothing is contacted.
+#[cfg(feature = "kubernetes")]
+fn manifests(args: qleet::config::ManifestsArgs) -> anyhow::Result<()> {
+    use qleet::install::{Values, render, to_yaml};
+    let values = match &args.values {
+        None => Values::default(),
+        Some(path) => {
+            let shown = path.display();
+            let text =
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {shown}"))?;
+            Values::parse(&text).with_context(|| shown.to_string())?
+        }
+    };
+    let yaml = to_yaml(&render(&values)?)?;
+    print!("{yaml}");
+    Ok(())
+}
+
+#[cfg(not(feature = "kubernetes"))]
+fn manifests(_: qleet::config::ManifestsArgs) -> anyhow::Result<()> {
+    anyhow::bail!("`qleet manifests` needs a qleet built with `--features kubernetes`")
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = match cli.command {
         Command::Serve(args) => Config::from_serve(args)?,
@@ -61,6 +84,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", qleet::graphql::sdl());
             return Ok(());
         }
+        Command::Manifests(args) => return manifests(args),
     };
     qleet::telemetry::init_logging(config.log_format);
     let listener = tokio::net::TcpListener::bind(config.listen)

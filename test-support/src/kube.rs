@@ -49,6 +49,8 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub body: Value,
+    /// The `Content-Type` header (`application/apply-patch+yaml` for a server-side apply).
+    pub content_type: Option<String>,
     /// The `Authorization` header (over HTTP only; the mock has no transport).
     pub authorization: Option<String>,
 }
@@ -122,6 +124,10 @@ impl ApiServer {
             path: uri.path().to_owned(),
             query: uri.query().unwrap_or_default().to_owned(),
             body,
+            content_type: headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
             authorization: headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
@@ -138,6 +144,7 @@ impl ApiServer {
             path: path.to_owned(),
             query: query.to_owned(),
             body,
+            content_type: None,
             authorization: None,
         })
     }

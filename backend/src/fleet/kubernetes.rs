@@ -327,9 +327,8 @@ pub struct KubernetesDriver {
 
 impl KubernetesDriver {
     /// A driver acting through `client` (e.g. `kube::Client::try_default()`: in-cluster service
-    /// account or `KUBECONFIG`). It needs RBAC to apply and delete namespaces and, in them,
-    /// ServiceAccounts, Secrets, Deployments (and their scale), Services, NetworkPolicies,
-    /// ResourceQuotas and LimitRanges.
+    /// account or `KUBECONFIG`). It needs the RBAC [`required_access`] lists (`qleet manifests`
+    /// renders it as a ClusterRole).
     pub fn new(client: kube::Client, settings: KubernetesSettings) -> Self {
         Self { client, settings }
     }
@@ -478,23 +477,71 @@ fn deployment_status(id: Uuid, deployment: &Deployment) -> RuntimeStatus {
     }
 }
 
-/// The API resource of each kind [`manifests`] makes, and whether it lives in a namespace.
+/// The API resource of each kind [`manifests`] makes, and whether it lives in a namespace: how
+/// `start` addresses each object, and (through [`required_access`]) what the driver's RBAC
+/// grants. A kind missing here fails `start` (and the tests) rather than going unauthorised.
+fn applied_kinds() -> [(ApiResource, bool); 8] {
+    [
+        (ApiResource::erase::<Namespace>(&()), false),
+        (ApiResource::erase::<ServiceAccount>(&()), true),
+        (ApiResource::erase::<Secret>(&()), true),
+        (ApiResource::erase::<NetworkPolicy>(&()), true),
+        (ApiResource::erase::<ResourceQuota>(&()), true),
+        (ApiResource::erase::<LimitRange>(&()), true),
+        (ApiResource::erase::<Deployment>(&()), true),
+        (ApiResource::erase::<Service>(&()), true),
+    ]
+}
+
 fn api_resource(kind: &str) -> Result<(ApiResource, bool), DriverError> {
-    Ok(match kind {
-        "Namespace" => (ApiResource::erase::<Namespace>(&()), false),
-        "ServiceAccount" => (ApiResource::erase::<ServiceAccount>(&()), true),
-        "Secret" => (ApiResource::erase::<Secret>(&()), true),
-        "NetworkPolicy" => (ApiResource::erase::<NetworkPolicy>(&()), true),
-        "ResourceQuota" => (ApiResource::erase::<ResourceQuota>(&()), true),
-        "LimitRange" => (ApiResource::erase::<LimitRange>(&()), true),
-        "Deployment" => (ApiResource::erase::<Deployment>(&()), true),
-        "Service" => (ApiResource::erase::<Service>(&()), true),
-        other => {
-            return Err(DriverError(format!(
-                "no API resource known for kind {other:?}"
-            )));
-        }
-    })
+    applied_kinds()
+        .into_iter()
+        .find(|(resource, _)| resource.kind == kind)
+        .ok_or_else(|| DriverError(format!("no API resource known for kind {kind:?}")))
+}
+
+/// Verbs the driver needs on one API resource (`group` is empty for the core group; `resource`
+/// may name a subresource, `deployments/scale`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    pub group: String,
+    pub resource: String,
+    pub verbs: Vec<&'static str>,
+}
+
+/// Everything the driver asks of the API server, and nothing else: the RBAC `qleet manifests`
+/// grants the management plane. Server-side apply is authorised as `patch`, and as `create` too
+/// when the object does not exist yet; `status` reads the Deployment, `stop` patches its scale,
+/// `delete` deletes the namespace and reads it until it is gone.
+pub fn required_access() -> Vec<Access> {
+    let mut access: Vec<Access> = Vec::new();
+    let mut grant = |group: &str, resource: &str, verb: &'static str| match access
+        .iter_mut()
+        .find(|a| a.group == group && a.resource == resource)
+    {
+        Some(a) if a.verbs.contains(&verb) => {}
+        Some(a) => a.verbs.push(verb),
+        None => access.push(Access {
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            verbs: vec![verb],
+        }),
+    };
+    for (resource, _) in applied_kinds() {
+        grant(&resource.group, &resource.plural, "create");
+        grant(&resource.group, &resource.plural, "patch");
+    }
+    let deployments = ApiResource::erase::<Deployment>(&());
+    grant(&deployments.group, &deployments.plural, "get");
+    grant(
+        &deployments.group,
+        &format!("{}/scale", deployments.plural),
+        "patch",
+    );
+    let namespaces = ApiResource::erase::<Namespace>(&());
+    grant(&namespaces.group, &namespaces.plural, "delete");
+    grant(&namespaces.group, &namespaces.plural, "get");
+    access
 }
 
 /// A readable error naming what was being done to which object, e.g.

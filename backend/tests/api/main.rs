@@ -12,6 +12,7 @@ mod fleet;
 mod health;
 mod introspection;
 mod kubernetes;
+mod manifests;
 mod objects;
 mod objects_ui;
 mod oidc;
