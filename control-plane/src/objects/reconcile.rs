@@ -36,13 +36,20 @@ pub struct Engine {
     pub task_waiters: Arc<AtomicUsize>,
     /// Object status changes, for subscriptions.
     pub changes: broadcast::Sender<Value>,
-    /// How long a worker's claim on a queue row lasts before another may take it.
+    /// How long a worker's claim on a queue row lasts before another may take it: short, and
+    /// renewed every third of it while the reconcile runs, so a claim outlives its holder by
+    /// seconds at most.
     pub claim_for: Duration,
+    /// This process, named on the claims it holds (only the holder renews one).
+    pub instance: Uuid,
     /// Benchmark baseline: ignore notifications and look for work at this interval.
     pub poll_interval: Option<Duration>,
     /// Cancelled when the server starts shutting down: agents' long-polls answer at once.
     pub stopping: tokio_util::sync::CancellationToken,
 }
+
+/// How long a reconcile claim lasts unless its holder renews it.
+pub const CLAIM: Duration = Duration::from_secs(6);
 
 impl Engine {
     pub fn new(pool: PgPool, control_plane: Uuid) -> Self {
@@ -53,7 +60,8 @@ impl Engine {
             task_wake: Arc::new(Notify::new()),
             task_waiters: Arc::new(AtomicUsize::new(0)),
             changes: broadcast::channel(1024).0,
-            claim_for: Duration::from_secs(30),
+            claim_for: CLAIM,
+            instance: Uuid::new_v4(),
             poll_interval: None,
             stopping: tokio_util::sync::CancellationToken::new(),
         }
@@ -138,7 +146,12 @@ pub async fn worker(engine: Engine) {
         notified.as_mut().enable();
         match claim(&engine).await {
             Ok(Some((id, seq))) => {
-                if let Err(e) = reconcile_claimed(&engine, id, seq).await {
+                // One future: the renewal ends with the work (or with the worker).
+                let done = tokio::select! {
+                    done = reconcile_claimed(&engine, id, seq) => done,
+                    never = renew(&engine, id) => match never {},
+                };
+                if let Err(e) = done {
                     tracing::warn!(object.id = %id, error = %e, "reconcile failed");
                     record_failure(&engine, id, &e.to_string()).await;
                 }
@@ -153,6 +166,28 @@ pub async fn worker(engine: Engine) {
                 tracing::warn!(error = %e, "cannot claim reconcile work");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+}
+
+/// Renews this worker's claim on `id` every third of the claim's length, for as long as it is
+/// polled.
+async fn renew(engine: &Engine, id: Uuid) -> std::convert::Infallible {
+    let mut every = tokio::time::interval(engine.claim_for / 3);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        let renewed = sqlx::query!(
+            "update reconcile_queue set claimed_until = now() + make_interval(secs => $2)
+             where object_id = $1 and claimed_by = $3",
+            id,
+            engine.claim_for.as_secs_f64(),
+            engine.instance,
+        )
+        .execute(&engine.pool)
+        .await;
+        if let Err(e) = renewed {
+            tracing::warn!(object.id = %id, error = %e, "cannot renew a reconcile claim; retrying");
         }
     }
 }
@@ -182,7 +217,7 @@ async fn record_failure(engine: &Engine, id: Uuid, error: &str) {
 /// Takes the next due request, leasing it for `claim_for`.
 async fn claim(engine: &Engine) -> sqlx::Result<Option<(Uuid, i64)>> {
     let claimed = sqlx::query!(
-        "update reconcile_queue set claimed_until = now() + make_interval(secs => $1)
+        "update reconcile_queue set claimed_until = now() + make_interval(secs => $1), claimed_by = $2
          where object_id = (
              select object_id from reconcile_queue
              where not_before <= now() and (claimed_until is null or claimed_until < now())
@@ -191,6 +226,7 @@ async fn claim(engine: &Engine) -> sqlx::Result<Option<(Uuid, i64)>> {
              limit 1)
          returning object_id, seq",
         engine.claim_for.as_secs_f64(),
+        engine.instance,
     )
     .fetch_optional(&engine.pool)
     .await?;
@@ -213,7 +249,7 @@ async fn next_due(pool: &PgPool) -> sqlx::Result<Duration> {
 /// Forgets claims left by a previous run of this control plane (one process owns the
 /// database; a second one would only repeat idempotent steps).
 pub async fn release_claims(pool: &PgPool) -> sqlx::Result<()> {
-    sqlx::query!("update reconcile_queue set claimed_until = null")
+    sqlx::query!("update reconcile_queue set claimed_until = null, claimed_by = null")
         .execute(pool)
         .await?;
     sqlx::query!(
@@ -228,7 +264,8 @@ pub async fn release_claims(pool: &PgPool) -> sqlx::Result<()> {
 async fn back_off(pool: &PgPool, id: Uuid, error: &str) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
     let attempts = sqlx::query_scalar!(
-        "update reconcile_queue set attempts = attempts + 1, claimed_until = null, last_error = $2
+        "update reconcile_queue set attempts = attempts + 1, claimed_until = null, claimed_by = null,
+             last_error = $2
          where object_id = $1 returning attempts",
         id,
         error,
@@ -281,7 +318,7 @@ async fn reconcile_claimed(engine: &Engine, id: Uuid, seq: i64) -> anyhow::Resul
     if done == 0 {
         // Asked again while we worked: leave the request, claimable at once.
         sqlx::query!(
-            "update reconcile_queue set claimed_until = null where object_id = $1",
+            "update reconcile_queue set claimed_until = null, claimed_by = null where object_id = $1",
             id,
         )
         .execute(&engine.pool)

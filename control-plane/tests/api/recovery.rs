@@ -1,6 +1,7 @@
 //! Recovery: an agent gets back a lease whose answer it never received at once; the database
 //! going away is `UNAVAILABLE` (retry), never `INTERNAL`, and work resumes when it is back; a
-//! shutdown answers agents' long-polls at once instead of waiting them out.
+//! shutdown answers agents' long-polls at once instead of waiting them out; a reconcile's claim
+//! is short and renewed while it runs.
 
 use std::time::Duration;
 
@@ -207,4 +208,102 @@ async fn a_shutdown_answers_waiting_long_polls_at_once() {
         .expect("the server stopped once the long-poll was answered")
         .expect("join")
         .expect("served");
+}
+
+#[tokio::test]
+async fn a_reconcile_claim_is_short_named_and_renewed_while_its_work_runs() {
+    let cp = Cp::start().await;
+    cp.apply_ok(APP).await;
+    let pool = sqlx::PgPool::connect(&cp.db).await.expect("db");
+    // The workload: nothing depends on it, so once the first reconciles have settled no other
+    // object's reconcile touches its queue row.
+    let id: Uuid = sqlx::query_scalar("select id from objects where name = 'web'")
+        .fetch_one(&pool)
+        .await
+        .expect("object");
+    let settled = tokio::time::Instant::now() + Duration::from_secs(20);
+    while cp
+        .sql_count("select count(*) from reconcile_queue where not_before <= now() or claimed_until is not null")
+        .await
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < settled, "never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A reconcile of it is asked for while the test holds its row (`no key update`, so the
+    // queue's foreign key can still be checked), so the reconcile waits on the lock, as a slow
+    // one would, holding its claim meanwhile. (Bounded waits: a lock the test did not foresee
+    // fails the test instead of hanging it.)
+    let mut slow = pool.begin().await.expect("tx");
+    let bounded = Duration::from_secs(10);
+    tokio::time::timeout(
+        bounded,
+        sqlx::query("select id from objects where id = $1 for no key update")
+            .bind(id)
+            .execute(&mut *slow),
+    )
+    .await
+    .expect("lock in time")
+    .expect("lock");
+    tokio::time::timeout(
+        bounded,
+        sqlx::query(
+            "insert into reconcile_queue (object_id) values ($1)
+             on conflict (object_id) do update set not_before = now(), seq = reconcile_queue.seq + 1",
+        )
+        .bind(id)
+        .execute(&pool),
+    )
+    .await
+    .expect("enqueued in time")
+    .expect("enqueue");
+    let claim = || async {
+        sqlx::query_as::<_, (Option<Uuid>, Option<f64>)>(
+            "select claimed_by, extract(epoch from claimed_until - now())::float8
+             from reconcile_queue where object_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&pool)
+        .await
+        .expect("claim")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let (holder, left) = loop {
+        if let Some((Some(holder), Some(left))) = claim().await {
+            break (holder, left);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let length = qleet_control_plane::objects::reconcile::CLAIM.as_secs_f64();
+    assert!(left <= length + 0.5, "a short claim: {left} s left");
+
+    // For more than twice its length the claim stays held by the same process and never comes
+    // near lapsing: renewed while the work runs (every third of its length), so no worker, of
+    // this process or another, takes the object meanwhile. (A claim let lapse and taken again
+    // would show as time left falling to zero first.)
+    let watch_until = tokio::time::Instant::now() + Duration::from_secs_f64(2.0 * length + 1.0);
+    let mut least = f64::MAX;
+    while tokio::time::Instant::now() < watch_until {
+        let (by, left) = claim().await.expect("still queued");
+        assert_eq!(by, Some(holder));
+        least = least.min(left.expect("claimed"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        least > length / 6.0,
+        "renewed before it could lapse: at least {least} s left"
+    );
+
+    // The work goes on once the row is free, and the claim is let go with it.
+    slow.rollback().await.expect("unlock");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while claim().await.is_some_and(|(by, _)| by == Some(holder)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the claim was never let go"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
