@@ -248,11 +248,30 @@ async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<()
     )
     .fetch_one(&admin)
     .await?;
-    let verb = if role_exists { "alter" } else { "create" };
     // DDL on names and a password made here: it cannot take bind parameters, so it stays a
     // runtime string (the names are generated from the control plane's id, never user input).
+    // An existing role (a retried step) only gets its password again: changing attributes
+    // such as NOSUPERUSER takes a superuser, which the management role need not be.
+    let ddl = if role_exists {
+        format!(
+            "alter role {} login password '{password}' connection limit 50",
+            cp.db_role
+        )
+    } else {
+        format!(
+            "create role {} login password '{password}' nosuperuser nocreatedb nocreaterole connection limit 50",
+            cp.db_role
+        )
+    };
+    sqlx::query(sqlx::AssertSqlSafe(ddl))
+        .execute(&admin)
+        .await?;
+    // The management role becomes a member of the tenant role: PostgreSQL requires that of a
+    // role that is not a superuser (one with CREATEDB and CREATEROLE, as a production install
+    // uses) to make it a database's owner, and, later, to drop that database and end its
+    // connections. Granting it again is a no-op.
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "{verb} role {} login password '{password}' nosuperuser nocreatedb nocreaterole connection limit 50",
+        "grant {} to current_user",
         cp.db_role
     )))
     .execute(&admin)

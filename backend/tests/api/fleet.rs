@@ -602,3 +602,91 @@ async fn graphql_subscriptions_pass_through_the_gateway_over_websocket() {
     assert!(acked);
     socket.close(None).await.expect("close");
 }
+
+#[tokio::test]
+async fn a_management_role_that_is_not_a_superuser_runs_and_deletes_control_planes() {
+    // As a production install has it: a role with CREATEDB and CREATEROLE only, owning the
+    // management database.
+    let server = qleet_test_support::db::admin_url();
+    let mut admin = sqlx::PgConnection::connect(&server).await.expect("server");
+    let role = format!("qleet_mgmt_{}", Uuid::new_v4().simple());
+    for ddl in [
+        format!("create role {role} login createdb createrole password 'mgmt'"),
+        format!("create database {role} owner {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut admin)
+            .await
+            .expect("setup");
+    }
+    let mut url = url::Url::parse(&server).expect("url");
+    url.set_username(&role).expect("user");
+    url.set_password(Some("mgmt")).expect("password");
+    url.set_path(&role);
+    let data_dir = std::env::temp_dir().join(format!("qleet-mgmt-{}", Uuid::new_v4().simple()));
+    let secret = qleet::keys::Keys::generate_secret();
+    let configure = |c: &mut qleet::config::Config| {
+        c.database = qleet::config::Database::Url(secrecy::SecretString::from(url.to_string()));
+        c.data_dir = data_dir.clone();
+        c.secret_key = secrecy::SecretString::from(secret.clone());
+    };
+    let first = spawn_app_with(configure).await;
+    let alice = first.sign_in("alice@example.test").await;
+    first.create_org(&alice, "acme").await;
+    let id = create(&first, &alice, "acme", "prod").await;
+    wait_for(&first, &alice, "acme", id, "READY").await;
+    first.stop().await;
+
+    // A provisioning retried half-way (its role made, its database not): the step is redone
+    // with the role as it is.
+    let tenant = format!("qleet_cp_{}", id.simple());
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "drop database {tenant} with (force)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop");
+    let mut management = sqlx::PgConnection::connect(url.as_str())
+        .await
+        .expect("management database");
+    sqlx::query(
+        "update control_planes set status = 'provisioning', locked_until = null where id = $1",
+    )
+    .bind(id)
+    .execute(&mut management)
+    .await
+    .expect("rewind");
+    let app = spawn_app_with(configure).await;
+    wait_for(&app, &alice, "acme", id, "READY").await;
+    let (code, body) = through_gateway(&app, Auth::Session(&alice), id).await;
+    assert_eq!(code, 200, "{body}");
+
+    let delete = "mutation($o: String!, $id: UUID!, $c: String!) { deleteControlPlane(org: $o, id: $id, confirmName: $c) { status } }";
+    app.gql_ok(
+        Auth::Session(&alice),
+        delete,
+        json!({ "o": "acme", "id": id, "c": "prod" }),
+    )
+    .await;
+    wait_for(&app, &alice, "acme", id, "DELETED").await;
+    let left: i64 = sqlx::query_scalar(
+        "select (select count(*) from pg_database where datname = $1)
+              + (select count(*) from pg_roles where rolname = $1)",
+    )
+    .bind(&tenant)
+    .fetch_one(&mut admin)
+    .await
+    .expect("left");
+    assert_eq!(left, 0, "the tenant's database and role are gone");
+    app.stop().await;
+    management.close().await.expect("close");
+    for ddl in [
+        format!("drop database if exists {role} with (force)"),
+        format!("drop role if exists {role}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(ddl))
+            .execute(&mut admin)
+            .await
+            .expect("cleanup");
+    }
+}
