@@ -457,16 +457,7 @@ async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
             None => false,
         };
         if idle {
-            services.driver.stop(cp.id).await.map_err(driver_error)?;
-            move_to(
-                pool,
-                services,
-                &cp,
-                Status::Ready,
-                Status::Hibernated,
-                "hibernated after being idle",
-            )
-            .await?;
+            hibernate(pool, services, &cp).await?;
             continue;
         }
         if services.driver.status(cp.id).await.map_err(driver_error)? == RuntimeStatus::Stopped {
@@ -479,6 +470,50 @@ async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
         }
     }
     Ok(())
+}
+
+/// Hibernates an idle control plane: a step like the others, under this instance's claim
+/// (renewed while it runs), so no other instance or step acts on it meanwhile. Skipped when
+/// another holds it.
+async fn hibernate(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let claimed = sqlx::query!(
+        "update control_planes set locked_until = now() + make_interval(secs => $2), locked_by = $3
+         where id = $1 and status = 'ready' and (locked_until is null or locked_until < now())",
+        cp.id,
+        LEASE.as_secs_f64(),
+        services.instance,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    if claimed == 0 {
+        return Ok(());
+    }
+    let hibernating = async {
+        services.driver.stop(cp.id).await.map_err(driver_error)?;
+        move_to(
+            pool,
+            services,
+            cp,
+            Status::Ready,
+            Status::Hibernated,
+            "hibernated after being idle",
+        )
+        .await
+    };
+    let result = tokio::select! {
+        result = hibernating => result,
+        never = renew(pool.clone(), cp.id, services.instance) => match never {},
+    };
+    sqlx::query!(
+        "update control_planes set locked_until = null, locked_by = null
+                 where id = $1 and locked_by = $2",
+        cp.id,
+        services.instance,
+    )
+    .execute(pool)
+    .await?;
+    result
 }
 
 /// Wakes a hibernated control plane for a request: starts it, waits until it answers, marks it
