@@ -71,16 +71,7 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
         never = renew(pool.clone(), cp.id, services.instance) => match never {},
     };
     match result {
-        Ok(()) => {
-            sqlx::query!(
-                "update control_planes set locked_until = null, locked_by = null
-                 where id = $1 and locked_by = $2",
-                cp.id,
-                services.instance,
-            )
-            .execute(pool)
-            .await?;
-        }
+        Ok(()) => release(pool, cp.id, services.instance).await?,
         Err(e) => {
             // The operator-facing reason: the cause itself, not the generic API message.
             let reason = match &e {
@@ -109,6 +100,19 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
         }
     }
     Ok(true)
+}
+
+/// Lets go of this instance's claim on `id` (not one another instance has taken since).
+async fn release(pool: &PgPool, id: Uuid, instance: Uuid) -> sqlx::Result<()> {
+    sqlx::query!(
+        "update control_planes set locked_until = null, locked_by = null
+                 where id = $1 and locked_by = $2",
+        id,
+        instance,
+    )
+    .execute(pool)
+    .await
+    .map(drop)
 }
 
 /// Keeps this instance's claim on `id` alive while its step runs; runs until dropped. A
@@ -505,14 +509,7 @@ async fn hibernate(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Res
         result = hibernating => result,
         never = renew(pool.clone(), cp.id, services.instance) => match never {},
     };
-    sqlx::query!(
-        "update control_planes set locked_until = null, locked_by = null
-                 where id = $1 and locked_by = $2",
-        cp.id,
-        services.instance,
-    )
-    .execute(pool)
-    .await?;
+    release(pool, cp.id, services.instance).await?;
     result
 }
 
