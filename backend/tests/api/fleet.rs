@@ -52,6 +52,18 @@ pub(crate) async fn wait_for(
     );
 }
 
+/// The settings of one management plane that a test stops and starts again: database `db_url`,
+/// and the same data dir and master secret each time.
+fn one_instance(db_url: String) -> impl Fn(&mut qleet::config::Config) + Clone {
+    let data_dir = std::env::temp_dir().join(format!("qleet-restart-{}", Uuid::new_v4().simple()));
+    let secret = qleet::keys::Keys::generate_secret();
+    move |c| {
+        c.database = qleet::config::Database::Url(secrecy::SecretString::from(db_url.clone()));
+        c.data_dir = data_dir.clone();
+        c.secret_key = secrecy::SecretString::from(secret.clone());
+    }
+}
+
 /// A GraphQL request to the control plane through the gateway.
 async fn through_gateway(app: &TestApp, auth: Auth<'_>, id: Uuid) -> (u16, Value) {
     let query = json!({ "query": "{ controlPlane { id viewer { kind role } } }" });
@@ -209,14 +221,8 @@ async fn a_control_plane_is_provisioned_reached_through_the_gateway_and_supervis
 #[tokio::test]
 async fn a_management_restart_mid_provisioning_still_ends_ready_without_duplicates() {
     let db_url = crate::support::fresh_database().await;
-    let data_dir = std::env::temp_dir().join(format!("qleet-restart-{}", Uuid::new_v4().simple()));
-    let secret = qleet::keys::Keys::generate_secret();
-    let configure = |c: &mut qleet::config::Config| {
-        c.database = qleet::config::Database::Url(secrecy::SecretString::from(db_url.clone()));
-        c.data_dir = data_dir.clone();
-        c.secret_key = secrecy::SecretString::from(secret.clone());
-    };
-    let first = spawn_app_with(configure).await;
+    let configure = one_instance(db_url.clone());
+    let first = spawn_app_with(configure.clone()).await;
     let alice = first.sign_in("alice@example.test").await;
     first.create_org(&alice, "acme").await;
     let id = create(&first, &alice, "acme", "prod").await;
@@ -623,14 +629,8 @@ async fn a_management_role_that_is_not_a_superuser_runs_and_deletes_control_plan
     url.set_username(&role).expect("user");
     url.set_password(Some("mgmt")).expect("password");
     url.set_path(&role);
-    let data_dir = std::env::temp_dir().join(format!("qleet-mgmt-{}", Uuid::new_v4().simple()));
-    let secret = qleet::keys::Keys::generate_secret();
-    let configure = |c: &mut qleet::config::Config| {
-        c.database = qleet::config::Database::Url(secrecy::SecretString::from(url.to_string()));
-        c.data_dir = data_dir.clone();
-        c.secret_key = secrecy::SecretString::from(secret.clone());
-    };
-    let first = spawn_app_with(configure).await;
+    let configure = one_instance(url.to_string());
+    let first = spawn_app_with(configure.clone()).await;
     let alice = first.sign_in("alice@example.test").await;
     first.create_org(&alice, "acme").await;
     let id = create(&first, &alice, "acme", "prod").await;

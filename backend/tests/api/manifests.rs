@@ -22,6 +22,18 @@ use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
 
+/// What `qleet manifests` renders, in apply order.
+const KINDS: [&str; 8] = [
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Service",
+    "Deployment",
+    "PodDisruptionBudget",
+    "Ingress",
+];
+
 fn qleet(args: &[&str]) -> Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_qleet"))
         .args(args)
@@ -81,17 +93,7 @@ fn render(args: &[&str]) -> Install {
     for document in &documents {
         let kind = document["kind"].as_str().unwrap_or_default();
         assert!(
-            [
-                "Namespace",
-                "ServiceAccount",
-                "ClusterRole",
-                "ClusterRoleBinding",
-                "Service",
-                "Deployment",
-                "PodDisruptionBudget",
-                "Ingress",
-            ]
-            .contains(&kind),
+            KINDS.contains(&kind),
             "unexpected document {kind:?} in:\n{yaml}"
         );
     }
@@ -175,19 +177,7 @@ fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String
 #[test]
 fn the_default_install_is_strictly_valid_kubernetes_objects_in_apply_order() {
     let install = render(&[]);
-    assert_eq!(
-        install.kinds,
-        [
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "Service",
-            "Deployment",
-            "PodDisruptionBudget",
-            "Ingress",
-        ]
-    );
+    assert_eq!(install.kinds, KINDS);
     let ns = install.namespace.metadata.name.as_deref();
     assert_eq!(ns, Some("qleet"));
     let labels = install.namespace.metadata.labels.clone().expect("labels");
