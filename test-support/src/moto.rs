@@ -26,6 +26,11 @@ impl MotoServer {
     /// Moto evaluating IAM policies after the first `no_auth_calls` calls (or, with `None`,
     /// allowing everything).
     pub async fn spawn(no_auth_calls: Option<u32>) -> MotoServer {
+        MotoServer::spawn_on("127.0.0.1", no_auth_calls).await
+    }
+
+    /// Like [`MotoServer::spawn`], listening on `host` (an address of this machine's).
+    pub async fn spawn_on(host: &str, no_auth_calls: Option<u32>) -> MotoServer {
         let bin = moto_server();
         assert!(
             bin.exists(),
@@ -34,7 +39,7 @@ impl MotoServer {
         );
         let port = crate::free_port();
         let mut cmd = tokio::process::Command::new(&bin);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        cmd.args(["-H", host, "-p", &port.to_string()])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .kill_on_drop(true);
@@ -42,7 +47,7 @@ impl MotoServer {
             cmd.env("INITIAL_NO_AUTH_ACTION_COUNT", n.to_string());
         }
         let child = cmd.spawn().expect("start moto_server");
-        let url = format!("http://127.0.0.1:{port}");
+        let url = format!("http://{host}:{port}");
         let http = reqwest::Client::new();
         for _ in 0..200 {
             if http

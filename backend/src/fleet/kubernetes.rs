@@ -80,7 +80,12 @@ pub struct KubernetesSettings {
 impl Default for KubernetesSettings {
     fn default() -> Self {
         Self {
-            image: "ghcr.io/qleet/qleet:latest".into(),
+            // What `scripts/build-images.sh` tags by default.
+            image: concat!(
+                "ghcr.io/qleet/qleet-control-plane:",
+                env!("CARGO_PKG_VERSION")
+            )
+            .into(),
             gateway_namespace: "qleet".into(),
             gateway_pod_labels: BTreeMap::from([(
                 "app.kubernetes.io/name".to_owned(),

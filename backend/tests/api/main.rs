@@ -10,6 +10,7 @@ mod cross_tenant;
 mod dev_cli;
 mod fleet;
 mod health;
+mod images;
 mod introspection;
 mod kubernetes;
 mod manifests;

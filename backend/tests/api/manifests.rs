@@ -381,7 +381,7 @@ fn the_example_values_file_renders_with_its_settings() {
     );
     assert_eq!(
         env["QLEET_K8S_IMAGE"],
-        "value registry.example.com/qleet/qleet:0.1.0"
+        "value registry.example.com/qleet/qleet-control-plane:0.1.0"
     );
     assert_eq!(
         env["QLEET_STRIPE_PRICES"],

@@ -7,7 +7,7 @@ use secrecy::SecretString;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::support::oidc::{OidcProvider, authorize};
+use crate::support::oidc::{self, OidcProvider, authorize};
 use crate::support::{Auth, Session, TestApp, session_cookie, spawn_on};
 
 pub const CLIENT_ID: &str = "qleet-test";
@@ -41,37 +41,12 @@ pub async fn app_with_provider() -> (TestApp, OidcProvider) {
 
 /// Starts a sign-in at Qleet: returns the `qleet_login` cookie and the provider URL.
 async fn begin(app: &TestApp) -> (String, String) {
-    let resp = app
-        .http
-        .get(format!("{}/auth/login/test?return_to=/orgs", app.url))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(resp.status(), 303, "login redirects to the provider");
-    let cookie = resp
-        .headers()
-        .get_all(header::SET_COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|v| v.strip_prefix("qleet_login="))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
-        .expect("login cookie");
-    let location = resp.headers()[header::LOCATION]
-        .to_str()
-        .expect("location")
-        .to_owned();
-    (cookie, location)
+    oidc::begin(&app.http, &app.url, "test").await
 }
 
 /// Brings the provider's answer back to Qleet's callback.
 async fn finish(app: &TestApp, login_cookie: &str, callback: &url::Url) -> reqwest::Response {
-    let path = &callback[url::Position::BeforePath..];
-    app.http
-        .get(format!("{}{path}", app.url))
-        .header(header::COOKIE, format!("qleet_login={login_cookie}"))
-        .send()
-        .await
-        .expect("callback")
+    oidc::finish(&app.http, &app.url, login_cookie, callback).await
 }
 
 fn callback_prefix(app: &TestApp) -> String {

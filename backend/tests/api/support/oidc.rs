@@ -405,3 +405,45 @@ fn page_text(html: &str) -> String {
         .replace("&amp;", "&");
     text.chars().take(600).collect()
 }
+
+/// Starts a sign-in at the Qleet at `url` with its provider `provider`: answers the
+/// `qleet_login` cookie and the provider URL it redirects to.
+pub async fn begin(http: &reqwest::Client, url: &str, provider: &str) -> (String, String) {
+    let resp = http
+        .get(format!("{url}/auth/login/{provider}?return_to=/orgs"))
+        .send()
+        .await
+        .expect("login");
+    assert_eq!(resp.status(), 303, "login redirects to the provider");
+    let cookie = resp
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("qleet_login="))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+        .expect("login cookie");
+    let location = resp.headers()[reqwest::header::LOCATION]
+        .to_str()
+        .expect("location")
+        .to_owned();
+    (cookie, location)
+}
+
+/// Brings the provider's answer (`callback`) back to the callback of the Qleet at `url`.
+pub async fn finish(
+    http: &reqwest::Client,
+    url: &str,
+    login_cookie: &str,
+    callback: &Url,
+) -> reqwest::Response {
+    let path = &callback[url::Position::BeforePath..];
+    http.get(format!("{url}{path}"))
+        .header(
+            reqwest::header::COOKIE,
+            format!("qleet_login={login_cookie}"),
+        )
+        .send()
+        .await
+        .expect("callback")
+}
