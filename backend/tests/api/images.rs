@@ -34,7 +34,27 @@ async fn build_images() -> BTreeMap<String, String> {
         std::path::Path::new(&helm).exists(),
         "{helm} is missing: run scripts/test.sh once (or `source scripts/lib.sh && ensure_helm`)"
     );
-    let out = tokio::process::Command::new("bash")
+    let mut script = tokio::process::Command::new("bash");
+    // Without the variables cargo sets for this test (its package's name, version, manifest
+    // directory): build scripts such as ring's rerun when they differ, so the script would
+    // rebuild what scripts/test.sh built before the tests instead of finding it fresh.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || key == "CARGO_TARGET_TMPDIR"
+        {
+            script.env_remove(key.as_ref());
+        }
+    }
+    let out = script
         .arg(format!("{root}/scripts/build-images.sh"))
         .env("HELM_BIN", helm)
         .env("QLEET_IMAGE_REPO", REPO)
