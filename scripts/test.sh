@@ -58,6 +58,9 @@ scripts/crate-graph.sh --check
 say "cargo clippy"
 cargo clippy --workspace --all-targets --features qleet/kubernetes -- -D warnings
 cargo clippy -p qleet-frontend --lib --target wasm32-unknown-unknown --features hydrate -- -D warnings
+say "the agent's Helm chart renders, refuses bad values and asks only for what the agent uses"
+# helm from ensure_helm; python3 with PyYAML from moto's venv (moto depends on it).
+PATH="$ROOT/target/helm:$ROOT/target/moto-venv/bin:$PATH" deploy/agent/check-chart.sh
 say "the committed SQL query data (.sqlx/) matches the queries and migrations"
 scripts/sqlx-prepare.sh --check
 # The images' static binaries are built here, before the tests, so that their long (fat LTO)
