@@ -12,7 +12,7 @@
 #   HELM_BIN=/path/to/helm scripts/build-images.sh   # a static helm 3 for the agent's Helm workloads
 #
 # Other settings: QLEET_IMAGE_PROFILE (cargo profile, default dist: size-optimised, fat LTO),
-# QLEET_SITE_DIR (an already built web UI; default: scripts/build-ui.sh --release).
+# QLEET_SITE_DIR (an already built web UI; default: scripts/build-ui.sh --release into target/site-release).
 # Prints one line per image on stdout: `NAME SIZE_BYTES`.
 source "$(dirname "$0")/lib.sh"
 
@@ -39,8 +39,9 @@ done
 
 SITE=${QLEET_SITE_DIR:-}
 if [ -z "$SITE" ]; then
-  say "building the web UI"
-  SITE=$(scripts/build-ui.sh --release | tail -n 1)
+  say "building the web UI (release)"
+  # A directory of its own, so the development build at target/site stays as it was.
+  SITE=$(QLEET_SITE_DIR="$TARGET_DIR/site-release" scripts/build-ui.sh --release | tail -n 1)
 fi
 [ -f "$SITE/pkg/qleet_bg.wasm" ] || die "no built web UI at $SITE (scripts/build-ui.sh)"
 
