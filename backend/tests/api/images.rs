@@ -15,11 +15,10 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use qleet_test_support::container::{self, IsolatedNet, Podman, ProcessFacts};
 use qleet_test_support::moto::MotoServer;
-use reqwest::header;
 use serde_json::{Value, json};
 
 use crate::support::oidc::{self, OidcProvider, authorize};
-use crate::support::session_cookie;
+use crate::support::{graphql, session_cookie};
 
 /// The image's runtime user and group.
 const USER: u32 = 65532;
@@ -113,27 +112,14 @@ async fn wait_ok(http: &reqwest::Client, url: &str, logs: impl Fn() -> String) {
 
 /// GraphQL as the signed-in person, at `path` of the management plane.
 struct Person {
-    http: reqwest::Client,
     url: String,
     cookie: String,
 }
 
 impl Person {
     async fn gql(&self, path: &str, query: &str, variables: Value) -> Value {
-        let body: Value = self
-            .http
-            .post(format!("{}/{path}", self.url))
-            .header(header::COOKIE, format!("qleet_session={}", self.cookie))
-            .header(header::ORIGIN, &self.url)
-            .json(&json!({ "query": query, "variables": variables }))
-            .send()
-            .await
-            .expect("graphql")
-            .json()
-            .await
-            .expect("json");
-        assert!(body.get("errors").is_none(), "{query}: {body:#}");
-        body["data"].clone()
+        let session = ("cookie", format!("qleet_session={}", self.cookie));
+        graphql(&self.url, &format!("/{path}"), session, query, variables).await
     }
 
     async fn control_plane_status(&self, id: &str) -> String {
@@ -179,7 +165,6 @@ async fn sign_in(url: &str) -> Person {
     assert_eq!(resp.status(), 303);
     let cookie = session_cookie(&resp).expect("a session");
     Person {
-        http,
         url: url.to_owned(),
         cookie,
     }

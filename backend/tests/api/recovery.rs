@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
+use crate::support::graphql;
+
 struct Plane {
     db: String,
     data_dir: PathBuf,
@@ -53,30 +55,6 @@ impl Plane {
         )
         .await
     }
-}
-
-/// A GraphQL request at `url` + `path` with one credential header, same-origin; answers
-/// `data`, failing on any error.
-async fn graphql(
-    url: &str,
-    path: &str,
-    (header, value): (&str, String),
-    query: &str,
-    variables: Value,
-) -> Value {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{url}{path}"))
-        .header(header, value)
-        .header("origin", url)
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .expect("graphql")
-        .json()
-        .await
-        .expect("json");
-    assert!(body.get("errors").is_none(), "{body}");
-    body["data"].clone()
 }
 
 /// Signs in with the development sign-in, makes organisation `org` and an owner API token.

@@ -309,3 +309,27 @@ pub fn session_cookie(resp: &reqwest::Response) -> Option<String> {
         .map(|v| v.split(';').next().unwrap_or("").to_owned())
         .find(|v| !v.is_empty())
 }
+
+/// A GraphQL request at `url` + `path` with one credential header, same-origin; answers
+/// `data`, failing on any error.
+pub async fn graphql(
+    url: &str,
+    path: &str,
+    (header, value): (&str, String),
+    query: &str,
+    variables: Value,
+) -> Value {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .header(header, value)
+        .header("origin", url)
+        .json(&json!({ "query": query, "variables": variables }))
+        .send()
+        .await
+        .expect("graphql")
+        .json()
+        .await
+        .expect("json");
+    assert!(body.get("errors").is_none(), "{query}: {body:#}");
+    body["data"].clone()
+}
