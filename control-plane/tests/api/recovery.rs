@@ -36,16 +36,22 @@ fn ids(tasks: &[Value]) -> Vec<String> {
 async fn a_lease_whose_answer_was_lost_comes_back_to_its_agent_at_once_and_to_no_one_else() {
     let cp = Cp::start().await;
     cp.apply_ok(APP).await;
-    // Agent `a` leases the first tasks, and (say) never hears the answer.
-    let mut lost = Vec::new();
-    for _ in 0..100 {
-        lost = lease(&cp, "a", Some(vec![])).await;
-        if !lost.is_empty() {
+    // The app's first tasks (its account and its runtime) are queued by the reconcile, each in
+    // its own time: wait for both, so that nothing new is queued while the test leases.
+    let mut queued = 0;
+    for _ in 0..600 {
+        queued = cp
+            .sql_count("select count(*) from agent_tasks where state = 'queued'")
+            .await;
+        if queued == 2 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(!lost.is_empty(), "nothing was queued");
+    assert_eq!(queued, 2, "the app's first two tasks were never queued");
+    // Agent `a` leases them, and (say) never hears the answer.
+    let lost = lease(&cp, "a", Some(vec![])).await;
+    assert_eq!(lost.len(), 2, "{lost:?}");
 
     // Another agent does not get them while the leases are live, nor does `a` when it says it
     // is working on them, nor an older agent that does not say what it holds.
