@@ -20,7 +20,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("{field}: {message}")]
     InvalidInput {
-        field: &'static str,
+        /// The input at fault: an argument's name, or for an apply `Kind/name:spec.path`.
+        field: std::borrow::Cow<'static, str>,
         message: String,
     },
     #[error("{0}")]
@@ -72,9 +73,12 @@ impl ApiError {
         }
     }
 
-    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid(
+        field: impl Into<std::borrow::Cow<'static, str>>,
+        message: impl Into<String>,
+    ) -> Self {
         ApiError::InvalidInput {
-            field,
+            field: field.into(),
             message: message.into(),
         }
     }
@@ -191,7 +195,7 @@ impl ErrorExtensions for ApiError {
         err = err.extend_with(|_, e| {
             e.set("code", self.code());
             if let ApiError::InvalidInput { field, .. } = self {
-                e.set("field", *field);
+                e.set("field", field.as_ref());
             }
             if let ApiError::Internal { request_id, .. } = self {
                 e.set("requestId", request_id.as_str());

@@ -116,8 +116,9 @@ impl Cp {
     pub async fn apply(&self, yaml: &str, dry_run: bool, prune: bool) -> Value {
         self.gql(
             "mutation($y: String!, $d: Boolean!, $p: Boolean!) { apply(yaml: $y, dryRun: $d, prune: $p) {
-               applied summary { create update delete unchanged }
-               changes { action kind name owner { kind name } diffs { path before after } } } }",
+               applied summary { create update replace delete unchanged }
+               changes { action kind name owner { kind name } diffs { path before after }
+                         replacement { fields what } } } }",
             json!({ "y": yaml, "d": dry_run, "p": prune }),
         )
         .await

@@ -122,10 +122,7 @@ fn parse_name(input: &str) -> Result<String, ApiError> {
     crate::orgs::Slug::parse(input)
         .map(|s| s.as_str().to_owned())
         .map_err(|e| match e {
-            ApiError::InvalidInput { message, .. } => ApiError::InvalidInput {
-                field: "name",
-                message,
-            },
+            ApiError::InvalidInput { message, .. } => ApiError::invalid("name", message),
             other => other,
         })
 }

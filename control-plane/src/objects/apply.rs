@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::compose;
+use super::fields::{self, Verdict};
 use super::kinds::{Builtin, CompositionSpec, parse_spec};
 use super::refs::{self, ObjKey};
 use super::rerun;
@@ -26,8 +27,20 @@ pub struct Manifest {
 pub enum ChangeAction {
     Create,
     Update,
+    /// An update the cloud cannot make in place: a new resource, the old one deleted once
+    /// nothing uses it (see [`Replacement`]).
+    Replace,
     Delete,
     Unchanged,
+}
+
+/// Why an object is replaced and what happens to it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Replacement {
+    /// The fields whose change forces it, e.g. `spec.region`.
+    pub fields: Vec<String>,
+    /// What happens, data included.
+    pub what: String,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -43,6 +56,7 @@ pub struct PlannedChange {
     pub key: ObjKey,
     pub owner: Option<ObjKey>,
     pub diffs: Vec<FieldDiff>,
+    pub replacement: Option<Replacement>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +82,18 @@ pub struct Request {
 
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::invalid("yaml", message)
+}
+
+/// One object's document is at fault: `extensions.field` names the object and, when the
+/// message starts with one, the field path, as `RelationalDatabase/db:spec.engine`.
+fn invalid_object(key: &ObjKey, message: &str) -> ApiError {
+    let is_path = |p: &str| {
+        (p == "spec" || p.starts_with("spec.") || p.starts_with("spec[")) && !p.contains(' ')
+    };
+    match message.split_once(": ") {
+        Some((path, rest)) if is_path(path) => ApiError::invalid(format!("{key}:{path}"), rest),
+        _ => ApiError::invalid(key.to_string(), message),
+    }
 }
 
 /// Largest YAML text of an apply, before aliases are expanded (see [`super::yaml`] for the
@@ -176,27 +202,67 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
     }
 
     let mut changes = Vec::new();
+    let made = sqlx::query_scalar!(
+        "select distinct object_id from agent_tasks
+         where operation = 'ensure' and (attempts > 0 or state = 'succeeded')",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let regions = Regions {
+        current: &current,
+        world: &world,
+        made: made.into_iter().collect(),
+    };
     for key in &order {
         let p = &world[key];
-        let (action, diffs) = match current.get(key) {
-            None => (ChangeAction::Create, diff("spec", None, Some(&p.spec))),
-            Some(row) if row.spec == p.spec && owner_key(row, &by_id) == p.owner => {
-                if !p.mentioned {
-                    continue;
-                }
-                (ChangeAction::Unchanged, Vec::new())
+        let Some(row) = current.get(key) else {
+            changes.push(PlannedChange {
+                action: ChangeAction::Create,
+                key: key.clone(),
+                owner: p.owner.clone(),
+                diffs: diff("spec", None, Some(&p.spec)),
+                replacement: None,
+            });
+            continue;
+        };
+        let diffs = diff("spec", Some(&row.spec), Some(&p.spec));
+        let replacement = replacement(key, &diffs, &regions, row, p)?;
+        let action = if replacement.is_some() {
+            ChangeAction::Replace
+        } else if diffs.is_empty() && owner_key(row, &by_id) == p.owner {
+            if !p.mentioned {
+                continue;
             }
-            Some(row) => (
-                ChangeAction::Update,
-                diff("spec", Some(&row.spec), Some(&p.spec)),
-            ),
+            ChangeAction::Unchanged
+        } else {
+            ChangeAction::Update
         };
         changes.push(PlannedChange {
             action,
             key: key.clone(),
             owner: p.owner.clone(),
             diffs,
+            replacement,
         });
+    }
+    // Objects this request does not name can still move: a new default region of their
+    // account moves each one that does not set its own.
+    for (key, p) in &world {
+        if order.contains(key) {
+            continue;
+        }
+        let Some(row) = current.get(key) else {
+            continue;
+        };
+        if let Some(replacement) = replacement(key, &[], &regions, row, p)? {
+            changes.push(PlannedChange {
+                action: ChangeAction::Replace,
+                key: key.clone(),
+                owner: p.owner.clone(),
+                diffs: Vec::new(),
+                replacement: Some(replacement),
+            });
+        }
     }
     for key in &deletions {
         let row = &current[key];
@@ -205,6 +271,7 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
             key: key.clone(),
             owner: owner_key(row, &by_id),
             diffs: diff("spec", Some(&row.spec), None),
+            replacement: None,
         });
     }
 
@@ -231,6 +298,103 @@ pub async fn apply(pool: &PgPool, request: Request) -> Result<Plan, ApiError> {
         applied: true,
         changes,
     })
+}
+
+/// What an update's consequences depend on: the accounts' default regions before and after
+/// the apply, and which objects have had anything made in the cloud.
+struct Regions<'a> {
+    current: &'a BTreeMap<ObjKey, ObjectRow>,
+    world: &'a World,
+    made: BTreeSet<Uuid>,
+}
+
+/// The region an object's cloud resources live in: its own `region` (an EKS runtime's
+/// `eks.region`), else its account's default region (`None` for kinds without one).
+fn effective_region(
+    kind: &str,
+    spec: &Value,
+    default_region: impl Fn(&ObjKey) -> Option<Value>,
+) -> Option<Value> {
+    let (own, account) = match kind {
+        "ObjectStorageBucket" | "RelationalDatabase" => (spec.get("region"), spec.get("account")),
+        "KubernetesRuntime" => (spec.pointer("/eks/region"), spec.pointer("/eks/account")),
+        _ => return None,
+    };
+    own.filter(|r| !r.is_null()).cloned().or_else(|| {
+        let account = ObjKey::parse(account?.as_str()?).ok()?;
+        default_region(&account)
+    })
+}
+
+/// What an update of `key` does, by the rules of [`fields`]: `None` in place, a replacement,
+/// or a refusal naming the field. An object with nothing in the cloud yet is simply updated. A region is compared as it takes effect: setting `region` to
+/// the account's default moves nothing; a new default region moves what does not set one.
+fn replacement(
+    key: &ObjKey,
+    diffs: &[FieldDiff],
+    regions: &Regions<'_>,
+    row: &ObjectRow,
+    planned: &Planned,
+) -> Result<Option<Replacement>, ApiError> {
+    let Some(builtin) = Builtin::parse(&key.kind) else {
+        return Ok(None);
+    };
+    // Nothing exists yet (never picked up by an agent): any change is a plain update.
+    if !regions.made.contains(&row.id) {
+        return Ok(None);
+    }
+    let region_path = if key.kind == "KubernetesRuntime" {
+        "spec.eks.region"
+    } else {
+        "spec.region"
+    };
+    let before = effective_region(&key.kind, &row.spec, |a| {
+        regions
+            .current
+            .get(a)
+            .map(|r| r.spec["defaultRegion"].clone())
+    });
+    let after = effective_region(&key.kind, &planned.spec, |a| {
+        regions
+            .world
+            .get(a)
+            .map(|p| p.spec["defaultRegion"].clone())
+    });
+    let others: Vec<FieldDiff> = diffs
+        .iter()
+        .filter(|d| before.is_none() || d.path != region_path)
+        .cloned()
+        .collect();
+    let mut out = match fields::classify(builtin, &others) {
+        Verdict::InPlace => None,
+        Verdict::Replace { fields, what } => Some(Replacement {
+            fields,
+            what: what.to_owned(),
+        }),
+        Verdict::Refused { field, why } => {
+            return Err(invalid_object(
+                key,
+                &format!("{field}: cannot be changed: {why}"),
+            ));
+        }
+    };
+    if before.is_some() && before != after {
+        let what = match fields::rule_for(builtin, region_path).map(|r| r.change) {
+            Some(fields::Change::Replace(what)) => what,
+            _ => "a new resource replaces the old one",
+        };
+        let field = if diffs.iter().any(|d| d.path == region_path) {
+            region_path.to_owned()
+        } else {
+            format!("{region_path} (its account's defaultRegion)")
+        };
+        let r = out.get_or_insert_with(|| Replacement {
+            fields: Vec::new(),
+            what: what.to_owned(),
+        });
+        r.fields.push(field);
+    }
+    Ok(out)
 }
 
 fn owner_key(row: &ObjectRow, by_id: &HashMap<Uuid, ObjKey>) -> Option<ObjKey> {
@@ -278,7 +442,7 @@ fn plan_world(
         if m.key.kind == "Composition" {
             let (spec, _) = Builtin::Composition
                 .validate(&m.spec)
-                .map_err(|e| invalid(format!("{}: {e}", m.key)))?;
+                .map_err(|e| invalid_object(&m.key, &e))?;
             let def: CompositionSpec = parse_spec(&spec).map_err(invalid)?;
             if let Some((other, _)) = defs.get(&def.kind)
                 && other != &m.key
@@ -457,11 +621,11 @@ fn normalise(
         Some(b) => b
             .validate(spec)
             .map(|(v, _)| v)
-            .map_err(|e| invalid(format!("{key}: {e}"))),
+            .map_err(|e| invalid_object(key, &e)),
         None => {
             let (_, def) = defs.get(&key.kind).ok_or_else(|| {
-                invalid(format!(
-                    "{key}: unknown kind {} (built-in kinds: {}; or declare a Composition with spec.kind: {})",
+                invalid_object(key, &format!(
+                    "unknown kind {} (built-in kinds: {}; or declare a Composition with spec.kind: {})",
                     key.kind,
                     super::kinds::ALL.iter().map(|b| b.name()).collect::<Vec<_>>().join(", "),
                     key.kind
@@ -469,7 +633,7 @@ fn normalise(
             })?;
             compose::parameters(def, spec)
                 .map(Value::Object)
-                .map_err(|e| invalid(format!("{key}: {e}")))
+                .map_err(|e| invalid_object(key, &e))
         }
     }
 }
@@ -524,52 +688,61 @@ fn check_references(
     let mut all = References::new();
     let mut edges: BTreeMap<&ObjKey, BTreeSet<ObjKey>> = BTreeMap::new();
     for (key, p) in world {
-        let found = references(key, &p.spec).map_err(|e| invalid(format!("{key}: {e}")))?;
+        let found = references(key, &p.spec).map_err(|e| invalid_object(key, &e))?;
         for r in &found {
-            let at = format!("{key}: {}", r.path);
+            let at = r.path.as_str();
             if !world.contains_key(&r.target) {
-                return Err(invalid(if deletions.contains(&r.target) {
-                    format!(
+                return Err(if deletions.contains(&r.target) {
+                    invalid(format!(
                         "{} is used by {key} ({}); delete or change {key} too",
                         r.target, r.path
-                    )
+                    ))
                 } else {
-                    format!("{at}: {} does not exist", r.target)
-                }));
+                    invalid_object(key, &format!("{at}: {} does not exist", r.target))
+                });
             }
             if let Some(expected) = r.expected_kind
                 && r.target.kind != expected
             {
-                return Err(invalid(format!(
-                    "{at}: must name a {expected}, not {}",
-                    r.target
-                )));
+                return Err(invalid_object(
+                    key,
+                    &format!("{at}: must name a {expected}, not {}", r.target),
+                ));
             }
             if let Some(output) = &r.output {
                 let outputs = declared_outputs(&r.target, defs);
                 match outputs.iter().find(|(n, _)| n == output) {
                     None => {
-                        return Err(invalid(format!(
-                            "{at}: {} has no output `{output}` (it has: {})",
-                            r.target,
-                            outputs
-                                .iter()
-                                .map(|(n, _)| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )));
+                        return Err(invalid_object(
+                            key,
+                            &format!(
+                                "{at}: {} has no output `{output}` (it has: {})",
+                                r.target,
+                                outputs
+                                    .iter()
+                                    .map(|(n, _)| n.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        ));
                     }
                     Some((_, true)) if r.interpolated || !r.path.starts_with("spec.env[") => {
-                        return Err(invalid(format!(
-                            "{at}: {}.{output} is a secret; bind it through a Workload's spec.env valueFrom, which gives the container a Kubernetes Secret reference",
-                            r.target
-                        )));
+                        return Err(invalid_object(
+                            key,
+                            &format!(
+                                "{at}: {}.{output} is a secret; bind it through a Workload's spec.env valueFrom, which gives the container a Kubernetes Secret reference",
+                                r.target
+                            ),
+                        ));
                     }
                     Some(_) => {}
                 }
             }
             if r.target == *key {
-                return Err(invalid(format!("{at}: an object cannot depend on itself")));
+                return Err(invalid_object(
+                    key,
+                    &format!("{at}: an object cannot depend on itself"),
+                ));
             }
             edges.entry(key).or_default().insert(r.target.clone());
         }
@@ -720,6 +893,26 @@ async fn write(
                 .await?;
                 touched.push(id);
             }
+            ChangeAction::Replace => {
+                let p = &world[&c.key];
+                let incarnation = sqlx::query_scalar!(
+                    "update objects set spec = $2, generation = generation + 1, updated_at = now(),
+                       changed_by = $3, incarnation = incarnation + 1
+                     where id = $1
+                     returning incarnation",
+                    id,
+                    &p.spec,
+                    actor,
+                )
+                .fetch_one(&mut *conn)
+                .await?;
+                let why = c.replacement.as_ref().map_or_else(String::new, |r| {
+                    format!("{} changed: {}", r.fields.join(", "), r.what)
+                });
+                retire(&mut *conn, id, incarnation - 1, &why).await?;
+                store::event(&mut *conn, id, false, "ReplacementStarted", &why).await?;
+                touched.push(id);
+            }
             ChangeAction::Delete => {
                 sqlx::query!(
                     "update objects set deletion_requested_at = now(), updated_at = now(),
@@ -767,7 +960,10 @@ async fn write(
         .collect();
     let mut waiting: Vec<Uuid> = Vec::new();
     for c in changes {
-        if !matches!(c.action, ChangeAction::Create | ChangeAction::Update) {
+        if !matches!(
+            c.action,
+            ChangeAction::Create | ChangeAction::Update | ChangeAction::Replace
+        ) {
             continue;
         }
         let id = ids[&c.key];
@@ -818,6 +1014,38 @@ async fn write(
     touched.extend(owners);
     touched.retain(|id| !waiting.contains(id));
     store::enqueue(&mut *conn, &touched).await?;
+    Ok(())
+}
+
+/// Sets the object's current resource aside when it is replaced: what the agent last worked on
+/// (if it ever did) is recorded, to be deleted once the new incarnation is Ready and its
+/// dependents have re-rolled (or when the object is deleted). Unfinished work on the old one
+/// stops.
+async fn retire(
+    conn: &mut PgConnection,
+    id: Uuid,
+    incarnation: i32,
+    why: &str,
+) -> Result<(), ApiError> {
+    sqlx::query!(
+        "insert into retired_resources (id, object_id, incarnation, payload, input_hash, reason)
+         select $1, t.object_id, $3, t.payload, t.input_hash, $4 from agent_tasks t
+         where t.object_id = $2 and t.operation = 'ensure' and (t.attempts > 0 or t.state = 'succeeded')
+         order by t.created_at desc limit 1",
+        Uuid::new_v4(),
+        id,
+        incarnation,
+        why,
+    )
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query!(
+        "update agent_tasks set state = 'superseded', lease_id = null
+         where object_id = $1 and operation = 'ensure' and state in ('queued', 'leased')",
+        id,
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

@@ -235,12 +235,24 @@ pub struct PlannedChange {
     pub name: String,
     pub owner: Option<ObjectRef>,
     pub diffs: Vec<FieldDiff>,
+    /// Set when the action is REPLACE: the fields that force it and what happens.
+    pub replacement: Option<Replacement>,
+}
+
+/// A change the cloud cannot make in place.
+#[derive(SimpleObject)]
+pub struct Replacement {
+    /// The fields whose change forces a new resource, e.g. `spec.region`.
+    pub fields: Vec<String>,
+    /// What happens to the old resource and its data.
+    pub what: String,
 }
 
 #[derive(SimpleObject)]
 pub struct PlanSummary {
     pub create: i32,
     pub update: i32,
+    pub replace: i32,
     pub delete: i32,
     pub unchanged: i32,
 }
@@ -261,6 +273,7 @@ impl From<apply::Plan> for Plan {
             summary: PlanSummary {
                 create: count(ChangeAction::Create),
                 update: count(ChangeAction::Update),
+                replace: count(ChangeAction::Replace),
                 delete: count(ChangeAction::Delete),
                 unchanged: count(ChangeAction::Unchanged),
             },
@@ -285,6 +298,10 @@ impl From<apply::Plan> for Plan {
                             after: d.after.map(Json),
                         })
                         .collect(),
+                    replacement: c.replacement.map(|r| Replacement {
+                        fields: r.fields,
+                        what: r.what,
+                    }),
                 })
                 .collect(),
         }
@@ -305,11 +322,93 @@ pub struct Graph {
     pub edges: Vec<GraphEdge>,
 }
 
+/// A built-in kind, for the field reference.
+#[derive(SimpleObject)]
+pub struct KindInfo {
+    pub name: String,
+    /// The JSON Schema of its spec, derived from the spec's Rust type.
+    pub schema: Json<Value>,
+    /// What changing each field does.
+    pub fields: Vec<FieldRule>,
+    pub outputs: Vec<KindOutput>,
+}
+
+/// What changing a field (and everything under it) does.
+#[derive(SimpleObject)]
+pub struct FieldRule {
+    /// e.g. `spec.region`.
+    pub path: String,
+    pub change: FieldChange,
+    /// For a replacement, what happens; for a refusal, why (and what to do instead).
+    pub note: Option<String>,
+}
+
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+pub enum FieldChange {
+    /// Changed in place.
+    InPlace,
+    /// Changed in place when it grows; shrinking is refused.
+    GrowOnly,
+    /// Changed in place when the version goes up; going down is refused.
+    UpgradeOnly,
+    /// A new resource replaces the old one.
+    Replace,
+    /// Refused.
+    Immutable,
+}
+
+#[derive(SimpleObject)]
+pub struct KindOutput {
+    pub name: String,
+    /// A reference to a secret in the customer's account, never its value.
+    pub secret: bool,
+    /// Read back from the cloud by the agent (the others the control plane computes).
+    pub observed: bool,
+}
+
 #[derive(Default)]
 pub struct ObjectsQuery;
 
 #[Object]
 impl ObjectsQuery {
+    /// The built-in kinds: each one's spec schema, what changing each field does, its outputs.
+    async fn kinds(&self) -> Vec<KindInfo> {
+        use super::fields::Change;
+        super::kinds::ALL
+            .into_iter()
+            .map(|kind| KindInfo {
+                name: kind.name().to_owned(),
+                schema: Json(kind.schema()),
+                fields: super::fields::rules(kind)
+                    .iter()
+                    .map(|r| {
+                        let (change, note) = match r.change {
+                            Change::InPlace => (FieldChange::InPlace, None),
+                            Change::GrowOnly(n) => (FieldChange::GrowOnly, Some(n)),
+                            Change::UpgradeOnly(n) => (FieldChange::UpgradeOnly, Some(n)),
+                            Change::Replace(n) => (FieldChange::Replace, Some(n)),
+                            Change::Immutable(n) => (FieldChange::Immutable, Some(n)),
+                        };
+                        FieldRule {
+                            path: r.path.to_owned(),
+                            change,
+                            note: note.map(str::to_owned),
+                        }
+                    })
+                    .collect(),
+                outputs: kind
+                    .outputs()
+                    .iter()
+                    .map(|o| KindOutput {
+                        name: o.name.to_owned(),
+                        secret: o.secret,
+                        observed: o.from_agent,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
     /// Every object (or those of one kind), by kind and name.
     async fn objects(
         &self,

@@ -2,6 +2,7 @@
 //! dependency graph their references make, output wiring, the reconciler and the agent API.
 //!
 //! - [`kinds`]: the built-in kinds (spec types with field-path validation, outputs).
+//! - [`fields`]: what changing each field does (in place, a replacement, or refused).
 //! - [`refs`]: `Kind/name` keys and references to outputs.
 //! - [`compose`]: tenant-defined kinds as data (Composition → owned objects).
 //! - [`yaml`]: the YAML of an apply, parsed with its expanded size bounded.
@@ -13,6 +14,7 @@
 
 pub mod apply;
 pub mod compose;
+pub mod fields;
 pub mod graphql;
 pub mod kinds;
 pub mod reconcile;

@@ -371,7 +371,153 @@ async fn reconcile(
         None => instance(conn, row).await?,
         Some(builtin) => managed(conn, engine, row, &key, builtin).await?,
     };
+    if next.phase == Phase::Ready {
+        mark_seen(conn, row).await?;
+    }
     save(conn, row, next).await
+}
+
+/// Records, on each of its edges, the outputs of each dependency an object has become Ready
+/// with. A replaced dependency waits for every dependent to have seen its new outputs before
+/// its old resource is deleted; it is asked to look again when one has.
+async fn mark_seen(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::Result<()> {
+    let replaced = sqlx::query_scalar!(
+        "update object_edges e set seen_outputs = md5(d.outputs::text)
+         from objects d
+         where e.dependent = $1 and d.id = e.dependency
+           and e.seen_outputs is distinct from md5(d.outputs::text)
+         returning e.dependency",
+        row.id,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    let waiting = sqlx::query_scalar!(
+        r#"select distinct object_id as "id!" from retired_resources
+         where object_id = any($1) and deleted_at is null"#,
+        &replaced,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    store::enqueue(&mut *conn, &waiting).await?;
+    Ok(())
+}
+
+/// After a replacement, what the old incarnation made is deleted once the new one is Ready
+/// (the caller's phase) and every dependent has become Ready with the new outputs. Answers
+/// what is still pending, for the object's status message.
+async fn delete_replaced(
+    conn: &mut PgConnection,
+    row: &ObjectRow,
+    outputs: &Value,
+) -> anyhow::Result<Option<String>> {
+    let retired = sqlx::query!(
+        "select id, payload, input_hash from retired_resources
+         where object_id = $1 and deleted_at is null order by retired_at",
+        row.id,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if retired.is_empty() {
+        return Ok(None);
+    }
+    let behind = sqlx::query_scalar!(
+        r#"select o.kind || '/' || o.name as "key!"
+         from object_edges e join objects o on o.id = e.dependent
+         where e.dependency = $1
+           and (e.seen_outputs is distinct from md5($2::jsonb::text)
+                or o.status->>'phase' is distinct from 'Ready')
+         order by 1"#,
+        row.id,
+        outputs,
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    if !behind.is_empty() {
+        return Ok(Some(format!(
+            "ready; the resource it replaces is deleted once {} {} re-rolled onto it",
+            behind.join(", "),
+            if behind.len() == 1 { "has" } else { "have" }
+        )));
+    }
+    let mut pending = Vec::new();
+    for r in retired {
+        match cleanup(conn, row, &r.input_hash, &r.payload).await? {
+            Cleanup::Done => {
+                sqlx::query!(
+                    "update retired_resources set deleted_at = now() where id = $1",
+                    r.id,
+                )
+                .execute(&mut *conn)
+                .await?;
+                store::event(
+                    &mut *conn,
+                    row.id,
+                    false,
+                    "ReplacedResourceDeleted",
+                    "the agent deleted the resource this object replaced",
+                )
+                .await?;
+            }
+            Cleanup::Failed(e) => pending.push(format!("its deletion failed: {e}")),
+            Cleanup::Pending => pending.push("the agent is deleting it".to_owned()),
+        }
+    }
+    Ok((!pending.is_empty()).then(|| {
+        format!(
+            "ready; the resource it replaces is not deleted yet: {}",
+            pending.join("; ")
+        )
+    }))
+}
+
+/// Where the agent's deletion of one payload stands.
+enum Cleanup {
+    Done,
+    Pending,
+    Failed(String),
+}
+
+/// Has the agent delete what `payload` made (queued once; a finished deletion is never queued
+/// again) and answers where that stands.
+async fn cleanup(
+    conn: &mut PgConnection,
+    row: &ObjectRow,
+    hash: &str,
+    payload: &Value,
+) -> anyhow::Result<Cleanup> {
+    let task = sqlx::query!(
+        "select state, error from agent_tasks
+         where object_id = $1 and operation = 'delete' and input_hash = $2",
+        row.id,
+        hash,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match task {
+        None => {
+            queue_task(conn, row, "delete", hash, payload).await?;
+            store::event(
+                &mut *conn,
+                row.id,
+                false,
+                "CleanupQueued",
+                "asked the agent to remove what it made",
+            )
+            .await?;
+            Cleanup::Pending
+        }
+        Some(t) if t.state == "succeeded" => Cleanup::Done,
+        Some(t) if t.state == "failed" => Cleanup::Failed(
+            t.error
+                .as_ref()
+                .map(describe_error)
+                .unwrap_or_else(|| "the agent reported a failure".into()),
+        ),
+        Some(_) => Cleanup::Pending,
+    })
 }
 
 /// A composition instance is what its objects are.
@@ -441,7 +587,6 @@ struct TaskRow {
     outputs: Option<Value>,
     error: Option<Value>,
     attempts: i32,
-    payload: Value,
 }
 
 /// An object the agent makes real: wait for dependencies, render, queue the task for the
@@ -473,6 +618,9 @@ async fn managed(
     }
     let outputs: BTreeMap<ObjKey, Value> =
         deps.iter().map(|d| (d.key(), d.outputs.clone())).collect();
+    let incarnation = sqlx::query_scalar!("select incarnation from objects where id = $1", row.id)
+        .fetch_one(&mut *conn)
+        .await?;
     let input = render::Input {
         control_plane: engine.control_plane,
         id: row.id,
@@ -481,6 +629,7 @@ async fn managed(
         outputs: &outputs,
         own_outputs: &row.outputs,
         changed_by: row.changed_by.as_deref(),
+        incarnation,
     };
     let desired = match render::desired(builtin, &input) {
         Ok(d) => d,
@@ -505,7 +654,7 @@ async fn managed(
 
     let latest = sqlx::query_as!(
         TaskRow,
-        "select input_hash, state, outputs, error, attempts, payload from agent_tasks
+        "select input_hash, state, outputs, error, attempts from agent_tasks
          where object_id = $1 and operation = 'ensure' and state <> 'superseded'
          order by created_at desc limit 1",
         row.id,
@@ -561,7 +710,13 @@ async fn managed(
             Next::new(Phase::Provisioning, "queued for the agent")
         }
     };
-    next.outputs = Some(Value::Object(merged));
+    let outputs = Value::Object(merged);
+    if next.phase == Phase::Ready
+        && let Some(note) = delete_replaced(conn, row, &outputs).await?
+    {
+        next.message = note;
+    }
+    next.outputs = Some(outputs);
     next.rendered = Some(Some(desired.payload["resource"].clone()));
     Ok(next)
 }
@@ -581,14 +736,19 @@ async fn queue_task(
     hash: &str,
     payload: &Value,
 ) -> sqlx::Result<()> {
-    sqlx::query!(
-        "update agent_tasks set state = 'superseded', lease_id = null
-         where object_id = $1 and state in ('queued', 'leased') and input_hash <> $2",
-        row.id,
-        hash,
-    )
-    .execute(&mut *conn)
-    .await?;
+    // New inputs make unfinished work for older ones moot; deletions of what older inputs
+    // made (a replaced resource's) stand.
+    if operation == "ensure" {
+        sqlx::query!(
+            "update agent_tasks set state = 'superseded', lease_id = null
+             where object_id = $1 and operation = 'ensure' and state in ('queued', 'leased')
+               and input_hash <> $2",
+            row.id,
+            hash,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     sqlx::query!(
         "insert into agent_tasks (id, object_id, operation, generation, input_hash, payload)
          values ($1, $2, $3, $4, $5, $6)
@@ -653,73 +813,77 @@ async fn finalize_deletion(conn: &mut PgConnection, row: &ObjectRow) -> anyhow::
     }
     let needs_cleanup = Builtin::parse(&row.kind).is_some_and(Builtin::needs_agent);
     if needs_cleanup {
-        // Anything an agent ever picked up may exist in the customer's account.
-        let made = sqlx::query_as!(
-            TaskRow,
-            "select input_hash, state, outputs, error, attempts, payload from agent_tasks
+        // Anything an agent ever picked up may exist in the customer's account: the current
+        // incarnation's last work, and what replaced incarnations made that is not yet deleted.
+        let made = sqlx::query!(
+            "select input_hash, payload from agent_tasks
              where object_id = $1 and operation = 'ensure' and (attempts > 0 or state = 'succeeded')
              order by created_at desc limit 1",
             row.id,
         )
         .fetch_optional(&mut *conn)
         .await?;
-        if let Some(made) = made {
-            let cleanup = sqlx::query_as!(
-                TaskRow,
-                "select input_hash, state, outputs, error, attempts, payload from agent_tasks
-                 where object_id = $1 and operation = 'delete' order by created_at desc limit 1",
+        let retired = sqlx::query!(
+            "select id, input_hash, payload from retired_resources
+             where object_id = $1 and deleted_at is null order by retired_at",
+            row.id,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut targets: Vec<(Option<Uuid>, String, Value)> = retired
+            .into_iter()
+            .map(|r| (Some(r.id), r.input_hash, r.payload))
+            .collect();
+        if let Some(m) = made
+            && !targets.iter().any(|(_, h, _)| *h == m.input_hash)
+        {
+            targets.push((None, m.input_hash, m.payload));
+        }
+        if !targets.is_empty() {
+            sqlx::query!(
+                "update agent_tasks set state = 'superseded', lease_id = null
+                 where object_id = $1 and operation = 'ensure' and state in ('queued', 'leased')",
                 row.id,
             )
-            .fetch_optional(&mut *conn)
+            .execute(&mut *conn)
             .await?;
-            match cleanup.as_ref().map(|t| t.state.as_str()) {
-                Some("succeeded") => {}
-                None => {
-                    sqlx::query!(
-                        "update agent_tasks set state = 'superseded', lease_id = null
-                         where object_id = $1 and operation = 'ensure' and state in ('queued', 'leased')",
-                        row.id,
-                    )
-                    .execute(&mut *conn)
-                    .await?;
-                    queue_task(conn, row, "delete", &made.input_hash, &made.payload).await?;
-                    store::event(
-                        &mut *conn,
-                        row.id,
-                        false,
-                        "CleanupQueued",
-                        "asked the agent to remove what it made",
-                    )
-                    .await?;
-                    return save(
-                        conn,
-                        row,
-                        Next::new(Phase::Deleting, "waiting for the agent to clean up"),
-                    )
-                    .await;
+        }
+        let mut failed = Vec::new();
+        let mut pending = false;
+        for (retired_id, hash, payload) in targets {
+            match cleanup(conn, row, &hash, &payload).await? {
+                Cleanup::Done => {
+                    if let Some(id) = retired_id {
+                        sqlx::query!(
+                            "update retired_resources set deleted_at = now() where id = $1",
+                            id,
+                        )
+                        .execute(&mut *conn)
+                        .await?;
+                    }
                 }
-                Some("failed") => {
-                    let e = cleanup
-                        .as_ref()
-                        .and_then(|t| t.error.as_ref())
-                        .map(describe_error)
-                        .unwrap_or_default();
-                    return save(
-                        conn,
-                        row,
-                        Next::new(Phase::Deleting, format!("cleanup failed: {e}")),
-                    )
-                    .await;
-                }
-                Some(_) => {
-                    return save(
-                        conn,
-                        row,
-                        Next::new(Phase::Deleting, "waiting for the agent to clean up"),
-                    )
-                    .await;
-                }
+                Cleanup::Pending => pending = true,
+                Cleanup::Failed(e) => failed.push(e),
             }
+        }
+        if !failed.is_empty() {
+            return save(
+                conn,
+                row,
+                Next::new(
+                    Phase::Deleting,
+                    format!("cleanup failed: {}", failed.join("; ")),
+                ),
+            )
+            .await;
+        }
+        if pending {
+            return save(
+                conn,
+                row,
+                Next::new(Phase::Deleting, "waiting for the agent to clean up"),
+            )
+            .await;
         }
     }
     // Gone: tell what it used and what owned it.

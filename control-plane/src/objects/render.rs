@@ -32,6 +32,8 @@ pub struct Input<'a> {
     pub own_outputs: &'a Value,
     /// Who last changed it, passed to AWS as the role session's SourceIdentity.
     pub changed_by: Option<&'a str>,
+    /// How many times it was replaced: each incarnation's cloud resources are named apart.
+    pub incarnation: i32,
 }
 
 impl Input<'_> {
@@ -83,13 +85,26 @@ impl Input<'_> {
     }
 
     /// A deterministic cloud name: `qleet-NAME-ID8`, from the object id so a retried create
-    /// finds what an earlier try made.
+    /// finds what an earlier try made; a replacement's is `qleet-NAME-ID8-rN`, so the new
+    /// resource can exist beside the one it replaces.
     fn cloud_name(&self, max: usize) -> String {
         let id = self.id.simple().to_string();
-        let suffix = &id[..8];
+        let mut suffix = id[..8].to_owned();
+        if self.incarnation > 0 {
+            suffix = format!("{suffix}-r{}", self.incarnation);
+        }
         let room = max.saturating_sub("qleet-".len() + 1 + suffix.len());
         let name: String = self.key.name.chars().take(room).collect();
         format!("qleet-{}-{suffix}", name.trim_end_matches('-'))
+    }
+
+    /// Where the agent keeps a database's password: one secret per incarnation, so deleting a
+    /// replaced instance's secret leaves the new one's alone.
+    fn password_secret_name(&self) -> String {
+        match self.incarnation {
+            0 => format!("qleet/{}/{}/password", self.control_plane, self.id),
+            n => format!("qleet/{}/{}/r{n}/password", self.control_plane, self.id),
+        }
     }
 
     fn tags(&self) -> Value {
@@ -234,7 +249,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     "database": database,
                     "username": spec.username,
                     "port": spec.engine.port(),
-                    "passwordSecretName": format!("qleet/{}/{}/password", input.control_plane, input.id),
+                    "passwordSecretName": input.password_secret_name(),
                 },
             })
         }
@@ -615,6 +630,7 @@ mod tests {
             outputs: &outputs,
             own_outputs: &json!({}),
             changed_by: None,
+            incarnation: 0,
         };
         let d = desired(Builtin::Workload, &input).expect("render");
         let deployment = &d.payload["resource"]["manifests"][0];
@@ -667,6 +683,7 @@ mod tests {
             outputs: &deps,
             own_outputs: &json!({}),
             changed_by: None,
+            incarnation: 0,
         };
         let d = desired(Builtin::KubernetesRuntime, &input).expect("render runtime");
         // The runtime's own payload and its published account are the same block.
@@ -702,6 +719,7 @@ mod tests {
             outputs: &deps,
             own_outputs: &json!({}),
             changed_by: None,
+            incarnation: 0,
         };
         desired(kind, &input)
     }
@@ -804,11 +822,24 @@ mod tests {
             outputs: &outputs,
             own_outputs: &json!({}),
             changed_by: None,
+            incarnation: 0,
         };
         let name = input.cloud_name(63);
         assert_eq!(name.len(), 63);
         assert_eq!(name, input.cloud_name(63));
         assert!(name.ends_with(&id.simple().to_string()[..8]));
+        // A replacement's resources are named apart, within the same bound.
+        let replaced = Input {
+            incarnation: 12,
+            ..input
+        };
+        let name = replaced.cloud_name(63);
+        assert_eq!(name.len(), 63);
+        assert!(name.ends_with(&format!("{}-r12", &id.simple().to_string()[..8])));
+        assert_ne!(
+            replaced.password_secret_name(),
+            input.password_secret_name()
+        );
     }
 
     #[test]

@@ -6,4 +6,5 @@ mod agents;
 mod control_plane;
 mod objects;
 mod recovery;
+mod replacements;
 mod schema;

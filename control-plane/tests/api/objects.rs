@@ -17,7 +17,7 @@ async fn an_app_is_wired_from_its_dependencies_outputs_and_re_rolled_when_they_c
     let plan = cp.apply(APP, true, false).await;
     assert_eq!(
         plan["data"]["apply"]["summary"],
-        json!({"create": 5, "update": 0, "delete": 0, "unchanged": 0}),
+        json!({"create": 5, "update": 0, "replace": 0, "delete": 0, "unchanged": 0}),
         "{plan}"
     );
     assert_eq!(plan["data"]["apply"]["applied"], false);
@@ -292,15 +292,15 @@ spec: {existing: {cluster: prod-1}}
     let cases: [(&str, &str); 9] = [
         (
             "kind: RelationalDatabase\nmetadata: {name: db}\nspec: {account: AwsAccount/main, engine: oracle, version: '1', sizeClass: db.t4g.micro}",
-            "yaml: RelationalDatabase/db: spec.engine: unknown variant `oracle`, expected `postgres` or `mysql`",
+            "RelationalDatabase/db:spec.engine: unknown variant `oracle`, expected `postgres` or `mysql`",
         ),
         (
             "kind: ObjectStorageBucket\nmetadata: {name: assets}\nspec: {account: AwsAccount/nope}",
-            "yaml: ObjectStorageBucket/assets: spec.account: AwsAccount/nope does not exist",
+            "ObjectStorageBucket/assets:spec.account: AwsAccount/nope does not exist",
         ),
         (
             "kind: ObjectStorageBucket\nmetadata: {name: assets}\nspec: {account: KubernetesRuntime/prod}",
-            "yaml: ObjectStorageBucket/assets: spec.account: must name a AwsAccount (`AwsAccount/NAME`), not a KubernetesRuntime",
+            "ObjectStorageBucket/assets:spec.account: must name a AwsAccount (`AwsAccount/NAME`), not a KubernetesRuntime",
         ),
         (
             "kind: Workload\nmetadata: {name: a}\nspec:\n  runtime: KubernetesRuntime/prod\n  namespace: a\n  manifests: |\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: a}\n    data: {b: \"${Workload/b.revision}\"}\n---\nkind: Workload\nmetadata: {name: b}\nspec:\n  runtime: KubernetesRuntime/prod\n  namespace: b\n  manifests: |\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: b}\n    data: {a: \"${Workload/a.revision}\"}",
@@ -308,23 +308,23 @@ spec: {existing: {cluster: prod-1}}
         ),
         (
             "kind: Workload\nmetadata: {name: a}\nspec: {runtime: KubernetesRuntime/prod, namespace: a, manifests: 'kind: ConfigMap\n\napiVersion: v1\n\nmetadata: {name: a}', env: [{name: X, valueFrom: {object: AwsAccount/main, output: host}}]}",
-            "yaml: Workload/a: spec.env[0].valueFrom: AwsAccount/main has no output `host` (it has: accountId, roleArn, region, externalId, trustPolicy, cloudFormationTemplate)",
+            "Workload/a:spec.env[0].valueFrom: AwsAccount/main has no output `host` (it has: accountId, roleArn, region, externalId, trustPolicy, cloudFormationTemplate)",
         ),
         (
             "kind: RelationalDatabase\nmetadata: {name: db}\nspec: {account: AwsAccount/main, engine: postgres, version: '16', sizeClass: db.t4g.micro}\n---\nkind: Workload\nmetadata: {name: a}\nspec:\n  runtime: KubernetesRuntime/prod\n  namespace: a\n  manifests: |\n    apiVersion: v1\n    kind: ConfigMap\n    metadata: {name: a}\n    data: {p: \"${RelationalDatabase/db.password}\"}",
-            "yaml: Workload/a: spec.manifests: RelationalDatabase/db.password is a secret; bind it through a Workload's spec.env valueFrom, which gives the container a Kubernetes Secret reference",
+            "Workload/a:spec.manifests: RelationalDatabase/db.password is a secret; bind it through a Workload's spec.env valueFrom, which gives the container a Kubernetes Secret reference",
         ),
         (
             "kind: Widget\nmetadata: {name: w}\nspec: {}",
-            "yaml: Widget/w: unknown kind Widget",
+            "Widget/w: unknown kind Widget",
         ),
         (
             "kind: KubernetesRuntime\nmetadata: {name: k}\nspec: {eks: {account: AwsAccount/main, version: '1.31', nodeGroup: {min: 1, max: 3, desired: 9}}}",
-            "yaml: KubernetesRuntime/k: spec.eks.nodeGroup: need min <= desired <= max (got 1 <= 9 <= 3)",
+            "KubernetesRuntime/k:spec.eks.nodeGroup: need min <= desired <= max (got 1 <= 9 <= 3)",
         ),
         (
             "kind: AwsAccount\nmetadata: {name: other}\nspec: {accountId: '123456789012', roleArn: 'arn:aws:iam::123456789012:role/q', defaultRegion: eu-west-1, externalId: mine}",
-            "yaml: AwsAccount/other: spec.externalId: unknown field `externalId`",
+            "AwsAccount/other:spec.externalId: unknown field `externalId`",
         ),
     ];
     for (doc, want) in cases {
@@ -338,6 +338,13 @@ spec: {existing: {cluster: prod-1}}
             );
             let message = body["errors"][0]["message"].as_str().expect("message");
             assert!(message.starts_with(want), "got {message:?}\nwant {want:?}");
+            // `extensions.field` names what is at fault: the object and its field path.
+            let field = want.split_once(": ").map(|(f, _)| f);
+            assert_eq!(
+                body["errors"][0]["extensions"]["field"].as_str(),
+                field,
+                "{body}"
+            );
         }
         assert_eq!(cp.phases().await.len(), 0, "nothing written for {want}");
     }
@@ -400,25 +407,25 @@ spec: {account: AwsAccount/main}
         plan["data"]["apply"],
         json!({
             "applied": false,
-            "summary": {"create": 1, "update": 1, "delete": 1, "unchanged": 1},
+            "summary": {"create": 1, "update": 1, "replace": 0, "delete": 1, "unchanged": 1},
             "changes": [
-                {"action": "UNCHANGED", "kind": "AwsAccount", "name": "main", "owner": null, "diffs": []},
+                {"action": "UNCHANGED", "kind": "AwsAccount", "name": "main", "owner": null, "diffs": [], "replacement": null},
                 {"action": "UPDATE", "kind": "ObjectStorageBucket", "name": "assets", "owner": null, "diffs": [
                     {"path": "spec.blockPublicAccess", "before": true, "after": false},
                     {"path": "spec.versioning", "before": false, "after": true},
-                ]},
+                ], "replacement": null},
                 {"action": "CREATE", "kind": "ObjectStorageBucket", "name": "backups", "owner": null, "diffs": [
                     {"path": "spec.account", "before": null, "after": "AwsAccount/main"},
                     {"path": "spec.blockPublicAccess", "before": null, "after": true},
                     {"path": "spec.encryption", "before": null, "after": "AES256"},
                     {"path": "spec.versioning", "before": null, "after": false},
-                ]},
+                ], "replacement": null},
                 {"action": "DELETE", "kind": "ObjectStorageBucket", "name": "logs", "owner": null, "diffs": [
                     {"path": "spec.account", "before": "AwsAccount/main", "after": null},
                     {"path": "spec.blockPublicAccess", "before": true, "after": null},
                     {"path": "spec.encryption", "before": "AES256", "after": null},
                     {"path": "spec.versioning", "before": false, "after": null},
-                ]},
+                ], "replacement": null},
             ],
         })
     );
@@ -432,7 +439,7 @@ spec: {account: AwsAccount/main}
     let again = cp.apply(v2, true, true).await;
     assert_eq!(
         again["data"]["apply"]["summary"],
-        json!({"create": 0, "update": 0, "delete": 0, "unchanged": 3})
+        json!({"create": 0, "update": 0, "replace": 0, "delete": 0, "unchanged": 3})
     );
     assert_eq!(
         cp.object("ObjectStorageBucket", "assets").await["generation"],

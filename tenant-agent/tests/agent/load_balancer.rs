@@ -94,6 +94,7 @@ fn gateway_resource(g: &TaskBuilder) -> Value {
         outputs: &outputs,
         own_outputs: &json!({}),
         changed_by: None,
+        incarnation: 0,
     };
     desired(Builtin::Gateway, &input).expect("render").payload["resource"].clone()
 }
