@@ -298,15 +298,26 @@ pub fn outputs_for(task: &Value) -> Value {
                 "arn": format!("arn:aws:s3:::{name}"),
                 "region": region,
                 "endpoint": format!("https://s3.{region}.amazonaws.com"),
+                "versioning": r["bucket"]["versioning"],
+                "blockPublicAccess": r["bucket"]["blockPublicAccess"],
+                "encryption": r["bucket"]["encryption"],
             })
         }
         "RelationalDatabase" => {
             let id = r["database"]["instanceIdentifier"]
                 .as_str()
                 .unwrap_or_default();
+            let d = &r["database"];
             json!({
                 "host": format!("{id}.abc123.{region}.rds.amazonaws.com"),
-                "port": r["database"]["port"],
+                "port": d["port"],
+                "engine": d["engine"],
+                "version": d["version"],
+                "sizeClass": d["sizeClass"],
+                "storageGb": d["storageGb"],
+                "backupRetentionDays": d["backupRetentionDays"],
+                "database": d["database"],
+                "username": d["username"],
                 "password": { "secretRef": {
                     "provider": "aws-secretsmanager",
                     "arn": format!("arn:aws:secretsmanager:{region}:123456789012:secret:{id}"),

@@ -82,7 +82,7 @@ async fn play_agent(
                     json!({"name": "assets-1", "arn": "arn:aws:s3:::assets-1", "region": "eu-west-1", "endpoint": "https://s3.eu-west-1.amazonaws.com"})
                 }
                 Some("RelationalDatabase") => {
-                    json!({"host": "db.example", "port": 5432, "password": {"secretRef": {"provider": "aws-secretsmanager", "arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db"}}})
+                    json!({"host": "db.example", "port": 5432, "database": "db", "username": "app", "engine": "postgres", "password": {"secretRef": {"provider": "aws-secretsmanager", "arn": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db"}}})
                 }
                 Some("KubernetesRuntime") => {
                     json!({"endpoint": "https://kubernetes.default.svc", "clusterName": "prod-1"})

@@ -116,6 +116,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.backups", InPlace),
                 rule("spec.database", Replace(NEW_DATABASE)),
                 rule("spec.username", Replace(NEW_DATABASE)),
+                rule("spec.applyImmediately", InPlace),
             ];
             RULES
         }

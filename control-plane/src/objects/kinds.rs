@@ -104,13 +104,26 @@ impl Builtin {
             computed("externalId"),
             computed("region"),
         ];
-        const BUCKET: &[OutputDecl] = &[out("name"), out("arn"), out("region"), out("endpoint")];
+        // What the agent reports it reads back from the cloud, never echoes from the spec.
+        const BUCKET: &[OutputDecl] = &[
+            out("name"),
+            out("arn"),
+            out("region"),
+            out("endpoint"),
+            out("versioning"),
+            out("blockPublicAccess"),
+            out("encryption"),
+        ];
         const DATABASE: &[OutputDecl] = &[
             out("host"),
             out("port"),
-            computed("database"),
-            computed("username"),
-            computed("engine"),
+            out("database"),
+            out("username"),
+            out("engine"),
+            out("version"),
+            out("sizeClass"),
+            out("storageGb"),
+            out("backupRetentionDays"),
             secret("password"),
         ];
         const WORKLOAD: &[OutputDecl] = &[computed("namespace"), computed("revision")];
@@ -538,6 +551,10 @@ pub struct DatabaseSpec {
     pub database: Option<String>,
     #[serde(default = "default_username")]
     pub username: String,
+    /// Whether in-place changes (version, class, storage, backups) are made now (default) or
+    /// in the instance's next maintenance window.
+    #[serde(default = "yes")]
+    pub apply_immediately: bool,
 }
 
 fn default_storage() -> u32 {

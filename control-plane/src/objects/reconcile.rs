@@ -605,10 +605,18 @@ async fn managed(
     )
     .fetch_all(&mut *conn)
     .await?;
+    // A dependency whose latest change is not reconciled yet still shows its old outputs:
+    // rendering from them would make the wrong thing (a bucket in the account's old region).
     let waiting: Vec<String> = deps
         .iter()
-        .filter(|d| d.phase() != Phase::Ready)
-        .map(|d| format!("{} ({:?})", d.key(), d.phase()))
+        .filter(|d| d.phase() != Phase::Ready || d.observed_generation < d.generation)
+        .map(|d| {
+            if d.phase() == Phase::Ready {
+                format!("{} (its change)", d.key())
+            } else {
+                format!("{} ({:?})", d.key(), d.phase())
+            }
+        })
         .collect();
     if !waiting.is_empty() {
         return Ok(Next::new(

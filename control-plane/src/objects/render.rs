@@ -234,9 +234,6 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                 .database
                 .clone()
                 .unwrap_or_else(|| input.key.name.replace('-', "_"));
-            computed.insert("database".into(), json!(database));
-            computed.insert("username".into(), json!(spec.username));
-            computed.insert("engine".into(), json!(spec.engine.name()));
             json!({
                 "account": input.account(&spec.account, spec.region.as_deref())?,
                 "database": {
@@ -250,6 +247,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     "username": spec.username,
                     "port": spec.engine.port(),
                     "passwordSecretName": input.password_secret_name(),
+                    "applyImmediately": spec.apply_immediately,
                 },
             })
         }

@@ -1,7 +1,9 @@
 //! RDS instances: the password is generated here and kept in the customer's Secrets Manager;
 //! the instance is created (or adopted under the same identifier), brought in line with the
-//! payload, and waited for until it answers on an endpoint.
+//! payload (ModifyDBInstance for version, class, storage and backups), and waited for until it
+//! answers on an endpoint. What is reported is read back from RDS, never echoed.
 
+use std::cmp::Ordering;
 use std::time::Duration;
 
 use aws_config::SdkConfig;
@@ -33,6 +35,13 @@ pub struct DatabaseSpec {
     pub username: String,
     pub port: i32,
     pub password_secret_name: String,
+    /// Modifications now (true) or in the next maintenance window (false).
+    #[serde(default = "yes")]
+    pub apply_immediately: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub struct Rds {
@@ -77,8 +86,14 @@ impl Rds {
         let instance = match self.describe(id).await? {
             Some(i) => {
                 check_ours(&i, payload)?;
-                self.modify_if_needed(&i, spec).await?;
-                i
+                check_same_instance(&i, spec)?;
+                if self.modify_if_needed(&i, spec).await? {
+                    self.describe(id).await?.ok_or_else(|| {
+                        TaskError::retryable("DBInstanceNotFound", format!("{id} disappeared"))
+                    })?
+                } else {
+                    i
+                }
             }
             None => {
                 let tags: Vec<Tag> = payload
@@ -121,7 +136,9 @@ impl Rds {
                 }
             }
         };
-        let instance = self.wait_available(id, instance).await?;
+        let instance = self
+            .wait_available(id, instance, spec.apply_immediately)
+            .await?;
         let endpoint = instance.endpoint().ok_or_else(|| {
             TaskError::retryable(
                 "RdsNoEndpoint",
@@ -130,7 +147,17 @@ impl Rds {
         })?;
         let mut out = Map::new();
         out.insert("host".into(), json!(endpoint.address().unwrap_or_default()));
-        out.insert("port".into(), json!(endpoint.port().unwrap_or(spec.port)));
+        out.insert("port".into(), json!(endpoint.port()));
+        out.insert("engine".into(), json!(instance.engine()));
+        out.insert("version".into(), json!(instance.engine_version()));
+        out.insert("sizeClass".into(), json!(instance.db_instance_class()));
+        out.insert("storageGb".into(), json!(instance.allocated_storage()));
+        out.insert(
+            "backupRetentionDays".into(),
+            json!(instance.backup_retention_period()),
+        );
+        out.insert("database".into(), json!(instance.db_name()));
+        out.insert("username".into(), json!(instance.master_username()));
         out.insert(
             "password".into(),
             json!({ "secretRef": {
@@ -144,18 +171,55 @@ impl Rds {
         Ok(out)
     }
 
-    async fn modify_if_needed(&self, i: &DbInstance, spec: &DatabaseSpec) -> Result<(), TaskError> {
+    /// Brings version, class, storage and backups in line; answers whether it asked for
+    /// anything. RDS cannot go down in version or storage: that is refused, never ignored.
+    async fn modify_if_needed(
+        &self,
+        i: &DbInstance,
+        spec: &DatabaseSpec,
+    ) -> Result<bool, TaskError> {
+        let id = spec.instance_identifier.as_str();
+        let current_version = i.engine_version().unwrap_or_default();
+        let version = match compare_versions(&spec.version, current_version) {
+            Ordering::Greater => true,
+            Ordering::Equal => false,
+            Ordering::Less => {
+                return Err(TaskError::permanent(
+                    "EngineVersionDowngrade",
+                    format!(
+                        "{id} runs {current_version}; RDS cannot downgrade it to {}",
+                        spec.version
+                    ),
+                ));
+            }
+        };
+        if i.allocated_storage().is_some_and(|s| s > spec.storage_gb) {
+            return Err(TaskError::permanent(
+                "StorageShrink",
+                format!(
+                    "{id} has {} GiB; RDS cannot shrink it to {}",
+                    i.allocated_storage().unwrap_or_default(),
+                    spec.storage_gb
+                ),
+            ));
+        }
         let class = i.db_instance_class() != Some(spec.size_class.as_str());
         let storage = i.allocated_storage().is_some_and(|s| s < spec.storage_gb);
         let backups = i.backup_retention_period() != Some(spec.backup_retention_days);
-        if !(class || storage || backups) {
-            return Ok(());
+        if !(version || class || storage || backups) {
+            return Ok(false);
         }
         let mut req = self
             .client
             .modify_db_instance()
-            .db_instance_identifier(&spec.instance_identifier)
-            .apply_immediately(true);
+            .db_instance_identifier(id)
+            .apply_immediately(spec.apply_immediately);
+        if version {
+            let major = |v: &str| v.split('.').next().unwrap_or_default().to_owned();
+            req = req
+                .engine_version(&spec.version)
+                .allow_major_version_upgrade(major(&spec.version) != major(current_version));
+        }
         if class {
             req = req.db_instance_class(&spec.size_class);
         }
@@ -168,13 +232,27 @@ impl Rds {
         req.send()
             .await
             .map_err(|e| sdk_error("rds:ModifyDBInstance", e))?;
-        Ok(())
+        Ok(true)
     }
 
-    async fn wait_available(&self, id: &str, mut i: DbInstance) -> Result<DbInstance, TaskError> {
+    /// Waits until the instance is available with an endpoint and, when changes apply now,
+    /// none is still pending.
+    async fn wait_available(
+        &self,
+        id: &str,
+        mut i: DbInstance,
+        apply_immediately: bool,
+    ) -> Result<DbInstance, TaskError> {
         for _ in 0..WAIT_ROUNDS {
             let status = i.db_instance_status().unwrap_or_default();
-            if status == "available" && i.endpoint().is_some() {
+            let pending = apply_immediately
+                && i.pending_modified_values().is_some_and(|p| {
+                    p.db_instance_class().is_some()
+                        || p.allocated_storage().is_some()
+                        || p.engine_version().is_some()
+                        || p.backup_retention_period().is_some()
+                });
+            if status == "available" && i.endpoint().is_some() && !pending {
                 return Ok(i);
             }
             if matches!(
@@ -242,6 +320,35 @@ impl Rds {
             .delete(&spec.password_secret_name, payload)
             .await
     }
+}
+
+/// What RDS cannot change in place must already be as asked: Qleet replaces the instance (a
+/// new identifier) when these change, so a difference here is never papered over.
+fn check_same_instance(i: &DbInstance, spec: &DatabaseSpec) -> Result<(), TaskError> {
+    let differs = [
+        ("engine", i.engine(), spec.engine.as_str()),
+        ("database", i.db_name(), spec.database.as_str()),
+        ("username", i.master_username(), spec.username.as_str()),
+    ]
+    .into_iter()
+    .find(|(_, have, want)| have.is_some_and(|h| h != *want));
+    match differs {
+        Some((field, have, want)) => Err(TaskError::permanent(
+            "ReplacementRequired",
+            format!(
+                "{} has {field} `{}`, not `{want}`; RDS cannot change that in place",
+                spec.instance_identifier,
+                have.unwrap_or_default()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Dotted versions compared part by part as numbers (`16.10` > `16.9`).
+fn compare_versions(a: &str, b: &str) -> Ordering {
+    let parts = |v: &str| -> Vec<u64> { v.split('.').map(|p| p.parse().unwrap_or(0)).collect() };
+    parts(a).cmp(&parts(b))
 }
 
 /// An instance under our identifier must carry our object id, or it is someone else's.

@@ -1,5 +1,6 @@
 //! S3 buckets: created (or adopted when an earlier try made it), tagged, versioned, public
-//! access blocked, encrypted by default; emptied and deleted.
+//! access blocked, encrypted by default; emptied and deleted. What is reported is read back
+//! from S3 afterwards, never echoed from the request.
 
 use aws_config::SdkConfig;
 use aws_sdk_s3::types::{
@@ -135,6 +136,16 @@ impl S3 {
             }
         };
 
+        // A bucket never moves: one found in another region is not the one asked for (Qleet
+        // replaces a bucket whose region changes, under a new name).
+        let located = self.region_of(name).await?;
+        if located != region {
+            return Err(TaskError::permanent(
+                "BucketInAnotherRegion",
+                format!("bucket `{name}` is in {located}, not {region}"),
+            ));
+        }
+
         // Our tags over whatever else the customer tagged it with.
         let mut tags: Vec<Tag> = existing
             .into_iter()
@@ -177,27 +188,7 @@ impl S3 {
             .await
             .map_err(|e| sdk_error("s3:PutPublicAccessBlock", e))?;
 
-        let current = match self
-            .client
-            .get_bucket_versioning()
-            .bucket(name)
-            .send()
-            .await
-        {
-            Ok(v) => v.status().cloned(),
-            // Some S3-compatible servers (moto) answer under another root element, which the
-            // SDK refuses: read the status from the body (none: never versioned).
-            Err(e)
-                if error_code(&e).is_none()
-                    && matches!(e, aws_sdk_s3::error::SdkError::ServiceError(_)) =>
-            {
-                e.raw_response()
-                    .and_then(|r| r.body().bytes())
-                    .and_then(|b| super::xml_text(&String::from_utf8_lossy(b), "Status"))
-                    .map(|s| BucketVersioningStatus::from(s.as_str()))
-            }
-            Err(e) => return Err(sdk_error("s3:GetBucketVersioning", e)),
-        };
+        let current = self.versioning(name).await?;
         let want = if spec.versioning {
             Some(BucketVersioningStatus::Enabled)
         } else if current == Some(BucketVersioningStatus::Enabled) {
@@ -254,9 +245,106 @@ impl S3 {
         let mut out = Map::new();
         out.insert("name".into(), json!(name));
         out.insert("arn".into(), json!(format!("arn:aws:s3:::{name}")));
-        out.insert("region".into(), json!(region));
+        out.insert("region".into(), json!(self.region_of(name).await?));
         out.insert("endpoint".into(), json!(endpoint));
+        out.insert(
+            "versioning".into(),
+            json!(self.versioning(name).await? == Some(BucketVersioningStatus::Enabled)),
+        );
+        out.insert(
+            "blockPublicAccess".into(),
+            json!(self.public_access_blocked(name).await?),
+        );
+        out.insert("encryption".into(), json!(self.encryption(name).await?));
         Ok(out)
+    }
+
+    /// The region the bucket is in, as S3 reports it.
+    async fn region_of(&self, name: &str) -> Result<String, TaskError> {
+        let out = self
+            .client
+            .get_bucket_location()
+            .bucket(name)
+            .send()
+            .await
+            .map_err(|e| sdk_error("s3:GetBucketLocation", e))?;
+        Ok(match out.location_constraint().map(|c| c.as_str()) {
+            // The oldest regions answer with no constraint (us-east-1) or `EU` (eu-west-1).
+            None | Some("") => "us-east-1".to_owned(),
+            Some("EU") => "eu-west-1".to_owned(),
+            Some(r) => r.to_owned(),
+        })
+    }
+
+    /// The bucket's versioning status (none: never versioned).
+    async fn versioning(&self, name: &str) -> Result<Option<BucketVersioningStatus>, TaskError> {
+        match self
+            .client
+            .get_bucket_versioning()
+            .bucket(name)
+            .send()
+            .await
+        {
+            Ok(v) => Ok(v.status().cloned()),
+            // Some S3-compatible servers (moto) answer under another root element, which the
+            // SDK refuses: read the status from the body (none: never versioned).
+            Err(e)
+                if error_code(&e).is_none()
+                    && matches!(e, aws_sdk_s3::error::SdkError::ServiceError(_)) =>
+            {
+                Ok(e.raw_response()
+                    .and_then(|r| r.body().bytes())
+                    .and_then(|b| super::xml_text(&String::from_utf8_lossy(b), "Status"))
+                    .map(|s| BucketVersioningStatus::from(s.as_str())))
+            }
+            Err(e) => Err(sdk_error("s3:GetBucketVersioning", e)),
+        }
+    }
+
+    /// Whether every public access setting is blocked.
+    async fn public_access_blocked(&self, name: &str) -> Result<bool, TaskError> {
+        match self
+            .client
+            .get_public_access_block()
+            .bucket(name)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.public_access_block_configuration().is_some_and(|c| {
+                [
+                    c.block_public_acls(),
+                    c.ignore_public_acls(),
+                    c.block_public_policy(),
+                    c.restrict_public_buckets(),
+                ]
+                .iter()
+                .all(|b| *b == Some(true))
+            })),
+            Err(e) if error_code(&e) == Some("NoSuchPublicAccessBlockConfiguration") => Ok(false),
+            Err(e) => Err(sdk_error("s3:GetPublicAccessBlock", e)),
+        }
+    }
+
+    /// The default encryption algorithm (`none` when the bucket has no default encryption).
+    async fn encryption(&self, name: &str) -> Result<String, TaskError> {
+        match self
+            .client
+            .get_bucket_encryption()
+            .bucket(name)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out
+                .server_side_encryption_configuration()
+                .and_then(|c| c.rules().first())
+                .and_then(|r| r.apply_server_side_encryption_by_default())
+                .map(|d| d.sse_algorithm().as_str().to_owned())
+                .unwrap_or_else(|| "none".to_owned())),
+            Err(e) if error_code(&e) == Some("ServerSideEncryptionConfigurationNotFoundError") => {
+                Ok("none".to_owned())
+            }
+            Err(e) => Err(sdk_error("s3:GetBucketEncryption", e)),
+        }
     }
 
     /// Empties the bucket (every version and delete marker) and deletes it. A bucket that is

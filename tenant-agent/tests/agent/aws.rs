@@ -60,6 +60,9 @@ async fn a_bucket_is_made_under_the_assumed_role_with_tags_public_access_block_v
             "arn": format!("arn:aws:s3:::{name}"),
             "region": REGION,
             "endpoint": proxy.url,
+            "versioning": true,
+            "blockPublicAccess": true,
+            "encryption": "AES256",
         })
     );
 

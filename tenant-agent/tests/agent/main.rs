@@ -6,6 +6,7 @@
 mod aws;
 mod eks_access;
 mod fault;
+mod fields;
 mod journey;
 mod kube;
 mod load_balancer;
