@@ -152,7 +152,11 @@ impl ApiServer {
     fn reply(&self, seen: Seen) -> (u16, Value) {
         self.seen.lock().expect("lock").push(seen.clone());
         let Seen {
-            method, path, body, ..
+            method,
+            path,
+            body,
+            query,
+            ..
         } = seen;
         let (method, path) = (method.as_str(), path.as_str());
         let mut store = self.store.lock().expect("lock");
@@ -193,6 +197,40 @@ impl ApiServer {
             }
             "GET" => match store.get(path) {
                 Some(v) => (200, v.clone()),
+                // A collection (`.../configmaps`): its items, filtered by `labelSelector`.
+                None if is_collection(path) => {
+                    let selector = query
+                        .split('&')
+                        .find_map(|kv| kv.strip_prefix("labelSelector="))
+                        .map(|s| {
+                            s.replace("%3D", "=")
+                                .replace("%2F", "/")
+                                .replace("%2C", ",")
+                        })
+                        .unwrap_or_default();
+                    let wanted: Vec<(&str, &str)> = selector
+                        .split(',')
+                        .filter_map(|kv| kv.split_once('='))
+                        .collect();
+                    let items: Vec<Value> = store
+                        .iter()
+                        .filter(|(k, _)| {
+                            k.strip_prefix(path)
+                                .and_then(|rest| rest.strip_prefix('/'))
+                                .is_some_and(|name| !name.contains('/'))
+                        })
+                        .map(|(_, v)| v.clone())
+                        .filter(|v| {
+                            wanted
+                                .iter()
+                                .all(|(k, val)| v["metadata"]["labels"][*k] == json!(val))
+                        })
+                        .collect();
+                    (
+                        200,
+                        json!({ "apiVersion": "v1", "kind": "List", "metadata": { "resourceVersion": "1" }, "items": items }),
+                    )
+                }
                 None => (404, not_found),
             },
             "DELETE" => match store.remove(path) {
@@ -234,6 +272,19 @@ impl ApiServer {
             v["metadata"]["labels"][key] = json!(value);
         }
     }
+}
+
+/// Whether `path` names a collection (`/api/v1/namespaces/x/configmaps`, `/api/v1/namespaces`)
+/// rather than one object: after the `/api/v1` or `/apis/GROUP/VERSION` prefix, a collection
+/// has an odd number of segments.
+fn is_collection(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let prefix = match segments.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => return false,
+    };
+    segments.len() > prefix && (segments.len() - prefix) % 2 == 1
 }
 
 /// Deserialises `manifest` into `K` and serialises it back: k8s-openapi ignores unknown fields

@@ -80,6 +80,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.eks.nodeGroup.min", InPlace),
                 rule("spec.eks.nodeGroup.max", InPlace),
                 rule("spec.eks.nodeGroup.desired", InPlace),
+                rule("spec.eks.tags", InPlace),
                 rule(
                     "spec.existing",
                     Immutable(
@@ -96,6 +97,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.versioning", InPlace),
                 rule("spec.blockPublicAccess", InPlace),
                 rule("spec.encryption", InPlace),
+                rule("spec.tags", InPlace),
             ];
             RULES
         }
@@ -117,6 +119,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.database", Replace(NEW_DATABASE)),
                 rule("spec.username", Replace(NEW_DATABASE)),
                 rule("spec.applyImmediately", InPlace),
+                rule("spec.tags", InPlace),
             ];
             RULES
         }

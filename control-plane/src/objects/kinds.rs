@@ -1,6 +1,8 @@
 //! The built-in kinds: each spec is a Rust type validated with serde (unknown fields refused,
 //! errors carry the field path), plus the outputs each kind publishes and the objects it needs.
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -255,6 +257,44 @@ fn check_ref(path: &str, value: &str, kind: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Most tags a customer may declare on one resource: AWS allows 50 on S3, RDS and EKS, and
+/// Qleet adds four of its own.
+pub const MAX_TAGS: usize = 40;
+
+/// A customer's tags: AWS's limits and characters, and none in the prefixes Qleet (`qleet:`)
+/// or AWS (`aws:`) reserve, so Qleet's own tags cannot be overridden.
+fn check_tags(path: &str, tags: &BTreeMap<String, String>) -> Result<(), String> {
+    if tags.len() > MAX_TAGS {
+        return Err(format!(
+            "{path}: at most {MAX_TAGS} tags (got {})",
+            tags.len()
+        ));
+    }
+    let allowed = |s: &str| {
+        s.chars()
+            .all(|c| c.is_alphanumeric() || " _.:/=+-@".contains(c))
+    };
+    for (k, v) in tags {
+        let lower = k.to_lowercase();
+        if lower.starts_with("qleet:") || lower.starts_with("aws:") {
+            return Err(format!(
+                "{path}: `{k}`: the `qleet:` and `aws:` prefixes are reserved (Qleet sets its own `qleet:*` tags)"
+            ));
+        }
+        if k.is_empty() || k.chars().count() > 128 || !allowed(k) {
+            return Err(format!(
+                "{path}: `{k}` is not a tag key (1-128 letters, digits, spaces and _ . : / = + - @)"
+            ));
+        }
+        if v.chars().count() > 256 || !allowed(v) {
+            return Err(format!(
+                "{path}: `{k}`: not a tag value (at most 256 letters, digits, spaces and _ . : / = + - @)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn check_region(path: &str, region: &str) -> Result<(), String> {
     // e.g. eu-west-1, us-gov-west-1, ap-southeast-2
     let parts: Vec<&str> = region.split('-').collect();
@@ -417,6 +457,9 @@ pub struct EksSpec {
     pub region: Option<String>,
     pub version: String,
     pub node_group: NodeGroup,
+    /// Tags of the customer's own on the cluster, beside Qleet's `qleet:*` tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
@@ -458,6 +501,7 @@ impl Spec for KubernetesRuntimeSpec {
                         eks.version
                     ));
                 }
+                check_tags("spec.eks.tags", &eks.tags)?;
                 let ng = &eks.node_group;
                 if ng.max == 0 || ng.max > 1000 {
                     return Err("spec.eks.nodeGroup.max: must be between 1 and 1000".into());
@@ -501,6 +545,9 @@ pub struct BucketSpec {
     pub block_public_access: bool,
     #[serde(default)]
     pub encryption: Encryption,
+    /// Tags of the customer's own on the bucket, beside Qleet's `qleet:*` tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn yes() -> bool {
@@ -522,7 +569,7 @@ impl Spec for BucketSpec {
         if let Some(r) = &self.region {
             check_region("spec.region", r)?;
         }
-        Ok(())
+        check_tags("spec.tags", &self.tags)
     }
     fn refs(&self) -> Vec<TypedRef> {
         typed("spec.account", &self.account, "AwsAccount")
@@ -555,6 +602,9 @@ pub struct DatabaseSpec {
     /// in the instance's next maintenance window.
     #[serde(default = "yes")]
     pub apply_immediately: bool,
+    /// Tags of the customer's own on the instance, beside Qleet's `qleet:*` tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn default_storage() -> u32 {
@@ -615,6 +665,7 @@ fn is_identifier(s: &str) -> bool {
 impl Spec for DatabaseSpec {
     fn check(&self) -> Result<(), String> {
         check_ref("spec.account", &self.account, "AwsAccount")?;
+        check_tags("spec.tags", &self.tags)?;
         if let Some(r) = &self.region {
             check_region("spec.region", r)?;
         }

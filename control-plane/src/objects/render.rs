@@ -107,13 +107,19 @@ impl Input<'_> {
         }
     }
 
-    fn tags(&self) -> Value {
-        json!({
-            "qleet:managed": "true",
-            "qleet:control-plane": self.control_plane.to_string(),
-            "qleet:object-id": self.id.to_string(),
-            "qleet:object": self.key.to_string(),
-        })
+    /// The tags of what the agent makes: the customer's own (`spec.tags`) and Qleet's, which
+    /// cannot be overridden (validation refuses the `qleet:` prefix; they go last here too).
+    fn tags(&self, own: &BTreeMap<String, String>) -> Value {
+        let mut tags: Map<String, Value> = own.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        for (k, v) in [
+            ("qleet:managed", "true".to_owned()),
+            ("qleet:control-plane", self.control_plane.to_string()),
+            ("qleet:object-id", self.id.to_string()),
+            ("qleet:object", self.key.to_string()),
+        ] {
+            tags.insert(k.to_owned(), json!(v));
+        }
+        Value::Object(tags)
     }
 
     /// The account block an AWS task carries: the role to assume and how.
@@ -163,6 +169,7 @@ pub fn hash(value: &Value) -> String {
 pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
     let rendered = refs::render(input.spec, &input.lookup())?;
     let mut computed = Map::new();
+    let mut own_tags = BTreeMap::new();
     let resource = match kind {
         Builtin::AwsAccount => {
             let spec: kinds::AwsAccountSpec = parse_spec(&rendered)?;
@@ -201,6 +208,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
             let spec: kinds::KubernetesRuntimeSpec = parse_spec(&rendered)?;
             match (spec.eks, spec.existing) {
                 (Some(eks), _) => {
+                    own_tags = eks.tags.clone();
                     let account = input.account(&eks.account, eks.region.as_deref())?;
                     eks_account_outputs(&account, &mut computed);
                     json!({
@@ -218,6 +226,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
         }
         Builtin::ObjectStorageBucket => {
             let spec: kinds::BucketSpec = parse_spec(&rendered)?;
+            own_tags = spec.tags.clone();
             json!({
                 "account": input.account(&spec.account, spec.region.as_deref())?,
                 "bucket": {
@@ -230,6 +239,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
         }
         Builtin::RelationalDatabase => {
             let spec: kinds::DatabaseSpec = parse_spec(&rendered)?;
+            own_tags = spec.tags.clone();
             let database = spec
                 .database
                 .clone()
@@ -432,7 +442,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
     let payload = json!({
         "controlPlane": input.control_plane,
         "object": { "id": input.id, "kind": input.key.kind, "name": input.key.name },
-        "tags": input.tags(),
+        "tags": input.tags(&own_tags),
         "resource": resource,
     });
     let mut payload = payload;

@@ -90,7 +90,10 @@ impl Eks {
         let name = spec.cluster_name.as_str();
         let tags: HashMap<String, String> = payload.tags().into_iter().collect();
         match self.describe(name).await? {
-            Some(c) => check_ours(c.tags(), payload, name)?,
+            Some(c) => {
+                check_ours(c.tags(), payload, name)?;
+                self.sync_tags(&c, &tags).await?;
+            }
             None => {
                 let created = self
                     .client
@@ -194,6 +197,48 @@ impl Eks {
             ),
         );
         Ok(out)
+    }
+
+    /// Makes the cluster's tags the declared ones (the customer's and Qleet's), leaving AWS's
+    /// own `aws:*` tags alone.
+    async fn sync_tags(
+        &self,
+        c: &Cluster,
+        want: &HashMap<String, String>,
+    ) -> Result<(), TaskError> {
+        let Some(arn) = c.arn() else {
+            return Ok(());
+        };
+        let have = c.tags().cloned().unwrap_or_default();
+        let stale: Vec<String> = have
+            .keys()
+            .filter(|k| !want.contains_key(*k) && !k.starts_with("aws:"))
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            self.client
+                .untag_resource()
+                .resource_arn(arn)
+                .set_tag_keys(Some(stale))
+                .send()
+                .await
+                .map_err(|e| sdk_error("eks:UntagResource", e))?;
+        }
+        let changed: HashMap<String, String> = want
+            .iter()
+            .filter(|(k, v)| have.get(*k) != Some(*v))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if !changed.is_empty() {
+            self.client
+                .tag_resource()
+                .resource_arn(arn)
+                .set_tags(Some(changed))
+                .send()
+                .await
+                .map_err(|e| sdk_error("eks:TagResource", e))?;
+        }
+        Ok(())
     }
 
     async fn wait_active(&self, name: &str) -> Result<Cluster, TaskError> {

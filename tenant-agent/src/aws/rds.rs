@@ -87,6 +87,7 @@ impl Rds {
             Some(i) => {
                 check_ours(&i, payload)?;
                 check_same_instance(&i, spec)?;
+                self.sync_tags(&i, payload).await?;
                 if self.modify_if_needed(&i, spec).await? {
                     self.describe(id).await?.ok_or_else(|| {
                         TaskError::retryable("DBInstanceNotFound", format!("{id} disappeared"))
@@ -169,6 +170,47 @@ impl Rds {
             }}),
         );
         Ok(out)
+    }
+
+    /// Makes the instance's tags the declared ones (the customer's and Qleet's): changed or
+    /// new ones are set, others removed (AWS's own `aws:*` tags are left alone).
+    async fn sync_tags(&self, i: &DbInstance, payload: &Payload) -> Result<(), TaskError> {
+        let arn = i.db_instance_arn().unwrap_or_default();
+        let want: std::collections::BTreeMap<String, String> = payload.tags().into_iter().collect();
+        let have: std::collections::BTreeMap<&str, &str> = i
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))
+            .collect();
+        let stale: Vec<String> = have
+            .keys()
+            .filter(|k| !want.contains_key(**k) && !k.starts_with("aws:"))
+            .map(|k| (*k).to_owned())
+            .collect();
+        if !stale.is_empty() {
+            self.client
+                .remove_tags_from_resource()
+                .resource_name(arn)
+                .set_tag_keys(Some(stale))
+                .send()
+                .await
+                .map_err(|e| sdk_error("rds:RemoveTagsFromResource", e))?;
+        }
+        let changed: Vec<Tag> = want
+            .iter()
+            .filter(|(k, v)| have.get(k.as_str()) != Some(&v.as_str()))
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        if !changed.is_empty() {
+            self.client
+                .add_tags_to_resource()
+                .resource_name(arn)
+                .set_tags(Some(changed))
+                .send()
+                .await
+                .map_err(|e| sdk_error("rds:AddTagsToResource", e))?;
+        }
+        Ok(())
     }
 
     /// Brings version, class, storage and backups in line; answers whether it asked for

@@ -40,7 +40,7 @@ pub struct S3 {
 /// Whether the bucket exists, and whether it is this object's.
 enum Found {
     Missing,
-    Ours(Vec<Tag>),
+    Ours,
     NotOurs,
 }
 
@@ -83,7 +83,7 @@ impl S3 {
         // bucket; anything tagged otherwise, or in another account, is not.
         Ok(
             if ours || (tags.is_empty() && self.in_own_account(name).await?) {
-                Found::Ours(tags)
+                Found::Ours
             } else {
                 Found::NotOurs
             },
@@ -110,9 +110,9 @@ impl S3 {
         region: &str,
     ) -> Result<Map<String, Value>, TaskError> {
         let name = spec.name.as_str();
-        let existing = match self.find(name, payload).await? {
+        match self.find(name, payload).await? {
             Found::NotOurs => return Err(not_ours(name)),
-            Found::Ours(tags) => tags,
+            Found::Ours => {}
             Found::Missing => {
                 let mut req = self.client.create_bucket().bucket(name);
                 // us-east-1 is the one region that takes no location constraint.
@@ -132,9 +132,8 @@ impl S3 {
                     }
                     Err(e) => return Err(sdk_error("s3:CreateBucket", e)),
                 }
-                Vec::new()
             }
-        };
+        }
 
         // A bucket never moves: one found in another region is not the one asked for (Qleet
         // replaces a bucket whose region changes, under a new name).
@@ -146,11 +145,9 @@ impl S3 {
             ));
         }
 
-        // Our tags over whatever else the customer tagged it with.
-        let mut tags: Vec<Tag> = existing
-            .into_iter()
-            .filter(|t| !payload.tags.contains_key(t.key()))
-            .collect();
+        // The declared tags (the customer's and Qleet's) are the bucket's whole tag set: a tag
+        // removed from the spec, or added behind Qleet's back, goes.
+        let mut tags: Vec<Tag> = Vec::new();
         for (k, v) in payload.tags() {
             tags.push(
                 Tag::builder()
@@ -353,7 +350,7 @@ impl S3 {
         match self.find(name, payload).await? {
             Found::Missing => return Ok(()),
             Found::NotOurs => return Err(not_ours(name)),
-            Found::Ours(_) => {}
+            Found::Ours => {}
         }
         loop {
             let page = self

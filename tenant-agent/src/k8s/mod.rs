@@ -35,6 +35,8 @@ use crate::task::{self, Context, Payload, TaskError};
 pub const FIELD_MANAGER: &str = "qleet-agent";
 /// The label naming the Qleet object an object belongs to.
 pub const OBJECT_LABEL: &str = "qleet.dev/object-id";
+/// On a namespace Qleet made: the object whose apply made it.
+pub const CREATED_BY: &str = "qleet.dev/created-by";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "qleet");
 
 /// `payload.resource` of a Workload-like kind.
@@ -522,12 +524,28 @@ pub async fn ensure(
     }
 
     // Namespaces first; they carry no object label, so no workload's prune ever deletes one.
+    // One Qleet makes is marked so (`qleet.dev/created-by`), and the mark is kept on every
+    // later apply: only such a namespace is ever removed (see `remove_namespace_if_unused`).
     for ns in namespaces(spec) {
-        let body = json!({
-            "apiVersion": "v1", "kind": "Namespace",
-            "metadata": { "name": ns, "labels": { MANAGED_BY.0: MANAGED_BY.1 } },
-        });
         let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+        let existing = nss
+            .get_opt(&ns)
+            .await
+            .map_err(|e| kube_error(&format!("reading Namespace {ns}"), e))?;
+        let created_by = match &existing {
+            None => Some(object_id.clone()),
+            Some(n) => n
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CREATED_BY))
+                .cloned(),
+        };
+        let mut metadata = json!({ "name": ns, "labels": { MANAGED_BY.0: MANAGED_BY.1 } });
+        if let Some(by) = created_by {
+            metadata["annotations"] = json!({ CREATED_BY: by });
+        }
+        let body = json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": metadata });
         nss.patch(&ns, &apply_params(), &Patch::Apply(&body))
             .await
             .map_err(|e| kube_error(&format!("applying Namespace {ns}"), e))?;
@@ -567,7 +585,8 @@ pub async fn ensure(
     Ok(outputs)
 }
 
-/// Deletes everything the last apply made (namespaces stay).
+/// Deletes everything the last apply made, then the workload's namespace when Qleet made it
+/// and no other Qleet object still has anything there.
 pub async fn delete(
     ctx: &Context,
     spec: &ApplySpec,
@@ -582,11 +601,60 @@ pub async fn delete(
     for key in &before {
         delete_if_ours(&client, &mut cache, key, &object_id).await?;
     }
-    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client, &spec.namespace);
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), &spec.namespace);
     match cms.delete(&inventory, &DeleteParams::background()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => return Err(kube_error("deleting the inventory", e)),
+    }
+    remove_namespace_if_unused(&client, &spec.namespace).await
+}
+
+/// Removes `namespace` if Qleet created it (`qleet.dev/created-by`) and no Qleet inventory is
+/// left in it (another workload of this or another control plane still uses it). A namespace
+/// Qleet did not create is never removed.
+async fn remove_namespace_if_unused(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<(), TaskError> {
+    let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let Some(ns) = nss
+        .get_opt(namespace)
+        .await
+        .map_err(|e| kube_error(&format!("reading Namespace {namespace}"), e))?
+    else {
+        return Ok(());
+    };
+    let made_by_qleet = ns
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(CREATED_BY));
+    if !made_by_qleet {
+        return Ok(());
+    }
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), namespace);
+    let listed = cms
+        .list(
+            &kube::api::ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)),
+        )
+        .await
+        .map_err(|e| kube_error(&format!("listing Qleet inventories in {namespace}"), e))?;
+    let in_use = listed.items.iter().any(|c| {
+        c.metadata
+            .name
+            .as_deref()
+            .is_some_and(|n| n.starts_with("qleet-inventory-"))
+    });
+    if in_use {
+        return Ok(());
+    }
+    match nss.delete(namespace, &DeleteParams::background()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(e) => Err(kube_error("deleting the inventory", e)),
+        Err(e) => Err(kube_error(&format!("deleting Namespace {namespace}"), e)),
     }
 }
 

@@ -479,8 +479,45 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
         .and_then(|n| n.scaling_config())
         .expect("scaling");
     assert_eq!(scaling.desired_size(), Some(2));
-    // Again: adopted, not duplicated.
-    succeeded(task::run(&ctx, &b.task("ensure", resource.clone())).await);
+    // Again, with tags of the customer's own: adopted, not duplicated, and its tags made the
+    // declared ones (a tag dropped from the spec goes; Qleet's stay).
+    let tags_now = || async {
+        eks.describe_cluster()
+            .name(b.cloud_name())
+            .send()
+            .await
+            .expect("cluster")
+            .cluster()
+            .and_then(|c| c.tags().cloned())
+            .unwrap_or_default()
+    };
+    for own in [
+        json!({"team": "shop", "tier": "gold"}),
+        json!({"tier": "silver"}),
+    ] {
+        let mut t = b.task("ensure", resource.clone());
+        for (k, v) in own.as_object().expect("tags") {
+            t.payload["tags"][k] = v.clone();
+        }
+        succeeded(task::run(&ctx, &t).await);
+        let tags = tags_now().await;
+        let mine: std::collections::BTreeMap<&str, &str> = tags
+            .iter()
+            .filter(|(k, _)| !k.starts_with("qleet:"))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let want: std::collections::BTreeMap<&str, &str> = own
+            .as_object()
+            .expect("tags")
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap_or_default()))
+            .collect();
+        assert_eq!(mine, want, "{tags:?}");
+        assert_eq!(
+            tags.get("qleet:object-id").map(String::as_str),
+            Some(b.object_id.to_string().as_str())
+        );
+    }
     assert_eq!(
         eks.list_clusters()
             .send()

@@ -124,6 +124,19 @@ fn cases() -> Vec<Case> {
         ),
         case(
             b,
+            "spec.tags",
+            json!({"team": "shop", "cost-center": "42"}),
+            kept("/tags", json!({"team": "shop", "cost-center": "42"})),
+        ),
+        case(
+            b,
+            "spec.tags",
+            json!({"team": "web"}),
+            kept("/tags", json!({"team": "web"})),
+        ),
+        case(b, "spec.tags", json!({"qleet:managed": "false"}), Refused),
+        case(
+            b,
             "spec.region",
             json!("us-east-2"),
             new("/region", json!("us-east-2")),
@@ -162,6 +175,19 @@ fn cases() -> Vec<Case> {
             kept("/backupRetentionDays", json!(3)),
         ),
         case(d, "spec.applyImmediately", json!(false), Setting),
+        case(
+            d,
+            "spec.tags",
+            json!({"team": "shop", "tier": "gold"}),
+            kept("/tags", json!({"team": "shop", "tier": "gold"})),
+        ),
+        case(
+            d,
+            "spec.tags",
+            json!({"tier": "silver"}),
+            kept("/tags", json!({"tier": "silver"})),
+        ),
+        case(d, "spec.tags", json!({"aws:x": "y"}), Refused),
         case(
             d,
             "spec.database",
@@ -334,7 +360,21 @@ async fn read_back(cp: &Cp, sdk: &SdkConfig, kind: &str) -> (String, String, Val
                         .and_then(|r| r.apply_server_side_encryption_by_default())
                         .map(|d| d.sse_algorithm().as_str().to_owned())
                 });
+            let tags: serde_json::Map<String, Value> = c
+                .get_bucket_tagging()
+                .bucket(&name)
+                .send()
+                .await
+                .map(|t| {
+                    t.tag_set()
+                        .iter()
+                        .filter(|t| !t.key().starts_with("qleet:"))
+                        .map(|t| (t.key().to_owned(), json!(t.value())))
+                        .collect()
+                })
+                .unwrap_or_default();
             let observed = json!({
+                "tags": tags,
                 "region": location.location_constraint().map_or("us-east-1", |l| l.as_str()),
                 "versioning": versioning,
                 "blockPublicAccess": bpa,
@@ -355,7 +395,15 @@ async fn read_back(cp: &Cp, sdk: &SdkConfig, kind: &str) -> (String, String, Val
                 .expect("the instance is in moto");
             let i = out.db_instances().first().expect("instance");
             let az = i.availability_zone().unwrap_or_default();
+            let tags: serde_json::Map<String, Value> = i
+                .tag_list()
+                .iter()
+                .filter_map(|t| Some((t.key()?, t.value().unwrap_or_default())))
+                .filter(|(k, _)| !k.starts_with("qleet:"))
+                .map(|(k, v)| (k.to_owned(), json!(v)))
+                .collect();
             let observed = json!({
+                "tags": tags,
                 "region": az.trim_end_matches(char::is_alphabetic),
                 "engine": i.engine(),
                 "version": i.engine_version(),

@@ -230,13 +230,67 @@ async fn a_new_revision_prunes_what_it_dropped_but_only_objects_still_labelled_a
         json!([{ "apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web" }])
     );
 
-    // Deleting the workload removes what it made, and its inventory; the namespace stays.
+    // Deleting the workload removes what it made, its inventory, and the namespace its
+    // first apply made.
     let del = w.task("delete", workload(vec![], json!([])));
     expect_ok(task::run(&ctx, &del).await);
     let deleted = api.deleted();
     assert!(deleted.contains(&"/apis/apps/v1/namespaces/shop/deployments/web".to_owned()));
     assert!(deleted.iter().any(|p| p.contains("qleet-inventory-")));
-    assert!(!deleted.contains(&"/api/v1/namespaces/shop".to_owned()));
+    assert_eq!(
+        deleted.last().map(String::as_str),
+        Some("/api/v1/namespaces/shop")
+    );
+}
+
+#[tokio::test]
+async fn a_namespace_qleet_made_goes_with_its_last_workload_and_one_it_did_not_make_stays() {
+    let moto = Moto::start().await;
+    let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
+    let ns = "/api/v1/namespaces/shop";
+    // Two workloads share the namespace the first one's apply made.
+    let (a, b) = (
+        TaskBuilder::new("Workload", "web"),
+        TaskBuilder::new("Workload", "worker"),
+    );
+    let cm = |name: &str| workload(vec![config_map(name)], json!([]));
+    expect_ok(task::run(&ctx, &a.task("ensure", cm("a"))).await);
+    expect_ok(task::run(&ctx, &b.task("ensure", cm("b"))).await);
+    let made = api.get(ns).expect("namespace");
+    assert_eq!(
+        made["metadata"]["annotations"]["qleet.dev/created-by"],
+        a.object_id.to_string(),
+        "{made}"
+    );
+    // Applied again by the other workload, the mark stays.
+    expect_ok(task::run(&ctx, &b.task("ensure", cm("b"))).await);
+    assert_eq!(
+        api.get(ns).expect("namespace")["metadata"]["annotations"]["qleet.dev/created-by"],
+        a.object_id.to_string()
+    );
+    // The maker goes first: the namespace stays while the other still has things there.
+    expect_ok(task::run(&ctx, &a.task("delete", cm("a"))).await);
+    assert!(api.get(ns).is_some(), "still used by {}", b.object_id);
+    assert!(api.get("/api/v1/namespaces/shop/configmaps/b").is_some());
+    // The last one out removes it.
+    expect_ok(task::run(&ctx, &b.task("delete", cm("b"))).await);
+    assert!(api.get(ns).is_none(), "the namespace Qleet made is gone");
+
+    // A namespace that was there before Qleet is never marked, nor removed.
+    api.answer(
+        "PATCH",
+        ns,
+        "",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"team": "shop"}}}),
+    );
+    expect_ok(task::run(&ctx, &a.task("ensure", cm("a"))).await);
+    assert!(
+        api.get(ns).expect("namespace")["metadata"]["annotations"]
+            .get("qleet.dev/created-by")
+            .is_none()
+    );
+    expect_ok(task::run(&ctx, &a.task("delete", cm("a"))).await);
+    assert!(api.get(ns).is_some(), "the customer's namespace stays");
 }
 
 #[tokio::test]
