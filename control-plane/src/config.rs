@@ -62,6 +62,16 @@ pub struct ControlPlaneArgs {
         hide = true
     )]
     pub poll_ms: Option<u64>,
+    /// How often what the agent made in the cloud is observed for drift, in seconds (default
+    /// 600); `refresh(kind, name)` observes one object at once.
+    #[arg(
+        long,
+        env = "QLEET_CP_DRIFT_INTERVAL_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 600,
+        value_parser = clap::value_parser!(u64).range(1..=604_800)
+    )]
+    pub drift_interval_seconds: u64,
     /// Testing only: abort the process at this named point (crash-safety tests).
     #[arg(
         long,
@@ -98,6 +108,8 @@ pub struct ControlPlaneConfig {
     pub crash_at: Option<String>,
     /// Benchmarks only: poll every this long instead of waking on notifications.
     pub poll_interval: Option<std::time::Duration>,
+    /// How often what the agent made is observed for drift.
+    pub drift_interval: std::time::Duration,
     /// Stop when standard input ends (see [`ControlPlaneArgs::stop_on_stdin_eof`]).
     pub stop_on_stdin_eof: bool,
 }
@@ -134,6 +146,7 @@ impl ControlPlaneConfig {
             log_format: args.log_format,
             crash_at: args.crash_at,
             poll_interval: args.poll_ms.map(std::time::Duration::from_millis),
+            drift_interval: std::time::Duration::from_secs(args.drift_interval_seconds),
             stop_on_stdin_eof: args.stop_on_stdin_eof,
         })
     }

@@ -91,6 +91,7 @@ impl Application {
             .context("releasing claims of an earlier run")?;
         let mut engine = Engine::new(pool.clone(), config.id);
         engine.poll_interval = config.poll_interval;
+        engine.drift_interval = config.drift_interval;
         let config = Arc::new(config);
         let state = CpState {
             schema: graphql::schema(&engine),
@@ -133,6 +134,7 @@ impl Application {
         background.spawn(crate::objects::reconcile::watch_due_tasks(
             self.engine.clone(),
         ));
+        background.spawn(crate::objects::drift::watch(self.engine.clone()));
         // The polling baseline (benchmarks) is one loop, as a polling controller would be.
         let workers = if self.engine.poll_interval.is_some() {
             1

@@ -111,6 +111,8 @@ pub fn part<T: DeserializeOwned>(value: &Value, what: &str) -> Result<T, TaskErr
 pub enum Operation {
     Ensure,
     Delete,
+    /// Read what was made, changing nothing (a drift check).
+    Observe,
 }
 
 tokio::task_local! {
@@ -138,6 +140,13 @@ pub async fn run_with_events(ctx: &Context, task: &LeasedTask) -> (TaskResult, V
         .await
 }
 
+fn unobservable(kind: &str) -> TaskError {
+    TaskError::permanent(
+        "ObserveUnsupported",
+        format!("this agent does not observe a {kind} for drift"),
+    )
+}
+
 /// Does `task` and answers what to report.
 pub async fn run(ctx: &Context, task: &LeasedTask) -> TaskResult {
     match execute(ctx, task).await {
@@ -154,6 +163,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
     let op = match task.operation.as_str() {
         "ensure" => Operation::Ensure,
         "delete" => Operation::Delete,
+        "observe" => Operation::Observe,
         other => {
             return Err(TaskError::permanent(
                 "UnknownOperation",
@@ -197,6 +207,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
             match op {
                 Operation::Ensure => s3.ensure(&spec, &payload, &account.region).await,
                 Operation::Delete => s3.delete(&spec.name, &payload).await.map(|()| Map::new()),
+                Operation::Observe => s3.observe(&spec, &payload).await,
             }
         }
         "RelationalDatabase" => {
@@ -207,6 +218,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
             match op {
                 Operation::Ensure => rds.ensure(&spec, &payload, &account).await,
                 Operation::Delete => rds.delete(&spec, &payload).await.map(|()| Map::new()),
+                Operation::Observe => rds.observe(&spec, &payload, &account).await,
             }
         }
         "KubernetesRuntime" => {
@@ -215,6 +227,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
                 return match op {
                     Operation::Ensure => ctx.clusters.check(name).await,
                     Operation::Delete => Ok(Map::new()),
+                    Operation::Observe => Err(unobservable(&task.object_kind)),
                 };
             }
             let account = account()?;
@@ -224,6 +237,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
             match op {
                 Operation::Ensure => eks.ensure(&spec, &payload, &account).await,
                 Operation::Delete => eks.delete(&spec, &payload).await.map(|()| Map::new()),
+                Operation::Observe => Err(unobservable(&task.object_kind)),
             }
         }
         "Workload" | "Gateway" | "DomainName" | "Observability" => {
@@ -233,6 +247,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
                 Operation::Delete => k8s::delete(ctx, &spec, &payload, &actor)
                     .await
                     .map(|()| Map::new()),
+                Operation::Observe => Err(unobservable(&task.object_kind)),
             }
         }
         other => Err(TaskError::permanent(

@@ -55,6 +55,28 @@ impl Cp {
     /// A standalone control plane on database `db` that connects to it with `connect` (the same
     /// database through a [`crate::proxy::TcpProxy`], say); helpers query `db` directly.
     pub async fn start_connecting(db: String, connect: String, id: Uuid) -> Cp {
+        Cp::start_with(
+            db,
+            connect,
+            id,
+            qleet_control_plane::objects::drift::DEFAULT_INTERVAL,
+        )
+        .await
+    }
+
+    /// A standalone control plane on a fresh database that observes what the agent made for
+    /// drift every `every` (instead of every ten minutes).
+    pub async fn start_observing_every(every: std::time::Duration) -> Cp {
+        let db = fresh_database().await;
+        Cp::start_with(db.clone(), db, Uuid::new_v4(), every).await
+    }
+
+    async fn start_with(
+        db: String,
+        connect: String,
+        id: Uuid,
+        drift_interval: std::time::Duration,
+    ) -> Cp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         let config = ControlPlaneConfig {
@@ -67,6 +89,7 @@ impl Cp {
             log_format: LogFormat::Pretty,
             crash_at: None,
             poll_interval: None,
+            drift_interval,
             stop_on_stdin_eof: false,
         };
         let app = qleet_control_plane::Application::build(config, listener)
@@ -337,8 +360,21 @@ pub fn success_report(task: &Value) -> Value {
     json!({ "leaseId": task["leaseId"], "result": success(task) })
 }
 
+/// What a well-behaved agent observes of `task`'s resource: exactly what its payload made.
+pub fn observed_for(task: &Value) -> Value {
+    let mut observed = qleet_control_plane::objects::drift::expected(
+        task["objectKind"].as_str().unwrap_or_default(),
+        &task["payload"],
+    );
+    observed.insert("found".into(), json!(true));
+    Value::Object(observed)
+}
+
 /// The `result` of a successful report for `task`.
 pub fn success(task: &Value) -> Value {
+    if task["operation"] == "observe" {
+        return json!({ "succeeded": { "outputs": observed_for(task) } });
+    }
     if task["operation"] == "delete" {
         json!({ "succeeded": {} })
     } else {

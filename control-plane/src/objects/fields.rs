@@ -98,6 +98,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.blockPublicAccess", InPlace),
                 rule("spec.encryption", InPlace),
                 rule("spec.tags", InPlace),
+                rule("spec.driftPolicy", InPlace),
             ];
             RULES
         }
@@ -120,6 +121,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.username", Replace(NEW_DATABASE)),
                 rule("spec.applyImmediately", InPlace),
                 rule("spec.tags", InPlace),
+                rule("spec.driftPolicy", InPlace),
             ];
             RULES
         }

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::drift::DriftPolicy;
 use super::refs::ObjKey;
 
 /// The kinds Qleet knows. Anything else is a composition kind a `Composition` declares.
@@ -548,10 +549,17 @@ pub struct BucketSpec {
     /// Tags of the customer's own on the bucket, beside Qleet's `qleet:*` tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// What a difference found in the cloud leads to: put it back (default) or only report it.
+    #[serde(default, skip_serializing_if = "DriftPolicy::is_default")]
+    pub drift_policy: DriftPolicy,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, JsonSchema)]
@@ -600,11 +608,14 @@ pub struct DatabaseSpec {
     pub username: String,
     /// Whether in-place changes (version, class, storage, backups) are made now (default) or
     /// in the instance's next maintenance window.
-    #[serde(default = "yes")]
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub apply_immediately: bool,
     /// Tags of the customer's own on the instance, beside Qleet's `qleet:*` tags.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// What a difference found in the cloud leads to: put it back (default) or only report it.
+    #[serde(default, skip_serializing_if = "DriftPolicy::is_default")]
+    pub drift_policy: DriftPolicy,
 }
 
 fn default_storage() -> u32 {

@@ -10,10 +10,12 @@
 //! - [`reconcile`]: workers that drive each object to its spec, one idempotent step at a time.
 //! - [`render`]: spec + dependency outputs → what the agent is asked to do.
 //! - [`rerun`]: retry a FAILED object, refresh one against the cloud.
+//! - [`drift`]: observe what the agent made, compare it with the spec, remediate or report.
 //! - [`tasks`]: the agent API (lease, renew, release, report).
 
 pub mod apply;
 pub mod compose;
+pub mod drift;
 pub mod fields;
 pub mod graphql;
 pub mod kinds;

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use super::compose;
+use super::drift::{self, Drift, DriftPolicy};
 use super::kinds::{Builtin, CompositionSpec, parse_spec};
 use super::refs::ObjKey;
 use super::render;
@@ -44,6 +45,8 @@ pub struct Engine {
     pub instance: Uuid,
     /// Benchmark baseline: ignore notifications and look for work at this interval.
     pub poll_interval: Option<Duration>,
+    /// How often what the agent made is observed for drift.
+    pub drift_interval: Duration,
     /// Cancelled when the server starts shutting down: agents' long-polls answer at once.
     pub stopping: tokio_util::sync::CancellationToken,
 }
@@ -63,6 +66,7 @@ impl Engine {
             claim_for: CLAIM,
             instance: Uuid::new_v4(),
             poll_interval: None,
+            drift_interval: super::drift::DEFAULT_INTERVAL,
             stopping: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -334,6 +338,8 @@ struct Next {
     outputs: Option<Value>,
     rendered: Option<Option<Value>>,
     observed: bool,
+    /// A new drift record (see [`drift`]); `None` keeps the one on record.
+    drift: Option<Drift>,
 }
 
 impl Next {
@@ -344,8 +350,122 @@ impl Next {
             outputs: None,
             rendered: None,
             observed: false,
+            drift: None,
         }
     }
+}
+
+/// Evaluates the newest observation of the object's resource against what its last ensure
+/// made (see [`drift`]): records it for `next`, with events when drift appears or goes, and
+/// under `Remediate` queues the ensure again, which puts the resource back.
+async fn check_drift(
+    conn: &mut PgConnection,
+    row: &ObjectRow,
+    hash: &str,
+    payload: &Value,
+    ensured_at: Option<chrono::DateTime<chrono::Utc>>,
+    next: &mut Next,
+) -> anyhow::Result<()> {
+    if !drift::OBSERVED_KINDS.contains(&row.kind.as_str()) {
+        return Ok(());
+    }
+    let record = sqlx::query!(
+        "select drift, observe_requested_at from objects where id = $1",
+        row.id,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let previous: Option<Drift> = record.drift.and_then(|d| serde_json::from_value(d).ok());
+    // Someone asked for an observation (`refresh`): PROVISIONING until it is evaluated.
+    if let Some(asked) = record.observe_requested_at {
+        let pending = sqlx::query!(
+            "select state, completed_at from agent_tasks
+             where object_id = $1 and operation = 'observe' and input_hash = $2",
+            row.id,
+            hash,
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        match pending {
+            Some(t) if matches!(t.state.as_str(), "queued" | "leased") => {
+                next.phase = Phase::Provisioning;
+                next.message = "checking it against the cloud".into();
+                next.observed = false;
+                return Ok(());
+            }
+            // Answered (or it cannot be: set aside, failed): the request is done.
+            _ => {
+                sqlx::query!(
+                    "update objects set observe_requested_at = null
+                     where id = $1 and observe_requested_at = $2",
+                    row.id,
+                    asked,
+                )
+                .execute(&mut *conn)
+                .await?;
+            }
+        }
+    }
+    // A remediation that finished: the ensure made it as declared and read it back.
+    if let (Some(prev), Some(at)) = (&previous, ensured_at)
+        && prev.remediating
+        && at > prev.observed_at
+    {
+        store::event(
+            &mut *conn,
+            row.id,
+            false,
+            "DriftRemediated",
+            &format!("put back as declared (was: {})", prev.describe()),
+        )
+        .await?;
+        next.drift = Some(Drift {
+            observed_at: at,
+            missing: false,
+            differences: Vec::new(),
+            remediating: false,
+        });
+        return Ok(());
+    }
+    let observation = sqlx::query!(
+        "select outputs, completed_at from agent_tasks
+         where object_id = $1 and operation = 'observe' and input_hash = $2
+           and state = 'succeeded'",
+        row.id,
+        hash,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((observed, at)) = observation.and_then(|o| Some((o.outputs?, o.completed_at?))) else {
+        return Ok(());
+    };
+    // Already evaluated, or older than what the last ensure read back.
+    if previous.as_ref().is_some_and(|p| p.observed_at >= at) || ensured_at.is_some_and(|e| e > at)
+    {
+        return Ok(());
+    }
+    let mut found = drift::compare(&row.kind, payload, &observed, at);
+    if found.drifted() {
+        store::event(&mut *conn, row.id, true, "DriftDetected", &found.describe()).await?;
+        if DriftPolicy::of(&row.spec) == DriftPolicy::Remediate {
+            found.remediating = true;
+            queue_task(conn, row, "ensure", hash, payload).await?;
+            next.phase = Phase::Provisioning;
+            next.message = format!("putting back what drifted: {}", found.describe());
+            next.observed = false;
+        }
+    } else if previous.as_ref().is_some_and(Drift::drifted) {
+        store::event(
+            &mut *conn,
+            row.id,
+            false,
+            "DriftResolved",
+            "the cloud matches the spec again",
+        )
+        .await?;
+    }
+    next.drift = Some(found);
+    Ok(())
 }
 
 /// One step for one object, inside the caller's transaction (which holds the row lock).
@@ -587,6 +707,7 @@ struct TaskRow {
     outputs: Option<Value>,
     error: Option<Value>,
     attempts: i32,
+    completed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// An object the agent makes real: wait for dependencies, render, queue the task for the
@@ -662,7 +783,7 @@ async fn managed(
 
     let latest = sqlx::query_as!(
         TaskRow,
-        "select input_hash, state, outputs, error, attempts from agent_tasks
+        "select input_hash, state, outputs, error, attempts, completed_at from agent_tasks
          where object_id = $1 and operation = 'ensure' and state <> 'superseded'
          order by created_at desc limit 1",
         row.id,
@@ -681,6 +802,7 @@ async fn managed(
                 }
                 let mut n = Next::new(Phase::Ready, "ready");
                 n.observed = true;
+                check_drift(conn, row, &hash, &desired.payload, t.completed_at, &mut n).await?;
                 n
             }
             "failed" => {
@@ -929,7 +1051,21 @@ async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::R
     } else {
         row.observed_generation
     };
-    let conditions = conditions(&row.conditions, next.phase, &next.message);
+    let conditions = conditions(
+        &row.conditions,
+        next.phase,
+        &next.message,
+        next.drift.as_ref(),
+    );
+    if let Some(d) = &next.drift {
+        sqlx::query!(
+            "update objects set drift = $2 where id = $1",
+            row.id,
+            serde_json::to_value(d)?,
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
     if status == row.status
         && outputs == row.outputs
         && rendered == row.rendered
@@ -1010,8 +1146,9 @@ async fn save(conn: &mut PgConnection, row: &ObjectRow, next: Next) -> anyhow::R
     Ok(())
 }
 
-/// `Ready` and `DependenciesReady` conditions, keeping transition times when nothing flipped.
-fn conditions(previous: &Value, phase: Phase, message: &str) -> Value {
+/// `Ready` and `DependenciesReady` conditions, and `Drifted` once the cloud was observed,
+/// keeping transition times when nothing flipped.
+fn conditions(previous: &Value, phase: Phase, message: &str, drift: Option<&Drift>) -> Value {
     let now = chrono::Utc::now();
     let wanted = [
         ("Ready", phase == Phase::Ready, format!("{phase:?}")),
@@ -1025,32 +1162,46 @@ fn conditions(previous: &Value, phase: Phase, message: &str) -> Value {
             },
         ),
     ];
-    let out: Vec<Value> = wanted
+    let condition = |ty: &str, status: bool, reason: String, message: &str| {
+        let before = previous
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["type"] == ty));
+        let since = match before {
+            Some(c) if c["status"] == json!(status) => c["lastTransitionAt"].clone(),
+            _ => json!(now),
+        };
+        json!({
+            "type": ty,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionAt": since,
+        })
+    };
+    let mut out: Vec<Value> = wanted
         .into_iter()
         .map(|(ty, status, reason)| {
-            let before = previous
-                .as_array()
-                .and_then(|a| a.iter().find(|c| c["type"] == ty));
-            let since = match before {
-                Some(c) if c["status"] == json!(status) => c["lastTransitionAt"].clone(),
-                _ => json!(now),
-            };
-            let message = if ty == "Ready" {
+            let message = if ty == "Ready" || !status {
                 message
-            } else if status {
-                ""
             } else {
-                message
+                ""
             };
-            json!({
-                "type": ty,
-                "status": status,
-                "reason": reason,
-                "message": message,
-                "lastTransitionAt": since,
-            })
+            condition(ty, status, reason, message)
         })
         .collect();
+    // `Drifted`: new from this step's observation, else as it was.
+    match drift {
+        Some(d) => {
+            let (status, reason, text) = drift::condition(d);
+            out.push(condition("Drifted", status, reason.to_owned(), &text));
+        }
+        None => out.extend(
+            previous
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["type"] == "Drifted"))
+                .cloned(),
+        ),
+    }
     // Only the times may differ when nothing changed: keep the old value then.
     let same = previous.as_array().is_some_and(|p| {
         p.len() == out.len()

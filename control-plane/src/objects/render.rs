@@ -244,7 +244,7 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                 .database
                 .clone()
                 .unwrap_or_else(|| input.key.name.replace('-', "_"));
-            json!({
+            let mut body = json!({
                 "account": input.account(&spec.account, spec.region.as_deref())?,
                 "database": {
                     "instanceIdentifier": input.cloud_name(63),
@@ -257,9 +257,14 @@ pub fn desired(kind: Builtin, input: &Input<'_>) -> Result<Desired, String> {
                     "username": spec.username,
                     "port": spec.engine.port(),
                     "passwordSecretName": input.password_secret_name(),
-                    "applyImmediately": spec.apply_immediately,
                 },
-            })
+            });
+            // Only when it is not the agent's default, so existing instances' inputs stay the
+            // same.
+            if !spec.apply_immediately {
+                body["database"]["applyImmediately"] = json!(false);
+            }
+            body
         }
         Builtin::Workload => {
             // Render from the spec as declared: env bindings need to know which outputs are

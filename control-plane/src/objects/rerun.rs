@@ -85,6 +85,33 @@ pub async fn rerun(
         Rerun::Retry => ("RetryRequested", format!("retry requested by {actor}")),
         Rerun::Refresh => ("RefreshRequested", format!("refresh requested by {actor}")),
     };
+    // A READY resource the agent can observe is observed and compared (see `drift`); what
+    // differs is then put back or reported, by its drift policy.
+    if which == Rerun::Refresh && phase == Phase::Ready {
+        let queued = super::drift::queue_observe(&mut tx, row.id)
+            .await
+            .map_err(internal)?;
+        if queued {
+            sqlx::query!(
+                "update objects set observe_requested_at = now() where id = $1",
+                row.id,
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(ApiError::from)?;
+            let row = restart_as(
+                &mut tx,
+                row,
+                reason,
+                &message,
+                &format!("checking it against the cloud ({message})"),
+            )
+            .await
+            .map_err(internal)?;
+            tx.commit().await.map_err(ApiError::from)?;
+            return Ok(row);
+        }
+    }
     let row = restart(&mut tx, row, reason, &message)
         .await
         .map_err(internal)?;
@@ -97,7 +124,7 @@ pub async fn rerun(
 /// reconcile, in `conn`'s transaction. Answers the row as written.
 pub async fn restart(
     conn: &mut PgConnection,
-    mut row: ObjectRow,
+    row: ObjectRow,
     reason: &str,
     message: &str,
 ) -> sqlx::Result<ObjectRow> {
@@ -110,8 +137,20 @@ pub async fn restart(
     )
     .execute(&mut *conn)
     .await?;
+    restart_as(conn, row, reason, message, message).await
+}
+
+/// Records `reason`/`message` as an event, shows the object PROVISIONING with `status` and
+/// asks for a reconcile, in `conn`'s transaction.
+async fn restart_as(
+    conn: &mut PgConnection,
+    mut row: ObjectRow,
+    reason: &str,
+    message: &str,
+    status: &str,
+) -> sqlx::Result<ObjectRow> {
     store::event(&mut *conn, row.id, false, reason, message).await?;
-    row.status = json!({ "phase": Phase::Provisioning, "message": message });
+    row.status = json!({ "phase": Phase::Provisioning, "message": status });
     sqlx::query!(
         "update objects set status = $2, updated_at = now() where id = $1",
         row.id,

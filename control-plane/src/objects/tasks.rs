@@ -266,14 +266,17 @@ pub async fn report(
             )
             .execute(&mut *tx)
             .await?;
-            store::event(
-                &mut tx,
-                held.object_id,
-                false,
-                "TaskSucceeded",
-                &format!("the agent finished `{}`", held.operation),
-            )
-            .await?;
+            // Observations come every few minutes: their outcome is recorded as drift events.
+            if held.operation != "observe" {
+                store::event(
+                    &mut tx,
+                    held.object_id,
+                    false,
+                    "TaskSucceeded",
+                    &format!("the agent finished `{}`", held.operation),
+                )
+                .await?;
+            }
         }
         TaskResult::Failed {
             code,

@@ -30,6 +30,7 @@ async fn start(id: Uuid, db: &str, auth: ControlPlaneAuth) -> anyhow::Result<Con
         log_format: LogFormat::Pretty,
         crash_at: None,
         poll_interval: None,
+        drift_interval: qleet_control_plane::objects::drift::DEFAULT_INTERVAL,
         stop_on_stdin_eof: false,
     };
     let app = qleet_control_plane::Application::build(config, listener).await?;

@@ -4,6 +4,7 @@
 
 mod agents;
 mod control_plane;
+mod drift;
 mod objects;
 mod recovery;
 mod replacements;

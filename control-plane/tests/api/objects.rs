@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use qleet_test_support::cp::{ADMIN, APP, Cp, drain, kinds_of, outputs_for};
+use qleet_test_support::cp::{ADMIN, APP, Cp, drain, kinds_of, observed_for, outputs_for};
 use qleet_test_support::db::fresh_database;
 use qleet_test_support::error_code;
 use serde_json::{Value, json};
@@ -1141,34 +1141,42 @@ async fn a_failed_object_is_retried_and_a_ready_one_refreshed_against_the_cloud(
     })
     .await;
 
-    // Refresh: the agent is asked to check it again and what it reads back becomes the outputs.
+    // Refresh: the agent is asked to observe it in the cloud; it is PROVISIONING until the
+    // observation is answered, then READY and in sync (drift is tested in `drift.rs`).
     let refreshed = cp
         .gql_ok(REFRESH, vars("ObjectStorageBucket", "assets"))
         .await;
     assert_eq!(refreshed["refresh"]["name"], "assets");
+    assert_eq!(refreshed["refresh"]["phase"], "PROVISIONING", "{refreshed}");
     let check = next_task(&cp, "ObjectStorageBucket/assets").await;
-    let mut observed = outputs_for(&check);
-    observed["endpoint"] = json!("https://assets.s3.eu-west-1.example");
+    assert_eq!(check["operation"], "observe", "{check}");
     assert_eq!(
-        cp.report(&check, json!({"succeeded": {"outputs": observed}}))
-            .await
-            .0,
+        check["payload"], again["payload"],
+        "what was made is observed"
+    );
+    assert_eq!(
+        cp.report(
+            &check,
+            json!({"succeeded": {"outputs": observed_for(&check)}})
+        )
+        .await
+        .0,
         200
     );
-    for _ in 0..600 {
-        let o = cp.object("ObjectStorageBucket", "assets").await;
-        if o["phase"] == "READY"
-            && o["outputs"]["endpoint"] == "https://assets.s3.eu-west-1.example"
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cp.wait_until("the bucket is ready again", |p| {
+        p["ObjectStorageBucket/assets"] == "READY"
+    })
+    .await;
     let o = cp.object("ObjectStorageBucket", "assets").await;
-    assert_eq!(o["phase"], "READY", "{o}");
+    let drifted = o["conditions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["type"] == "Drifted"))
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(
-        o["outputs"]["endpoint"],
-        "https://assets.s3.eu-west-1.example"
+        (&drifted["status"], &drifted["reason"]),
+        (&json!(false), &json!("InSync")),
+        "{o}"
     );
     // A refresh of the account it uses: handed out too, and it all settles READY.
     let body = cp.gql(REFRESH, vars("AwsAccount", "main")).await;

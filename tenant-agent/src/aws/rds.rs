@@ -172,6 +172,42 @@ impl Rds {
         Ok(out)
     }
 
+    /// Reads the instance as it is, changing nothing (a drift check): `found: false` when it
+    /// is gone, else what RDS says of it.
+    pub async fn observe(
+        &self,
+        spec: &DatabaseSpec,
+        payload: &Payload,
+        account: &Account,
+    ) -> Result<Map<String, Value>, TaskError> {
+        let mut out = Map::new();
+        let Some(i) = self.describe(&spec.instance_identifier).await? else {
+            out.insert("found".into(), json!(false));
+            return Ok(out);
+        };
+        check_ours(&i, payload)?;
+        let tags: Map<String, Value> = i
+            .tag_list()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_owned(), json!(t.value().unwrap_or_default()))))
+            .collect();
+        out.insert("found".into(), json!(true));
+        // Found through this region's API: that is where it is.
+        out.insert("region".into(), json!(account.region));
+        out.insert("engine".into(), json!(i.engine()));
+        out.insert("version".into(), json!(i.engine_version()));
+        out.insert("sizeClass".into(), json!(i.db_instance_class()));
+        out.insert("storageGb".into(), json!(i.allocated_storage()));
+        out.insert(
+            "backupRetentionDays".into(),
+            json!(i.backup_retention_period()),
+        );
+        out.insert("database".into(), json!(i.db_name()));
+        out.insert("username".into(), json!(i.master_username()));
+        out.insert("tags".into(), Value::Object(tags));
+        Ok(out)
+    }
+
     /// Makes the instance's tags the declared ones (the customer's and Qleet's): changed or
     /// new ones are set, others removed (AWS's own `aws:*` tags are left alone).
     async fn sync_tags(&self, i: &DbInstance, payload: &Payload) -> Result<(), TaskError> {

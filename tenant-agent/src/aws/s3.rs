@@ -256,6 +256,48 @@ impl S3 {
         Ok(out)
     }
 
+    /// Reads the bucket as it is, changing nothing (a drift check): `found: false` when it is
+    /// gone, else what S3 says of its region, versioning, public access, encryption and tags.
+    pub async fn observe(
+        &self,
+        spec: &BucketSpec,
+        payload: &Payload,
+    ) -> Result<Map<String, Value>, TaskError> {
+        let name = spec.name.as_str();
+        let mut out = Map::new();
+        match self.find(name, payload).await? {
+            Found::Missing => {
+                out.insert("found".into(), json!(false));
+                return Ok(out);
+            }
+            Found::NotOurs => return Err(not_ours(name)),
+            Found::Ours => {}
+        }
+        let tags: Map<String, Value> =
+            match self.client.get_bucket_tagging().bucket(name).send().await {
+                Ok(t) => t
+                    .tag_set()
+                    .iter()
+                    .map(|t| (t.key().to_owned(), json!(t.value())))
+                    .collect(),
+                Err(e) if error_code(&e) == Some("NoSuchTagSet") => Map::new(),
+                Err(e) => return Err(sdk_error("s3:GetBucketTagging", e)),
+            };
+        out.insert("found".into(), json!(true));
+        out.insert("region".into(), json!(self.region_of(name).await?));
+        out.insert(
+            "versioning".into(),
+            json!(self.versioning(name).await? == Some(BucketVersioningStatus::Enabled)),
+        );
+        out.insert(
+            "blockPublicAccess".into(),
+            json!(self.public_access_blocked(name).await?),
+        );
+        out.insert("encryption".into(), json!(self.encryption(name).await?));
+        out.insert("tags".into(), Value::Object(tags));
+        Ok(out)
+    }
+
     /// The region the bucket is in, as S3 reports it.
     async fn region_of(&self, name: &str) -> Result<String, TaskError> {
         let out = self

@@ -184,6 +184,7 @@ async fn a_workload_on_an_eks_runtime_is_applied_to_its_endpoint_with_a_token_fr
     assert_eq!(
         paths,
         [
+            ("GET", "/api/v1/namespaces/shop"),
             ("PATCH", "/api/v1/namespaces/shop"),
             ("GET", inventory.as_str()),
             ("PATCH", inventory.as_str()),

@@ -104,6 +104,7 @@ fn cases() -> Vec<Case> {
         },
         case(a, "spec.defaultRegion", json!("eu-west-3"), MovesDependents),
         // Buckets.
+        case(b, "spec.driftPolicy", json!("Report"), Setting),
         case(
             b,
             "spec.versioning",
@@ -175,6 +176,7 @@ fn cases() -> Vec<Case> {
             kept("/backupRetentionDays", json!(3)),
         ),
         case(d, "spec.applyImmediately", json!(false), Setting),
+        case(d, "spec.driftPolicy", json!("Report"), Setting),
         case(
             d,
             "spec.tags",

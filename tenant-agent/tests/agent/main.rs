@@ -4,6 +4,7 @@
 //! in-process control plane, and `qleet dev` itself for the whole journey.
 
 mod aws;
+mod drift;
 mod eks_access;
 mod fault;
 mod fields;

@@ -1,0 +1,262 @@
+//! Drift: what the agent made is observed in the cloud (every `drift_interval`, and on demand
+//! with `refresh`), compared with what Qleet last made it, and any difference is a `Drifted`
+//! condition with the fields that differ and an event. Under `driftPolicy: Remediate` (the
+//! default) the agent puts it back (a resource deleted behind Qleet's back is made again);
+//! under `Report` it is only shown.
+//!
+//! An observation is an `observe` task for the inputs of the object's last finished `ensure`:
+//! the agent reads the resource without changing it and reports `found` and what it read.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::reconcile::Engine;
+use super::store::{self, select_objects};
+
+/// The kinds whose resources the agent can observe.
+pub const OBSERVED_KINDS: [&str; 2] = ["ObjectStorageBucket", "RelationalDatabase"];
+
+/// How often each object is observed unless configured otherwise.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
+
+/// `spec.driftPolicy`: what a difference found in the cloud leads to.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum DriftPolicy {
+    /// Put it back as declared (make it again if it is gone).
+    #[default]
+    Remediate,
+    /// Only show the difference (a `Drifted` condition and an event).
+    Report,
+}
+
+impl DriftPolicy {
+    pub fn is_default(&self) -> bool {
+        *self == DriftPolicy::default()
+    }
+
+    /// The policy an object's spec asks for.
+    pub fn of(spec: &Value) -> DriftPolicy {
+        spec.get("driftPolicy")
+            .cloned()
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default()
+    }
+}
+
+/// One field that differs: what Qleet made it and what the cloud says now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Difference {
+    pub field: String,
+    pub expected: Value,
+    pub observed: Value,
+}
+
+/// The outcome of comparing one observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drift {
+    /// When the observation compared was made.
+    pub observed_at: chrono::DateTime<chrono::Utc>,
+    /// The resource is gone.
+    pub missing: bool,
+    pub differences: Vec<Difference>,
+    /// A remediation was asked for and has not finished yet.
+    #[serde(default)]
+    pub remediating: bool,
+}
+
+impl Drift {
+    pub fn drifted(&self) -> bool {
+        self.missing || !self.differences.is_empty()
+    }
+
+    /// One line for events and the condition.
+    pub fn describe(&self) -> String {
+        if self.missing {
+            return "the resource is gone from the cloud (deleted outside Qleet)".into();
+        }
+        if self.differences.is_empty() {
+            return "the cloud matches the spec".into();
+        }
+        let fields: Vec<String> = self
+            .differences
+            .iter()
+            .map(|d| format!("{} is {} (expected {})", d.field, d.observed, d.expected))
+            .collect();
+        fields.join("; ")
+    }
+}
+
+/// What the cloud should show for a resource made from `payload` (an ensure's).
+pub fn expected(kind: &str, payload: &Value) -> Map<String, Value> {
+    let r = &payload["resource"];
+    let mut out = Map::new();
+    out.insert("tags".into(), payload["tags"].clone());
+    match kind {
+        "ObjectStorageBucket" => {
+            let b = &r["bucket"];
+            out.insert("region".into(), r["account"]["region"].clone());
+            out.insert("versioning".into(), b["versioning"].clone());
+            out.insert("blockPublicAccess".into(), b["blockPublicAccess"].clone());
+            out.insert("encryption".into(), b["encryption"].clone());
+        }
+        "RelationalDatabase" => {
+            let d = &r["database"];
+            out.insert("region".into(), r["account"]["region"].clone());
+            for (name, from) in [
+                ("engine", "engine"),
+                ("version", "version"),
+                ("sizeClass", "sizeClass"),
+                ("storageGb", "storageGb"),
+                ("backupRetentionDays", "backupRetentionDays"),
+                ("database", "database"),
+                ("username", "username"),
+            ] {
+                out.insert(name.into(), d[from].clone());
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// Compares an observation (`{found, ...}`) with what `payload` made.
+pub fn compare(
+    kind: &str,
+    payload: &Value,
+    observed: &Value,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Drift {
+    let missing = observed.get("found") == Some(&Value::Bool(false));
+    let mut differences = Vec::new();
+    if !missing {
+        for (field, want) in expected(kind, payload) {
+            let have = observed.get(&field).cloned().unwrap_or(Value::Null);
+            if have != want {
+                differences.push(Difference {
+                    field: format!("spec.{field}"),
+                    expected: want,
+                    observed: have,
+                });
+            }
+        }
+    }
+    Drift {
+        observed_at: at,
+        missing,
+        differences,
+        remediating: false,
+    }
+}
+
+/// Queues an observation of `id`'s resource as its last finished ensure made it. Answers
+/// false when there is nothing to observe (no finished ensure, or a kind the agent does not
+/// observe). Idempotent: an observation already queued or running is left alone.
+pub async fn queue_observe(conn: &mut PgConnection, id: Uuid) -> anyhow::Result<bool> {
+    let Some(row) = select_objects!("from objects o where o.id = $1", id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(false);
+    };
+    if !OBSERVED_KINDS.contains(&row.kind.as_str()) || row.deletion_requested_at.is_some() {
+        return Ok(false);
+    }
+    let made = sqlx::query!(
+        "select input_hash, payload from agent_tasks
+         where object_id = $1 and operation = 'ensure' and state = 'succeeded'
+         order by completed_at desc limit 1",
+        id,
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(made) = made else {
+        return Ok(false);
+    };
+    sqlx::query!(
+        "insert into agent_tasks (id, object_id, operation, generation, input_hash, payload)
+         values ($1, $2, 'observe', $3, $4, $5)
+         on conflict (object_id, operation, input_hash) do update
+           set state = 'queued', generation = excluded.generation, not_before = now(),
+               lease_id = null, lease_holder = null, lease_expires_at = null, attempts = 0,
+               outputs = null, error = null, completed_at = null, created_at = now(),
+               payload = excluded.payload
+           where agent_tasks.state in ('superseded', 'succeeded', 'failed')",
+        Uuid::new_v4(),
+        id,
+        row.generation,
+        made.input_hash,
+        made.payload,
+    )
+    .execute(&mut *conn)
+    .await?;
+    store::notify(&mut *conn, store::TASKS_CHANNEL, "").await?;
+    Ok(true)
+}
+
+/// Observes every Ready object of an observed kind whose last observation is older than
+/// `engine.drift_interval`, for as long as the control plane runs.
+pub async fn watch(engine: Engine) {
+    let every = engine.drift_interval;
+    // Look often enough that an object is observed within a tenth of the interval of its due
+    // time, and never more than once a second.
+    let tick = (every / 10).max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = engine.stopping.cancelled() => return,
+            () = tokio::time::sleep(tick) => {}
+        }
+        if let Err(e) = observe_due(&engine.pool, every).await {
+            tracing::warn!(error = %e, "could not queue drift observations");
+        }
+    }
+}
+
+async fn observe_due(pool: &PgPool, every: Duration) -> anyhow::Result<()> {
+    let due = sqlx::query_scalar!(
+        r#"select o.id from objects o
+         where o.kind = any($1) and o.deletion_requested_at is null
+           and o.status->>'phase' = 'Ready'
+           and exists (
+             select 1 from agent_tasks t
+             where t.object_id = o.id and t.operation = 'ensure' and t.state = 'succeeded')
+           -- An ensure reads the resource back too: it counts as an observation.
+           and not exists (
+             select 1 from agent_tasks t
+             where t.object_id = o.id
+               and ((t.operation = 'observe' and t.state in ('queued', 'leased'))
+                    or (t.operation in ('ensure', 'observe')
+                        and t.completed_at > now() - make_interval(secs => $2))))
+         limit 100"#,
+        &OBSERVED_KINDS.map(str::to_owned),
+        every.as_secs_f64(),
+    )
+    .fetch_all(pool)
+    .await?;
+    for id in due {
+        let mut tx = pool.begin().await?;
+        queue_observe(&mut tx, id).await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}
+
+/// The `Drifted` condition for a drift record (none before the first observation).
+pub fn condition(drift: &Drift) -> (bool, &'static str, String) {
+    let reason = if drift.remediating {
+        "Remediating"
+    } else if drift.missing {
+        "Missing"
+    } else if drift.drifted() {
+        "Drifted"
+    } else {
+        "InSync"
+    };
+    (drift.drifted(), reason, drift.describe())
+}
