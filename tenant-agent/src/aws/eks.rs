@@ -124,7 +124,45 @@ impl Eks {
                 }
             }
         }
-        let cluster = self.wait_active(name).await?;
+        let mut cluster = self.wait_active(name).await?;
+        // A newer Kubernetes version is an in-place upgrade (one minor version per call, as
+        // EKS requires); an older one is refused, never ignored.
+        if let Some(current) = cluster.version().map(str::to_owned)
+            && current != spec.version
+        {
+            let minor = |v: &str| v.split('.').nth(1).and_then(|m| m.parse::<u32>().ok());
+            match (minor(&current), minor(&spec.version)) {
+                (Some(have), Some(want)) if want > have => {
+                    self.client
+                        .update_cluster_version()
+                        .name(name)
+                        .version(format!("1.{}", have + 1))
+                        .send()
+                        .await
+                        .map_err(|e| sdk_error("eks:UpdateClusterVersion", e))?;
+                    cluster = self.wait_active(name).await?;
+                    if cluster.version() != Some(spec.version.as_str()) {
+                        return Err(TaskError::retryable(
+                            "ClusterUpgrading",
+                            format!(
+                                "{name} is at {}; upgrading one minor version at a time to {}",
+                                cluster.version().unwrap_or_default(),
+                                spec.version
+                            ),
+                        ));
+                    }
+                }
+                _ => {
+                    return Err(TaskError::permanent(
+                        "ClusterVersionDowngrade",
+                        format!(
+                            "{name} runs {current}; EKS cannot go back to {}",
+                            spec.version
+                        ),
+                    ));
+                }
+            }
+        }
 
         let ng = nodegroup_name(name);
         let scaling = NodegroupScalingConfig::builder()

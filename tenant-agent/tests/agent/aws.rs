@@ -441,7 +441,8 @@ async fn a_task_without_an_external_id_is_refused_before_any_call_to_aws() {
 #[tokio::test]
 async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
     let moto = Moto::start().await;
-    let ctx = context(moto.agent_aws(&moto.url, "ambient", "ambient").await);
+    let proxy = Recorder::start(&moto.url).await;
+    let ctx = context(moto.agent_aws(&proxy.url, "ambient", "ambient").await);
     let b = TaskBuilder::new("KubernetesRuntime", "prod");
     let resource = json!({
         "account": account(Some("x")),
@@ -527,6 +528,34 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
             .len(),
         1
     );
+    // A newer version is an in-place upgrade, one minor version at a time (moto does not
+    // emulate UpdateClusterVersion: what is checked is the call, and that its failure is
+    // reported, not ignored); an older one is refused.
+    let mut newer = resource.clone();
+    newer["eks"]["version"] = json!("1.33");
+    let result = task::run(&ctx, &b.task("ensure", newer)).await;
+    let upgrade: Vec<crate::support::Recorded> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.path
+                    .ends_with(&format!("/clusters/{}/updates", b.cloud_name()))
+        })
+        .collect();
+    assert_eq!(upgrade.len(), 1, "{:?}", proxy.requests());
+    let asked: Value = serde_json::from_str(&upgrade[0].body).expect("json");
+    assert_eq!(asked["version"], "1.32", "one minor version at a time");
+    assert!(matches!(result, TaskResult::Failed { .. }), "{result:?}");
+    let mut older = resource.clone();
+    older["eks"]["version"] = json!("1.30");
+    let (code, message, retryable) = failed(task::run(&ctx, &b.task("ensure", older)).await);
+    assert_eq!(
+        (code.as_str(), retryable),
+        ("ClusterVersionDowngrade", false),
+        "{message}"
+    );
+
     succeeded(task::run(&ctx, &b.task("delete", resource)).await);
     assert!(
         eks.list_clusters()
