@@ -56,6 +56,52 @@ impl Client {
             .await
     }
 
+    /// GETs `path` (with its query) of control plane `cp` through the gateway and copies the
+    /// body to `out` as it arrives.
+    pub async fn download(
+        &self,
+        cp: &str,
+        path: &str,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<()> {
+        use tokio::io::AsyncWriteExt as _;
+        let token = self.token()?;
+        let mut resp = self
+            .http
+            .get(format!("{}/cp/{cp}/{path}", self.url))
+            .bearer_auth(token)
+            .send()
+            .await
+            .map_err(|e| unreachable(&self.url, &e))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            let err = &body["error"];
+            let code = err["code"].as_str().unwrap_or(match status.as_u16() {
+                401 => "UNAUTHENTICATED",
+                403 => "FORBIDDEN",
+                404 => "NOT_FOUND",
+                502..=504 => "UNAVAILABLE",
+                _ => "ERROR",
+            });
+            let message = err["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{path} answered {status}"));
+            return Err(Failure::from_code(code, &message, err));
+        }
+        let write = |e: std::io::Error| Failure::failed(format!("cannot write the output: {e}"));
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| Failure::unavailable(format!("the download broke off: {e}")))?
+        {
+            out.write_all(&chunk).await.map_err(write)?;
+        }
+        out.flush().await.map_err(write)?;
+        Ok(())
+    }
+
     fn token(&self) -> Result<&str> {
         self.token
             .as_deref()

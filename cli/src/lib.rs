@@ -127,12 +127,9 @@ enum Command {
     Watch(objects::WatchArgs),
     /// The dependency graph, as a text tree or DOT.
     Graph(objects::GraphArgs),
-    /// The organisation's audit log, newest first.
-    Audit {
-        /// How many entries.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-    },
+    /// The organisation's audit log, newest first; with `--cp` or `--object`, the current
+    /// control plane's audit trail (every apply, delete, retry, refresh and agent report).
+    Audit(manage::AuditArgs),
     /// Retry a FAILED object now, from its first attempt.
     Retry(objects::RerunArgs),
     /// Have the agent check a READY or FAILED object against the cloud again: what was deleted
@@ -320,7 +317,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Wait(a) => objects::wait(&ctx, a).await,
         Command::Watch(a) => objects::watch(&ctx, a).await,
         Command::Graph(a) => objects::graph(&ctx, a).await,
-        Command::Audit { limit } => manage::audit(&ctx, limit).await,
+        Command::Audit(a) => manage::audit(&ctx, a).await,
         Command::Retry(a) => objects::rerun(&ctx, a, "retry").await,
         Command::Refresh(a) => objects::rerun(&ctx, a, "refresh").await,
         Command::Agent(c) => objects::agent(&ctx, c).await,

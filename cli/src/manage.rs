@@ -637,7 +637,27 @@ pub async fn control_plane(ctx: &Ctx, cmd: CpCommand) -> Result<()> {
     Ok(())
 }
 
-pub async fn audit(ctx: &Ctx, limit: u32) -> Result<()> {
+#[derive(clap::Args, Debug)]
+pub struct AuditArgs {
+    /// How many entries.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// The current control plane's audit trail instead of the organisation's.
+    #[arg(long)]
+    cp: bool,
+    /// Only this object's entries (`KIND/NAME`) of the control plane's trail.
+    #[arg(long, value_name = "KIND/NAME")]
+    object: Option<String>,
+    /// The control plane's whole trail (or the object's), oldest first, as JSON lines.
+    #[arg(long)]
+    jsonl: bool,
+}
+
+pub async fn audit(ctx: &Ctx, args: AuditArgs) -> Result<()> {
+    if args.cp || args.object.is_some() || args.jsonl {
+        return control_plane_audit(ctx, args).await;
+    }
+    let limit = args.limit;
     let data = ctx
         .client
         .management(
@@ -656,6 +676,52 @@ pub async fn audit(ctx: &Ctx, limit: u32) -> Result<()> {
             ("ACTION", "/action"),
             ("IP", "/ip"),
             ("CHANGES", "/changes"),
+        ],
+    );
+    Ok(())
+}
+
+async fn control_plane_audit(ctx: &Ctx, args: AuditArgs) -> Result<()> {
+    if let Some(object) = &args.object
+        && !object.contains('/')
+    {
+        return Err(Failure::usage(format!(
+            "--object {object:?} is not of the form KIND/NAME"
+        )));
+    }
+    let cp = ctx.control_plane().await?;
+    if args.jsonl {
+        let path = match &args.object {
+            Some(object) => format!(
+                "audit.jsonl?object={}",
+                url::form_urlencoded::byte_serialize(object.as_bytes()).collect::<String>()
+            ),
+            None => "audit.jsonl".to_owned(),
+        };
+        return ctx
+            .client
+            .download(&cp, &path, &mut tokio::io::stdout())
+            .await;
+    }
+    let data = ctx
+        .client
+        .control_plane(
+            &cp,
+            "query($n: Int, $o: String) { auditLog(first: $n, object: $o) { nodes { id at actor action object detail diff } } }",
+            json!({ "n": args.limit.clamp(1, 200), "o": args.object }),
+        )
+        .await?;
+    let rows = &data["auditLog"]["nodes"];
+    output::print(
+        ctx.format,
+        rows,
+        rows,
+        &[
+            ("AT", "/at"),
+            ("ACTOR", "/actor"),
+            ("ACTION", "/action"),
+            ("OBJECT", "/object"),
+            ("DETAIL", "/detail"),
         ],
     );
     Ok(())

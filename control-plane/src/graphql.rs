@@ -17,13 +17,14 @@ use crate::caller::{Caller, ControlPlaneId, authenticate, subject_kind};
 use qleet_protocol::Role;
 
 use crate::agents::graphql::{AgentsMutation, AgentsQuery};
+use crate::audit::AuditQuery;
 use crate::objects::graphql::{ObjectsMutation, ObjectsQuery, ObjectsSubscription};
 use crate::objects::reconcile::Engine;
 
 pub type ControlPlaneSchema = Schema<Query, Mutation, Subscription>;
 
 #[derive(MergedObject, Default)]
-pub struct Query(CpQuery, ObjectsQuery, AgentsQuery);
+pub struct Query(CpQuery, ObjectsQuery, AgentsQuery, AuditQuery);
 
 #[derive(MergedObject, Default)]
 pub struct Mutation(ObjectsMutation, AgentsMutation);

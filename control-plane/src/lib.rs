@@ -8,10 +8,12 @@
 //! (`qleet-common`).
 //!
 //! Layers, each using only those after it: this module (the HTTP application) → [`graphql`] and
-//! the agent API → [`agents`] → [`objects`] → [`caller`] → [`config`].
+//! the agent API → [`agents`] → [`objects`] → [`audit`] (which they record to) → [`caller`] →
+//! [`config`].
 
 mod agent_api;
 pub mod agents;
+pub mod audit;
 pub mod caller;
 pub mod config;
 mod graphql;
@@ -104,6 +106,7 @@ impl Application {
             .route("/readyz", get(readyz))
             .route("/graphql", get(graphql::graphiql).post(graphql::handler))
             .route("/graphql/ws", get(graphql::websocket))
+            .route("/audit.jsonl", get(audit::export))
             .merge(agent_api::router())
             .layer(RequestBodyLimitLayer::new(1024 * 1024))
             .layer(axum::middleware::from_fn(crate::telemetry::observe))

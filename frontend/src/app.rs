@@ -20,11 +20,13 @@ use crate::{
         control_planes::{
             agents::AgentsPage,
             detail::ControlPlanePage,
+            kinds::KindsPage,
             list::ControlPlanesPage,
             objects::{
                 ControlPlaneLayout, apply::ApplyPage, detail::ObjectPage, graph::GraphPage,
                 list::ObjectsPage,
             },
+            trail::ControlPlaneAuditPage,
         },
         overview::OrgOverview,
         tokens::TokensPage,
@@ -83,6 +85,8 @@ pub fn App() -> impl IntoView {
                             <Route path=path!("graph") view=GraphPage/>
                             <Route path=path!("apply") view=ApplyPage/>
                             <Route path=path!("agents") view=AgentsPage/>
+                            <Route path=path!("audit") view=ControlPlaneAuditPage/>
+                            <Route path=path!("kinds") view=KindsPage/>
                         </ParentRoute>
                         <Route path=path!("tokens") view=TokensPage/>
                         <Route path=path!("audit") view=AuditPage/>

@@ -324,7 +324,41 @@ async fn admin_pool(services: &Services) -> Result<PgPool, ApiError> {
 async fn start_and_wait(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
     let spec = spec(services, cp)?;
     services.driver.start(&spec).await.map_err(driver_error)?;
-    wait_ready(services, cp.id).await
+    wait_ready(services, cp.id).await?;
+    protect_audit_trail(services, cp).await
+}
+
+/// Hands the control plane's audit trail (schema `qleet_audit`, which its migrations made as
+/// the tenant role) to the management role and leaves the tenant role only reading and
+/// appending: it can then neither change, delete, truncate nor drop an entry, nor disable the
+/// triggers that refuse those. Run on every start, after the control plane has migrated;
+/// idempotent.
+async fn protect_audit_trail(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let mut url =
+        url::Url::parse(services.admin_url.expose_secret()).map_err(crate::error::internal)?;
+    url.set_path(&cp.db_name);
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url.as_str()).await?;
+    let role = &cp.db_role;
+    // Dynamic DDL on names generated from the control plane's id (checked when the role was
+    // made): runtime strings.
+    let steps = [
+        "alter schema qleet_audit owner to current_user".to_owned(),
+        "alter table qleet_audit.entries owner to current_user".to_owned(),
+        "alter function qleet_audit.refuse_change() owner to current_user".to_owned(),
+        format!("revoke all on schema qleet_audit from {role}"),
+        format!("revoke all on qleet_audit.entries from {role}"),
+        format!("grant usage on schema qleet_audit to {role}"),
+        format!("grant select, insert on qleet_audit.entries to {role}"),
+    ];
+    let mut tx = sqlx::Connection::begin(&mut conn).await?;
+    for step in steps {
+        sqlx::query(sqlx::AssertSqlSafe(step))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    let _ = sqlx::Connection::close(conn).await;
+    Ok(())
 }
 
 /// Polls the driver until the control plane answers its readiness check.

@@ -690,3 +690,87 @@ async fn a_management_role_that_is_not_a_superuser_runs_and_deletes_control_plan
             .expect("cleanup");
     }
 }
+
+#[tokio::test]
+async fn the_audit_trail_names_the_caller_and_the_tenants_own_role_cannot_rewrite_it() {
+    let app = spawn_app().await;
+    let alice = app.sign_in("alice@example.test").await;
+    app.create_org(&alice, "acme").await;
+    let id = create(&app, &alice, "acme", "prod").await;
+    wait_for(&app, &alice, "acme", id, "READY").await;
+    let me = app
+        .gql_ok(Auth::Session(&alice), "{ me { id } }", json!({}))
+        .await;
+    let alice_id = me["me"]["id"].as_str().expect("id").to_owned();
+
+    let apply = json!({
+        "query": "mutation($y: String!) { apply(yaml: $y) { applied } }",
+        "variables": { "y": "kind: AwsAccount\nmetadata: {name: main}\nspec: {accountId: \"123456789012\", roleArn: \"arn:aws:iam::123456789012:role/q\"}\n" },
+    });
+    let (code, body) = app
+        .gateway(Auth::Session(&alice), id, "graphql", apply)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+
+    // A viewer's token reads the trail; the change names Alice as the gateway named her.
+    let viewer = app.create_token(&alice, "acme", "VIEWER").await;
+    let log = json!({ "query": "{ auditLog(object: \"AwsAccount/main\") { edges { node { actor action object } } } }" });
+    let (code, body) = app.gateway(Auth::Token(&viewer), id, "graphql", log).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        body["data"]["auditLog"]["edges"][0]["node"],
+        json!({ "actor": format!("user:{alice_id}"), "action": "object.create", "object": "AwsAccount/main" }),
+        "{body}"
+    );
+
+    // The tenant's own database role reads and appends, and nothing else.
+    let secret: Vec<u8> =
+        sqlx::query_scalar("select db_password_enc from control_planes where id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .expect("row");
+    let password = String::from_utf8(app.keys().decrypt(&secret).expect("decrypt")).expect("utf8");
+    let mut url = url::Url::parse(&app.db_url).expect("url");
+    let tenant = format!("qleet_cp_{}", id.simple());
+    url.set_username(&tenant).expect("user");
+    url.set_password(Some(&password)).expect("password");
+    url.set_path(&tenant);
+    let mut db = sqlx::PgConnection::connect(url.as_str())
+        .await
+        .expect("the tenant role reaches its database");
+    let before: i64 = sqlx::query_scalar("select count(*) from qleet_audit.entries")
+        .fetch_one(&mut db)
+        .await
+        .expect("the tenant role reads the trail");
+    assert!(before >= 1);
+    for sql in [
+        "update qleet_audit.entries set actor = 'someone-else'",
+        "delete from qleet_audit.entries",
+        "truncate qleet_audit.entries",
+        "drop table qleet_audit.entries",
+        "alter table qleet_audit.entries disable trigger all",
+        "drop trigger entries_append_only on qleet_audit.entries",
+        "drop schema qleet_audit cascade",
+        "alter table qleet_audit.entries owner to current_user",
+        "create or replace function qleet_audit.refuse_change() returns trigger language plpgsql as $$ begin return old; end $$",
+    ] {
+        let err = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut db)
+            .await
+            .expect_err(sql);
+        let text = err.to_string();
+        assert!(
+            text.contains("permission denied") || text.contains("must be owner"),
+            "{sql}: {text}"
+        );
+    }
+    let after: i64 = sqlx::query_scalar(
+        "select count(*) from qleet_audit.entries where actor <> 'someone-else'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .expect("count");
+    assert_eq!(after, before, "every entry is as it was");
+}

@@ -493,3 +493,244 @@ async fn planning_and_applying_work_without_javascript_and_viewers_only_plan() {
 fn url_encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
+
+/// Leases the tasks due (waiting up to `wait` seconds) as the browser test's agent.
+async fn lease(app: &TestApp, token: &str, id: Uuid, wait: u32) -> Vec<Value> {
+    let leased: Value = app
+        .http
+        .post(format!("{}/cp/{id}/agent/v1/tasks/lease", app.url))
+        .bearer_auth(token)
+        .json(&json!({ "agent": "browser-test", "max": 50, "waitSeconds": wait }))
+        .send()
+        .await
+        .expect("lease")
+        .json()
+        .await
+        .expect("lease json");
+    leased["tasks"].as_array().cloned().unwrap_or_default()
+}
+
+async fn report(app: &TestApp, token: &str, id: Uuid, task: &Value, result: Value) {
+    let resp = app
+        .http
+        .post(format!(
+            "{}/cp/{id}/agent/v1/tasks/{}/report",
+            app.url,
+            task["id"].as_str().unwrap_or_default()
+        ))
+        .bearer_auth(token)
+        .json(&json!({ "leaseId": task["leaseId"], "result": result }))
+        .send()
+        .await
+        .expect("report");
+    assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+}
+
+#[tokio::test]
+async fn a_failed_object_is_retried_and_drift_is_shown_in_the_browser() {
+    use crate::browser::{Driver, click, create_org_in_browser, sign_in_browser, text_of};
+
+    let app = spawn_app().await;
+    let driver = Driver::start().await;
+    let client = driver.browser(true).await;
+    sign_in_browser(&client, &app, "ops@example.test").await;
+    create_org_in_browser(&client, "acme", "Acme").await;
+    let owner = app.sign_in("ops@example.test").await;
+    let id = ready_control_plane(&app, &owner, "acme", "prod").await;
+    let token = app.create_token(&owner, "acme", "ADMIN").await;
+    let base = format!("{}/orgs/acme/control-planes/{id}", app.url);
+
+    // Two buckets; the agent is refused one of them for good.
+    let yaml = format!(
+        "{ACCOUNT}---\nkind: ObjectStorageBucket\nmetadata: {{name: assets}}\nspec: {{account: AwsAccount/main, driftPolicy: Report}}\n---\nkind: ObjectStorageBucket\nmetadata: {{name: logs}}\nspec: {{account: AwsAccount/main}}\n"
+    );
+    let (code, body) = app
+        .gateway(
+            Auth::Token(&token),
+            id,
+            "graphql",
+            json!({ "query": "mutation($y: String!) { apply(yaml: $y) { applied } }", "variables": { "y": yaml } }),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.get("errors").is_none(), "{body}");
+    let mut refused = false;
+    for _ in 0..10 {
+        let tasks = lease(&app, &token, id, 2).await;
+        for task in &tasks {
+            let result = if task["objectName"] == "logs" && !refused {
+                refused = true;
+                json!({"failed": {"code": "AccessDenied", "message": "s3:CreateBucket denied", "retryable": false}})
+            } else {
+                json!({ "succeeded": { "outputs": qleet_test_support::cp::outputs_for(task) } })
+            };
+            report(&app, &token, id, task, result).await;
+        }
+        if tasks.is_empty() && refused {
+            break;
+        }
+    }
+    assert!(refused, "the logs bucket's work was leased");
+
+    // The failed bucket's page says why and offers a retry; the retry runs its work again.
+    client
+        .goto(&format!("{base}/objects/ObjectStorageBucket/logs"))
+        .await
+        .expect("object page");
+    wait_attr(&client, "#object-phase", "data-phase", "FAILED").await;
+    click(&client, "#object-retry").await;
+    wait_attr(&client, "#object-phase", "data-phase", "PROVISIONING").await;
+    assert!(complete_tasks(&app, &token, id).await >= 1);
+    wait_attr(&client, "#object-phase", "data-phase", "READY").await;
+    client.refresh().await.expect("reload");
+    wait_attr(
+        &client,
+        "#object-trail tr.trail-entry[data-action='object.retry']",
+        "data-action",
+        "object.retry",
+    )
+    .await;
+    let me = app
+        .gql_ok(Auth::Session(&owner), "{ me { id } }", json!({}))
+        .await;
+    let retried_by = text_of(
+        &client,
+        "#object-trail tr.trail-entry[data-action='object.retry'] td.actor",
+    )
+    .await;
+    assert_eq!(
+        retried_by,
+        format!("user:{}", me["me"]["id"].as_str().unwrap_or_default())
+    );
+    assert!(
+        count(
+            &client,
+            "#object-trail tr.trail-entry[data-action='agent.report']"
+        )
+        .await
+            >= 2,
+        "the agent's failure and success are on record"
+    );
+
+    // Drift: the other bucket's versioning was turned on behind Qleet's back; checked from its
+    // page, it shows as Drifted with the field (reported only, by its policy).
+    client
+        .goto(&format!("{base}/objects/ObjectStorageBucket/assets"))
+        .await
+        .expect("object page");
+    wait_attr(&client, "#object-phase", "data-phase", "READY").await;
+    click(&client, "#object-refresh").await;
+    let mut observed = false;
+    for _ in 0..10 {
+        for task in lease(&app, &token, id, 2).await {
+            assert_eq!(task["operation"], "observe", "{task}");
+            let mut seen = qleet_test_support::cp::observed_for(&task);
+            seen["versioning"] = json!(true);
+            report(
+                &app,
+                &token,
+                id,
+                &task,
+                json!({ "succeeded": { "outputs": seen } }),
+            )
+            .await;
+            observed = true;
+        }
+        if observed {
+            break;
+        }
+    }
+    assert!(
+        observed,
+        "the refresh asked the agent to observe the bucket"
+    );
+    // The comparison is the reconciler's, after the report: wait for it, then read the page.
+    let query = json!({ "query": "{ object(kind: \"ObjectStorageBucket\", name: \"assets\") { phase conditions { type status } } }" });
+    for _ in 0..300 {
+        let (_, body) = app
+            .gateway(Auth::Token(&token), id, "graphql", query.clone())
+            .await;
+        let o = &body["data"]["object"];
+        let drifted = o["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Drifted" && c["status"] == true);
+        if drifted && o["phase"] == "READY" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    client.refresh().await.expect("reload");
+    wait_attr(&client, "#object-phase", "data-phase", "READY").await;
+    wait_attr(
+        &client,
+        "tr.condition[data-type='Drifted']",
+        "data-status",
+        "true",
+    )
+    .await;
+    let drift = text_of(&client, "tr.condition[data-type='Drifted']").await;
+    assert!(
+        drift.contains("spec.versioning is true (expected false)"),
+        "{drift}"
+    );
+    let events = text_of(&client, "#object-events").await;
+    assert!(events.contains("DriftDetected"), "{events}");
+
+    // The control plane's whole trail, and the field reference.
+    client.goto(&format!("{base}/audit")).await.expect("trail");
+    wait_attr(
+        &client,
+        "tr.trail-entry[data-action='object.refresh']",
+        "data-action",
+        "object.refresh",
+    )
+    .await;
+    assert!(count(&client, "tr.trail-entry[data-action='object.create']").await >= 3);
+    let export = client
+        .find(fantoccini::Locator::Css("#trail-export"))
+        .await
+        .expect("export link")
+        .attr("href")
+        .await
+        .expect("href")
+        .unwrap_or_default();
+    assert_eq!(export, format!("/cp/{id}/audit.jsonl"));
+    let lines = app
+        .http
+        .get(format!("{}{export}", app.url))
+        .header("cookie", format!("qleet_session={}", owner.cookie))
+        .send()
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        lines
+            .lines()
+            .all(|l| serde_json::from_str::<Value>(l).is_ok()),
+        "{lines}"
+    );
+    assert!(lines.contains("\"object.retry\""), "{lines}");
+    client
+        .goto(&format!("{base}/kinds"))
+        .await
+        .expect("reference");
+    wait_attr(
+        &client,
+        "#kind-RelationalDatabase tr.kind-field[data-path='spec.engine']",
+        "data-change",
+        "REPLACE",
+    )
+    .await;
+    wait_attr(
+        &client,
+        "#kind-AwsAccount tr.kind-field[data-path='spec.accountId']",
+        "data-change",
+        "IMMUTABLE",
+    )
+    .await;
+    client.close().await.expect("close");
+}

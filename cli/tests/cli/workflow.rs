@@ -326,6 +326,43 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
         actions.iter().any(|a| a.starts_with("control_plane")),
         "{actions:?}"
     );
+    // The control plane's own trail: the workload's life, with the token as its actor.
+    let trail = run(&app, &["audit", "--object", "Workload/web", "-o", "json"])
+        .await
+        .json();
+    let web: Vec<(&str, &str)> = trail
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e["action"].as_str()?, e["actor"].as_str()?)))
+        .collect();
+    for action in ["object.create", "object.refresh", "object.delete"] {
+        assert!(
+            web.iter()
+                .any(|(a, actor)| *a == action && actor.starts_with("token:")),
+            "{action}: {web:?}"
+        );
+    }
+    assert!(web.iter().any(|(a, _)| *a == "agent.report"), "{web:?}");
+    let table = run(&app, &["audit", "--cp"]).await;
+    assert!(table.ok().contains("object.delete"), "{table:?}");
+    let out = run(&app, &["audit", "--jsonl"]).await;
+    let lines: Vec<Value> = out
+        .ok()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(lines.len() > web.len(), "{out:?}");
+    assert!(
+        lines
+            .windows(2)
+            .all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()),
+        "oldest first"
+    );
+    let out = run(&app, &["audit", "--jsonl", "--object", "Workload/web"]).await;
+    assert_eq!(out.ok().lines().count(), web.len(), "{out:?}");
+    let out = run(&app, &["audit", "--object", "web"]).await;
+    assert!(out.fails(2).contains("KIND/NAME"), "{out:?}");
     let cp = run(&app, &["cp", "suspend", "prod", "--wait=60s", "-o", "json"])
         .await
         .json();

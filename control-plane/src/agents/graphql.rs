@@ -97,10 +97,7 @@ impl AgentsMutation {
             ))
             .gql();
         }
-        let by = match caller {
-            Caller::Gateway(c) => format!("{}:{}", crate::caller::subject_kind(c.sub_kind), c.sub),
-            Caller::Admin => "admin".to_owned(),
-        };
+        let by = caller.actor();
         let (token, expires_at) = super::create_registration(
             ctx.data_unchecked::<PgPool>(),
             &by,
@@ -119,9 +116,9 @@ impl AgentsMutation {
     /// Revokes an agent: its credential stops working and its leased tasks go back to the
     /// queue.
     async fn revoke_agent(&self, ctx: &Context<'_>, id: Uuid) -> async_graphql::Result<Agent> {
-        require_admin(ctx).gql()?;
+        let caller = require_admin(ctx).gql()?;
         let pool = ctx.data_unchecked::<PgPool>();
-        super::revoke(pool, id).await.gql()?;
+        super::revoke(pool, id, &caller.actor()).await.gql()?;
         let agent = select_agents!("where id = $1", id)
             .fetch_optional(pool)
             .await

@@ -56,6 +56,7 @@ pub async fn create_registration(
         limits.check_agents(active_agents(pool).await?)?;
     }
     let token = format!("{REGISTRATION_PREFIX}{}", random_secret());
+    let mut tx = pool.begin().await?;
     let expires_at = sqlx::query_scalar!(
         "insert into agent_registrations (id, token_hash, created_by, expires_at, limits)
          values ($1, $2, $3, now() + make_interval(secs => $4), $5) returning expires_at",
@@ -65,8 +66,20 @@ pub async fn create_registration(
         ttl.num_seconds() as f64,
         limits.map(sqlx::types::Json) as _,
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    crate::audit::record(
+        &mut tx,
+        crate::audit::Record {
+            actor: created_by,
+            action: "agent.registration",
+            object: None,
+            detail: &format!("a one-time agent registration token, valid until {expires_at}"),
+            diff: serde_json::json!([]),
+        },
+    )
+    .await?;
+    tx.commit().await?;
     Ok((token, expires_at))
 }
 
@@ -130,6 +143,17 @@ pub async fn register(
     )
     .execute(&mut *tx)
     .await?;
+    crate::audit::record(
+        &mut tx,
+        crate::audit::Record {
+            actor: &format!("agent:{id}"),
+            action: "agent.register",
+            object: None,
+            detail: &format!("agent {name:?} (version {}) registered", req.version),
+            diff: serde_json::json!([]),
+        },
+    )
+    .await?;
     tx.commit().await?;
     Ok(RegisterResponse {
         agent_id: id,
@@ -179,7 +203,8 @@ pub async fn heartbeat(
 
 /// Revokes an agent: its credential stops working at once and its leases go back to the
 /// queue for another agent.
-pub async fn revoke(pool: &PgPool, agent: Uuid) -> Result<bool, ApiError> {
+/// Revokes `agent` as `actor`; false when it was not an active agent.
+pub async fn revoke(pool: &PgPool, agent: Uuid, actor: &str) -> Result<bool, ApiError> {
     let mut tx = pool.begin().await?;
     let done = sqlx::query!(
         "update agents set revoked_at = now() where id = $1 and revoked_at is null",
@@ -188,6 +213,19 @@ pub async fn revoke(pool: &PgPool, agent: Uuid) -> Result<bool, ApiError> {
     .execute(&mut *tx)
     .await?
     .rows_affected();
+    if done > 0 {
+        crate::audit::record(
+            &mut tx,
+            crate::audit::Record {
+                actor,
+                action: "agent.revoke",
+                object: None,
+                detail: &format!("agent:{agent} revoked"),
+                diff: serde_json::json!([]),
+            },
+        )
+        .await?;
+    }
     sqlx::query!(
         "update agent_tasks set state = 'queued', lease_id = null, lease_holder = null,
            lease_expires_at = null, not_before = now()

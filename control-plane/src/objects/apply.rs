@@ -828,6 +828,37 @@ fn diff_into(path: &str, before: Option<&Value>, after: Option<&Value>, out: &mu
     }
 }
 
+/// The audit action and line of a planned change, if it changes anything.
+fn audited(
+    c: &PlannedChange,
+    current: &BTreeMap<ObjKey, ObjectRow>,
+) -> Option<(&'static str, String)> {
+    Some(match c.action {
+        ChangeAction::Create => ("object.create", format!("{} declared by apply", c.key)),
+        ChangeAction::Update => {
+            let fields: Vec<&str> = c.diffs.iter().map(|d| d.path.as_str()).collect();
+            ("object.update", format!("changed {}", fields.join(", ")))
+        }
+        ChangeAction::Replace => (
+            "object.replace",
+            c.replacement.as_ref().map_or_else(String::new, |r| {
+                format!("{} changed: {}", r.fields.join(", "), r.what)
+            }),
+        ),
+        ChangeAction::Delete => ("object.delete", format!("deletion of {} requested", c.key)),
+        ChangeAction::Unchanged => {
+            // Re-applying a FAILED object unchanged retries it (see below).
+            current
+                .get(&c.key)
+                .filter(|r| r.phase() == Phase::Failed && r.deletion_requested_at.is_none())?;
+            (
+                "object.retry",
+                "re-applied unchanged while FAILED".to_owned(),
+            )
+        }
+    })
+}
+
 /// Writes the plan: rows, edges, events and the reconcile requests, in `conn`'s transaction.
 async fn write(
     conn: &mut PgConnection,
@@ -844,11 +875,27 @@ async fn write(
         }
     }
     let mut touched = Vec::new();
+    let who = actor.unwrap_or(crate::audit::SYSTEM);
+    let mut recorded = 0usize;
     // Owners first, so owned rows can point at them.
     let mut ordered: Vec<&PlannedChange> = changes.iter().collect();
     ordered.sort_by_key(|c| c.owner.is_some());
     for c in ordered {
         let id = ids[&c.key];
+        if let Some((action, detail)) = audited(c, current) {
+            crate::audit::record(
+                &mut *conn,
+                crate::audit::Record {
+                    actor: who,
+                    action,
+                    object: Some((id, &c.key)),
+                    detail: &detail,
+                    diff: serde_json::to_value(&c.diffs).unwrap_or_default(),
+                },
+            )
+            .await?;
+            recorded += 1;
+        }
         match c.action {
             ChangeAction::Create => {
                 let p = &world[&c.key];
@@ -949,6 +996,19 @@ async fn write(
                 }
             }
         }
+    }
+    if recorded == 0 {
+        crate::audit::record(
+            &mut *conn,
+            crate::audit::Record {
+                actor: who,
+                action: "apply",
+                object: None,
+                detail: &format!("applied; nothing changed ({} objects)", changes.len()),
+                diff: serde_json::json!([]),
+            },
+        )
+        .await?;
     }
     // Dependency edges of everything created or updated. An object whose dependencies are not
     // all Ready yet is marked Waiting instead of queued: each of them queues it when it becomes

@@ -85,6 +85,22 @@ pub async fn rerun(
         Rerun::Retry => ("RetryRequested", format!("retry requested by {actor}")),
         Rerun::Refresh => ("RefreshRequested", format!("refresh requested by {actor}")),
     };
+    let key = row.key();
+    crate::audit::record(
+        &mut tx,
+        crate::audit::Record {
+            actor,
+            action: match which {
+                Rerun::Retry => "object.retry",
+                Rerun::Refresh => "object.refresh",
+            },
+            object: Some((row.id, &key)),
+            detail: &format!("{} was {}", key, format!("{phase:?}").to_uppercase()),
+            diff: json!([]),
+        },
+    )
+    .await
+    .map_err(ApiError::from)?;
     // A READY resource the agent can observe is observed and compared (see `drift`); what
     // differs is then put back or reported, by its drift policy.
     if which == Rerun::Refresh && phase == Phase::Ready {

@@ -213,6 +213,9 @@ struct Held {
     operation: String,
     attempts: i32,
     kind: String,
+    name: String,
+    lease_holder: Option<String>,
+    outputs: Value,
 }
 
 /// Records a task's result and asks for its object to be reconciled, in one transaction.
@@ -224,7 +227,8 @@ pub async fn report(
     let mut tx = pool.begin().await?;
     let held = sqlx::query_as!(
         Held,
-        "select t.state, t.lease_id, t.object_id, t.operation, t.attempts, o.kind
+        "select t.state, t.lease_id, t.object_id, t.operation, t.attempts, o.kind, o.name,
+                t.lease_holder, o.outputs
          from agent_tasks t join objects o on o.id = t.object_id
          where t.id = $1 for update of t",
         task,
@@ -252,11 +256,38 @@ pub async fn report(
             reason: Some(format!("already recorded as {}", held.state)),
         });
     }
+    let key = super::refs::ObjKey::new(held.kind.clone(), held.name.clone());
+    let actor = format!(
+        "agent:{}",
+        held.lease_holder.as_deref().unwrap_or("unknown")
+    );
     match req.result {
         TaskResult::Succeeded { outputs } => {
             if held.operation == "ensure" {
                 check_outputs(&held.kind, &outputs)?;
             }
+            // What the agent read back, against what the object showed: only the outputs it
+            // reports, so what the control plane computes itself is not shown as removed.
+            let before: Map<String, Value> = outputs
+                .keys()
+                .filter_map(|k| Some((k.clone(), held.outputs.get(k)?.clone())))
+                .collect();
+            let diff = super::apply::diff(
+                "outputs",
+                Some(&Value::Object(before)),
+                Some(&Value::Object(outputs.clone())),
+            );
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Record {
+                    actor: &actor,
+                    action: "agent.report",
+                    object: Some((held.object_id, &key)),
+                    detail: &format!("`{}` succeeded", held.operation),
+                    diff: serde_json::to_value(&diff).unwrap_or_default(),
+                },
+            )
+            .await?;
             sqlx::query!(
                 "update agent_tasks set state = 'succeeded', outputs = $2, error = null,
                    completed_at = now()
@@ -286,6 +317,21 @@ pub async fn report(
             let code: String = code.chars().take(200).collect();
             let message: String = message.chars().take(2000).collect();
             let error = json!({ "code": code, "message": message, "retryable": retryable });
+            crate::audit::record(
+                &mut tx,
+                crate::audit::Record {
+                    actor: &actor,
+                    action: "agent.report",
+                    object: Some((held.object_id, &key)),
+                    detail: &format!(
+                        "`{}` failed: {code}: {message}{}",
+                        held.operation,
+                        if retryable { " (will retry)" } else { "" }
+                    ),
+                    diff: json!([]),
+                },
+            )
+            .await?;
             if retryable {
                 let delay = backoff(held.attempts.max(1) as u32);
                 sqlx::query!(

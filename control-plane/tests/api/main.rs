@@ -3,6 +3,7 @@
 //! fresh databases.
 
 mod agents;
+mod audit;
 mod control_plane;
 mod drift;
 mod objects;

@@ -6,9 +6,11 @@
 
 pub mod agents;
 pub mod detail;
+pub mod kinds;
 pub mod list;
 pub mod live;
 pub mod objects;
+pub mod trail;
 
 use leptos::prelude::*;
 use serde::{Deserialize, Serialize};

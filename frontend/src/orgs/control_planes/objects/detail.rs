@@ -8,7 +8,8 @@ use leptos_router::hooks::use_params_map;
 use serde_json::Value;
 
 use super::{
-    DeleteObject, ObjectChange, ObjectDetail, ObjectEvent, ObjectRef, Phase, get_object,
+    DeleteObject, ObjectChange, ObjectDetail, ObjectEvent, ObjectRef, Phase, RerunObject,
+    can_change, get_object,
     live::{current, watch_objects},
     object_link, use_cp_id,
     yaml::to_yaml,
@@ -54,6 +55,7 @@ pub fn ObjectPage() -> impl IntoView {
         }
     });
     let delete = mutation::<DeleteObject>();
+    let rerun = mutation::<RerunObject>();
 
     view! {
         // On the server the title is read after the page is rendered, when this page may have
@@ -79,14 +81,28 @@ pub fn ObjectPage() -> impl IntoView {
                     }
                         .into_any()
                 };
+                let actions = if can_change(org.viewer_role) {
+                    actions_card(&object, &slug, &id, &csrf, rerun)
+                } else {
+                    ().into_any()
+                };
+                let trail = crate::orgs::control_planes::trail::object_trail_card(
+                    &slug,
+                    &id,
+                    &object.kind,
+                    &object.name,
+                    &object.trail,
+                );
                 Some(
                     view! {
                         {overview(&object, &slug, &id, live)}
+                        {actions}
                         {documents(&object)}
                         {outputs_card(&object.outputs)}
                         {conditions_card(&object)}
                         {links_card(&object, &slug, &id)}
                         {events_card(&object.events)}
+                        {trail}
                         {deletion}
                     }
                         .into_any(),
@@ -364,6 +380,59 @@ fn events_card(events: &[ObjectEvent]) -> AnyView {
         <section class="card">
             <h2>"Events"</h2>
             {body}
+        </section>
+    }
+    .into_any()
+}
+
+/// Retry (a FAILED object) and check against the cloud (a READY or FAILED one), for those who
+/// may change objects.
+fn actions_card(
+    object: &ObjectDetail,
+    slug: &str,
+    cp: &str,
+    csrf: &str,
+    rerun: ServerAction<RerunObject>,
+) -> AnyView {
+    let phase = object.phase.as_str();
+    if object.deleting || !matches!(phase, "FAILED" | "READY") {
+        return ().into_any();
+    }
+    let form = |which: &'static str, label: &'static str, id: &'static str, class: &'static str| {
+        let (csrf, slug, cp) = (csrf.to_owned(), slug.to_owned(), cp.to_owned());
+        let (kind, name) = (object.kind.clone(), object.name.clone());
+        view! {
+            <ActionForm action=rerun>
+                <CsrfField csrf/>
+                <input type="hidden" name="org" value=slug/>
+                <input type="hidden" name="cp" value=cp/>
+                <input type="hidden" name="kind" value=kind/>
+                <input type="hidden" name="name" value=name/>
+                <input type="hidden" name="which" value=which/>
+                <Submit id=id class=class label=label pending=rerun.pending()/>
+            </ActionForm>
+        }
+    };
+    let retry = (phase == "FAILED").then(|| {
+        view! {
+            <p>"Its work failed. Retry it now, from the first attempt:"</p>
+            {form("retry", "Retry now", "object-retry", "")}
+        }
+    });
+    let refresh = (object.kind != "Composition").then(|| {
+        view! {
+            <p>
+                "Have the agent check it against the cloud: what was changed or deleted behind Qleet's back is shown as drift (and put back, unless its driftPolicy is Report)."
+            </p>
+            {form("refresh", "Check against the cloud", "object-refresh", "secondary")}
+        }
+    });
+    view! {
+        <section class="card" id="object-actions">
+            <h2>"Actions"</h2>
+            {retry}
+            {refresh}
+            {action_error(rerun)}
         </section>
     }
     .into_any()

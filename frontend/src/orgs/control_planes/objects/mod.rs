@@ -172,6 +172,9 @@ pub struct ObjectDetail {
     pub deleting: bool,
     pub created_at: String,
     pub updated_at: String,
+    /// Its last audit-trail entries, newest first (not part of `object`: read beside it).
+    #[serde(default)]
+    pub trail: Vec<super::trail::TrailEntry>,
 }
 
 impl ObjectDetail {
@@ -351,6 +354,12 @@ pub fn ControlPlaneLayout() -> impl IntoView {
             <A href=move || {
                 super::agents::agents_path(&ctx.slug.get(), &id.get())
             }>"Agents"</A>
+            <A href=move || {
+                super::trail::audit_path(&ctx.slug.get(), &id.get())
+            }>"Audit trail"</A>
+            <A href=move || {
+                super::kinds::kinds_path(&ctx.slug.get(), &id.get())
+            }>"Reference"</A>
         </nav>
         <Outlet/>
     }
@@ -411,21 +420,30 @@ pub async fn get_object(
     name: String,
 ) -> Result<ObjectDetail, ServerFnError> {
     #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
     struct Data {
         object: Option<ObjectDetail>,
+        audit_log: Value,
     }
     super::check_id(&cp)?;
-    let query = "query Object($kind: String!, $name: String!) { object(kind: $kind, name: $name) \
-                 { kind name phase message spec status outputs rendered generation \
-                 observedGeneration conditions { type status reason message lastTransitionAt } \
-                 events(last: 50) { at type reason message } \
-                 dependencies { kind name phase } dependents { kind name phase } \
-                 owner { kind name phase } deleting createdAt updatedAt } }";
-    let variables = serde_json::json!({ "kind": kind, "name": name });
-    let data: Data = crate::api::cp_gql(&cp, query, variables, None).await?;
-    data.object.ok_or_else(|| {
+    let query = format!(
+        "query Object($kind: String!, $name: String!, $key: String!) {{ object(kind: $kind, name: $name) \
+         {{ kind name phase message spec status outputs rendered generation \
+         observedGeneration conditions {{ type status reason message lastTransitionAt }} \
+         events(last: 50) {{ at type reason message }} \
+         dependencies {{ kind name phase }} dependents {{ kind name phase }} \
+         owner {{ kind name phase }} deleting createdAt updatedAt }} \
+         auditLog(first: 20, object: $key) {{ {} }} }}",
+        super::trail::TRAIL_FIELDS
+    );
+    let variables =
+        serde_json::json!({ "kind": kind, "name": name, "key": format!("{kind}/{name}") });
+    let data: Data = crate::api::cp_gql(&cp, &query, variables, None).await?;
+    let mut object = data.object.ok_or_else(|| {
         crate::api::refusal("NOT_FOUND", format!("There is no object {kind}/{name}."))
-    })
+    })?;
+    object.trail = super::trail::page_of(&data.audit_log).entries;
+    Ok(object)
 }
 
 #[server(endpoint = "cp_graph")]
@@ -505,6 +523,40 @@ pub async fn delete_object(
     let variables = serde_json::json!({ "kind": kind, "name": name });
     crate::api::cp_gql::<Value>(&cp, query, variables, Some(csrf)).await?;
     leptos_axum::redirect(&objects_path(&org, &cp));
+    Ok(())
+}
+
+/// Retries a FAILED object (`which` = `retry`) or has the agent check it against the cloud
+/// (`refresh`), then comes back to its page. Works as a plain form post without JavaScript.
+#[server(endpoint = "cp_rerun_object")]
+pub async fn rerun_object(
+    csrf: String,
+    org: String,
+    cp: String,
+    kind: String,
+    name: String,
+    which: String,
+) -> Result<(), ServerFnError> {
+    super::check_id(&cp)?;
+    let query = match which.as_str() {
+        "retry" => {
+            "mutation Retry($kind: String!, $name: String!) \
+                    { retry(kind: $kind, name: $name) { phase } }"
+        }
+        "refresh" => {
+            "mutation Refresh($kind: String!, $name: String!) \
+                      { refresh(kind: $kind, name: $name) { phase } }"
+        }
+        _ => {
+            return Err(crate::api::refusal(
+                "INVALID_INPUT",
+                "Choose retry or refresh.".to_owned(),
+            ));
+        }
+    };
+    let variables = serde_json::json!({ "kind": kind, "name": name });
+    crate::api::cp_gql::<Value>(&cp, query, variables, Some(csrf)).await?;
+    leptos_axum::redirect(&object_path(&org, &cp, &kind, &name));
     Ok(())
 }
 
