@@ -127,7 +127,7 @@ enum Command {
     Watch(objects::WatchArgs),
     /// The dependency graph, as a text tree or DOT.
     Graph(objects::GraphArgs),
-    /// The organisation's audit log, newest first; with `--cp` or `--object`, the current
+    /// The organisation's audit log, newest first; with `--trail` or `--object`, the current
     /// control plane's audit trail (every apply, delete, retry, refresh and agent report).
     Audit(manage::AuditArgs),
     /// Retry a FAILED object now, from its first attempt.

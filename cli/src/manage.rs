@@ -642,9 +642,10 @@ pub struct AuditArgs {
     /// How many entries.
     #[arg(long, default_value_t = 50)]
     limit: u32,
-    /// The current control plane's audit trail instead of the organisation's.
+    /// The current control plane's audit trail (objects and agents) instead of the
+    /// organisation's log.
     #[arg(long)]
-    cp: bool,
+    trail: bool,
     /// Only this object's entries (`KIND/NAME`) of the control plane's trail.
     #[arg(long, value_name = "KIND/NAME")]
     object: Option<String>,
@@ -654,7 +655,7 @@ pub struct AuditArgs {
 }
 
 pub async fn audit(ctx: &Ctx, args: AuditArgs) -> Result<()> {
-    if args.cp || args.object.is_some() || args.jsonl {
+    if args.trail || args.object.is_some() || args.jsonl {
         return control_plane_audit(ctx, args).await;
     }
     let limit = args.limit;

@@ -349,6 +349,9 @@ async fn protect_audit_trail(services: &Services, cp: &ControlPlane) -> Result<(
         format!("revoke all on qleet_audit.entries from {role}"),
         format!("grant usage on schema qleet_audit to {role}"),
         format!("grant select, insert on qleet_audit.entries to {role}"),
+        // Read only (its last value): what the export before a deletion (pg_dump, as the
+        // tenant) reads. Inserting needs nothing on it: the id is an identity column.
+        format!("grant select on sequence qleet_audit.entries_id_seq to {role}"),
     ];
     let mut tx = sqlx::Connection::begin(&mut conn).await?;
     for step in steps {

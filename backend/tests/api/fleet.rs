@@ -705,7 +705,7 @@ async fn the_audit_trail_names_the_caller_and_the_tenants_own_role_cannot_rewrit
 
     let apply = json!({
         "query": "mutation($y: String!) { apply(yaml: $y) { applied } }",
-        "variables": { "y": "kind: AwsAccount\nmetadata: {name: main}\nspec: {accountId: \"123456789012\", roleArn: \"arn:aws:iam::123456789012:role/q\"}\n" },
+        "variables": { "y": "kind: AwsAccount\nmetadata: {name: main}\nspec: {accountId: \"123456789012\", roleArn: \"arn:aws:iam::123456789012:role/q\", defaultRegion: eu-west-1}\n" },
     });
     let (code, body) = app
         .gateway(Auth::Session(&alice), id, "graphql", apply)

@@ -344,7 +344,7 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
         );
     }
     assert!(web.iter().any(|(a, _)| *a == "agent.report"), "{web:?}");
-    let table = run(&app, &["audit", "--cp"]).await;
+    let table = run(&app, &["audit", "--trail"]).await;
     assert!(table.ok().contains("object.delete"), "{table:?}");
     let out = run(&app, &["audit", "--jsonl"]).await;
     let lines: Vec<Value> = out
