@@ -237,7 +237,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
             match op {
                 Operation::Ensure => eks.ensure(&spec, &payload, &account).await,
                 Operation::Delete => eks.delete(&spec, &payload).await.map(|()| Map::new()),
-                Operation::Observe => Err(unobservable(&task.object_kind)),
+                Operation::Observe => eks.observe(&spec, &payload).await,
             }
         }
         "Workload" | "Gateway" | "DomainName" | "Observability" => {

@@ -18,7 +18,18 @@ use super::reconcile::Engine;
 use super::store::{self, select_objects};
 
 /// The kinds whose resources the agent can observe.
-pub const OBSERVED_KINDS: [&str; 2] = ["ObjectStorageBucket", "RelationalDatabase"];
+/// (A `KubernetesRuntime` only when it is an EKS cluster Qleet made: see [`observable`].)
+pub const OBSERVED_KINDS: [&str; 3] = [
+    "ObjectStorageBucket",
+    "RelationalDatabase",
+    "KubernetesRuntime",
+];
+
+/// Whether the agent can observe what `kind` with `spec` made: not an `existing` cluster, which
+/// Qleet did not make.
+pub fn observable(kind: &str, spec: &Value) -> bool {
+    OBSERVED_KINDS.contains(&kind) && spec.get("existing").is_none_or(Value::is_null)
+}
 
 /// How often each object is observed unless configured otherwise.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
@@ -121,6 +132,22 @@ pub fn expected(kind: &str, payload: &Value) -> Map<String, Value> {
                 out.insert(name.into(), d[from].clone());
             }
         }
+        "KubernetesRuntime" => {
+            let e = &r["eks"];
+            out.insert("region".into(), r["account"]["region"].clone());
+            out.insert("version".into(), e["version"].clone());
+            let g = &e["nodeGroup"];
+            out.insert(
+                "nodeGroup".into(),
+                serde_json::json!({
+                    "instanceType": g.get("instanceType").filter(|t| !t.is_null()).cloned()
+                        .unwrap_or_else(|| "t3.medium".into()),
+                    "min": g["min"],
+                    "max": g["max"],
+                    "desired": g["desired"],
+                }),
+            );
+        }
         _ => {}
     }
     out
@@ -135,12 +162,18 @@ pub fn compare(
 ) -> Drift {
     let missing = observed.get("found") == Some(&Value::Bool(false));
     let mut differences = Vec::new();
+    // Where the fields are in the kind's spec.
+    let prefix = if kind == "KubernetesRuntime" {
+        "spec.eks"
+    } else {
+        "spec"
+    };
     if !missing {
         for (field, want) in expected(kind, payload) {
             let have = observed.get(&field).cloned().unwrap_or(Value::Null);
             if have != want {
                 differences.push(Difference {
-                    field: format!("spec.{field}"),
+                    field: format!("{prefix}.{field}"),
                     expected: want,
                     observed: have,
                 });
@@ -165,7 +198,7 @@ pub async fn queue_observe(conn: &mut PgConnection, id: Uuid) -> anyhow::Result<
     else {
         return Ok(false);
     };
-    if !OBSERVED_KINDS.contains(&row.kind.as_str()) || row.deletion_requested_at.is_some() {
+    if !observable(&row.kind, &row.spec) || row.deletion_requested_at.is_some() {
         return Ok(false);
     }
     let made = sqlx::query!(
@@ -223,6 +256,7 @@ async fn observe_due(pool: &PgPool, every: Duration) -> anyhow::Result<()> {
         r#"select o.id from objects o
          where o.kind = any($1) and o.deletion_requested_at is null
            and o.status->>'phase' = 'Ready'
+           and coalesce(o.spec->'existing', 'null'::jsonb) = 'null'::jsonb
            and exists (
              select 1 from agent_tasks t
              where t.object_id = o.id and t.operation = 'ensure' and t.state = 'succeeded')

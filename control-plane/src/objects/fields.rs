@@ -81,6 +81,7 @@ pub fn rules(kind: Builtin) -> &'static [Rule] {
                 rule("spec.eks.nodeGroup.max", InPlace),
                 rule("spec.eks.nodeGroup.desired", InPlace),
                 rule("spec.eks.tags", InPlace),
+                rule("spec.driftPolicy", InPlace),
                 rule(
                     "spec.existing",
                     Immutable(

@@ -448,6 +448,10 @@ pub struct KubernetesRuntimeSpec {
     pub eks: Option<EksSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing: Option<ExistingCluster>,
+    /// What a difference found in an EKS cluster Qleet made leads to: put it back (default) or
+    /// only report it.
+    #[serde(default, skip_serializing_if = "DriftPolicy::is_default")]
+    pub drift_policy: DriftPolicy,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]

@@ -366,7 +366,7 @@ async fn check_drift(
     ensured_at: Option<chrono::DateTime<chrono::Utc>>,
     next: &mut Next,
 ) -> anyhow::Result<()> {
-    if !drift::OBSERVED_KINDS.contains(&row.kind.as_str()) {
+    if !drift::observable(&row.kind, &row.spec) {
         return Ok(());
     }
     let record = sqlx::query!(

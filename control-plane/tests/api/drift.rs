@@ -143,25 +143,67 @@ async fn a_refresh_observes_the_cloud_and_drift_is_put_back_or_reported_by_polic
 #[tokio::test]
 async fn what_the_agent_made_is_observed_periodically() {
     let cp = Cp::start_observing_every(Duration::from_secs(1)).await;
-    cp.apply_ok(APP).await;
+    let app = format!(
+        "{APP}---\nkind: KubernetesRuntime\nmetadata: {{name: eks}}\nspec: {{eks: {{account: AwsAccount/main, version: \"1.31\", nodeGroup: {{min: 1, max: 3, desired: 2}}}}}}\n"
+    );
+    cp.apply_ok(&app).await;
     // No refresh: once made, each observed kind's resource is looked at within seconds (the
-    // agent here answers everything as made and as observed).
+    // agent here answers everything as made and as observed); a cluster Qleet did not make
+    // (`existing`) is not.
     let mut observed = std::collections::BTreeSet::new();
     for _ in 0..60 {
         for t in cp.lease("test-agent", 50, 1).await {
             if t["operation"] == "observe" {
-                observed.insert(t["objectKind"].as_str().unwrap_or_default().to_owned());
+                observed.insert(format!(
+                    "{}/{}",
+                    t["objectKind"].as_str().unwrap_or_default(),
+                    t["objectName"].as_str().unwrap_or_default()
+                ));
             }
             answer(&cp, &t, success(&t)).await;
         }
-        if observed.len() == 2 {
+        if observed.len() == 3 {
             break;
         }
     }
     assert_eq!(
         observed.into_iter().collect::<Vec<_>>(),
-        ["ObjectStorageBucket", "RelationalDatabase"]
+        [
+            "KubernetesRuntime/eks",
+            "ObjectStorageBucket/assets",
+            "RelationalDatabase/db"
+        ]
     );
+    // One more round: the existing cluster is still not observed.
+    for t in cp.lease("test-agent", 50, 2).await {
+        assert!(
+            !(t["operation"] == "observe" && t["objectName"] == "prod"),
+            "{t}"
+        );
+        answer(&cp, &t, success(&t)).await;
+    }
+    // An EKS cluster resized behind Qleet's back is found on refresh, by its spec path.
+    refresh(&cp, "KubernetesRuntime", "eks").await;
+    let mut resized = false;
+    for _ in 0..20 {
+        for t in cp.lease("test-agent", 50, 1).await {
+            if t["operation"] == "observe" && t["objectName"] == "eks" && !resized {
+                let mut seen = observed_for(&t);
+                seen["nodeGroup"]["desired"] = json!(3);
+                answer(&cp, &t, json!({ "succeeded": { "outputs": seen } })).await;
+                resized = true;
+            } else {
+                answer(&cp, &t, success(&t)).await;
+            }
+        }
+        if resized {
+            break;
+        }
+    }
+    assert!(resized);
+    let o = drifted(&cp, "KubernetesRuntime", "eks", "Remediating").await;
+    let message = condition(&o)["message"].as_str().unwrap_or_default();
+    assert!(message.contains("spec.eks.nodeGroup is"), "{message}");
     let o = drifted(&cp, "ObjectStorageBucket", "assets", "InSync").await;
     assert_eq!(o["phase"], "READY");
 }

@@ -303,6 +303,60 @@ impl Eks {
         ))
     }
 
+    /// Reads the cluster and its node group as they are, changing nothing (a drift check):
+    /// `found: false` when the cluster is gone, else what EKS says of its region, version,
+    /// node group (sizes and instance type) and tags (AWS's own `aws:*` aside).
+    pub async fn observe(
+        &self,
+        spec: &EksSpec,
+        payload: &Payload,
+    ) -> Result<Map<String, Value>, TaskError> {
+        let name = spec.cluster_name.as_str();
+        let mut out = Map::new();
+        let Some(cluster) = self.describe(name).await? else {
+            out.insert("found".into(), json!(false));
+            return Ok(out);
+        };
+        check_ours(cluster.tags(), payload, name)?;
+        let node_group = match self
+            .client
+            .describe_nodegroup()
+            .cluster_name(name)
+            .nodegroup_name(nodegroup_name(name))
+            .send()
+            .await
+        {
+            Ok(out) => out.nodegroup().map_or(Value::Null, |n| {
+                let scaling = n.scaling_config();
+                json!({
+                    "instanceType": n.instance_types().first(),
+                    "min": scaling.and_then(|s| s.min_size()),
+                    "max": scaling.and_then(|s| s.max_size()),
+                    "desired": scaling.and_then(|s| s.desired_size()),
+                })
+            }),
+            Err(e) if error_code(&e) == Some("ResourceNotFoundException") => Value::Null,
+            Err(e) => return Err(sdk_error("eks:DescribeNodegroup", e)),
+        };
+        let tags: Map<String, Value> = cluster
+            .tags()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !k.starts_with("aws:"))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        out.insert("found".into(), json!(true));
+        // `arn:aws:eks:REGION:ACCOUNT:cluster/NAME`
+        out.insert(
+            "region".into(),
+            json!(cluster.arn().and_then(|a| a.split(':').nth(3))),
+        );
+        out.insert("version".into(), json!(cluster.version()));
+        out.insert("nodeGroup".into(), node_group);
+        out.insert("tags".into(), Value::Object(tags));
+        Ok(out)
+    }
+
     /// Deletes the node group, waits for it to go, then deletes the cluster.
     pub async fn delete(&self, spec: &EksSpec, payload: &Payload) -> Result<(), TaskError> {
         let name = spec.cluster_name.as_str();

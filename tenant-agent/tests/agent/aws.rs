@@ -528,6 +528,62 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
             .len(),
         1
     );
+    // Observed (a drift check) as EKS has it: in sync; a node group resized behind Qleet's
+    // back is a difference naming the field; the ensure puts it back.
+    let observe = || {
+        let mut t = b.task("observe", resource.clone());
+        t.payload["tags"]["tier"] = json!("silver");
+        t
+    };
+    let drift = |t: &qleet_protocol::LeasedTask, seen: &Map<String, Value>| {
+        qleet_control_plane::objects::drift::compare(
+            "KubernetesRuntime",
+            &t.payload,
+            &Value::Object(seen.clone()),
+            chrono::Utc::now(),
+        )
+    };
+    let t = observe();
+    let seen = succeeded(task::run(&ctx, &t).await);
+    assert_eq!(seen["found"], true);
+    assert_eq!(seen["version"], "1.31");
+    assert_eq!(seen["region"], crate::support::REGION);
+    assert_eq!(
+        seen["nodeGroup"],
+        json!({ "instanceType": "t3.medium", "min": 1, "max": 3, "desired": 2 })
+    );
+    assert_eq!(drift(&t, &seen).differences, vec![], "{seen:?}");
+    eks.update_nodegroup_config()
+        .cluster_name(b.cloud_name())
+        .nodegroup_name(format!("{}-nodes", b.cloud_name()))
+        .scaling_config(
+            aws_sdk_eks::types::NodegroupScalingConfig::builder()
+                .min_size(1)
+                .max_size(3)
+                .desired_size(3)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("resized behind Qleet's back");
+    let seen = succeeded(task::run(&ctx, &observe()).await);
+    let found = drift(&t, &seen);
+    assert_eq!(
+        found
+            .differences
+            .iter()
+            .map(|d| d.field.as_str())
+            .collect::<Vec<_>>(),
+        vec!["spec.eks.nodeGroup"],
+        "{found:?}"
+    );
+    assert_eq!(found.differences[0].observed["desired"], 3);
+    let mut put_back = b.task("ensure", resource.clone());
+    put_back.payload["tags"]["tier"] = json!("silver");
+    succeeded(task::run(&ctx, &put_back).await);
+    let seen = succeeded(task::run(&ctx, &observe()).await);
+    assert_eq!(drift(&t, &seen).differences, vec![], "{seen:?}");
+
     // A newer version is an in-place upgrade, one minor version at a time (moto does not
     // emulate UpdateClusterVersion: what is checked is the call, and that its failure is
     // reported, not ignored); an older one is refused.
@@ -556,7 +612,7 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
         "{message}"
     );
 
-    succeeded(task::run(&ctx, &b.task("delete", resource)).await);
+    succeeded(task::run(&ctx, &b.task("delete", resource.clone())).await);
     assert!(
         eks.list_clusters()
             .send()
@@ -565,4 +621,8 @@ async fn an_eks_cluster_and_its_node_group_are_made_and_reported() {
             .clusters()
             .is_empty()
     );
+    // Gone: an observation says so (the control plane reports it missing or makes it again).
+    let seen = succeeded(task::run(&ctx, &observe()).await);
+    assert_eq!(seen["found"], false);
+    assert!(drift(&t, &seen).missing);
 }
