@@ -207,7 +207,11 @@ pub enum Verdict {
 pub fn classify(kind: Builtin, diffs: &[FieldDiff]) -> Verdict {
     let mut replaced = Vec::new();
     let mut what = "";
-    for d in diffs {
+    // Fields set or changed before fields that went with their parent (`eks` removed for
+    // `existing`): a refusal names what the caller declared, not what it dropped with it.
+    let mut ordered: Vec<&FieldDiff> = diffs.iter().collect();
+    ordered.sort_by_key(|d| d.after.is_none());
+    for d in ordered {
         let Some(r) = rule_for(kind, &d.path) else {
             return Verdict::Refused {
                 field: d.path.clone(),

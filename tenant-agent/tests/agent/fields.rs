@@ -1,4 +1,5 @@
-//! Every field of every AWS kind's spec, changed through the public API with the agent binary
+//! Every field of every AWS kind's spec (accounts, EKS clusters, buckets, databases), changed
+//! through the public API with the agent binary
 //! working against moto: each change is either made in AWS (read back from moto), a
 //! replacement that leaves no orphan (the new resource made, the old one gone), or refused
 //! with the object and field named. The fields come from the control plane's own schemas
@@ -17,10 +18,15 @@ use crate::journey::{agent_command, terminate};
 use crate::support::Moto;
 
 /// The kinds whose resources are in AWS and are walked here. The others' fields are
-/// Kubernetes-side (and `KubernetesRuntime` with `eks` needs EKS calls moto does not
-/// emulate, e.g. UpdateClusterVersion); their rules are checked by the control plane's
-/// `fields` unit tests.
-const WALKED: [&str; 3] = ["AwsAccount", "ObjectStorageBucket", "RelationalDatabase"];
+/// Kubernetes-side; their rules are checked by the control plane's `fields` unit tests. (An
+/// EKS version upgrade is walked as its refused downgrade only: moto does not emulate
+/// UpdateClusterVersion, whose call `aws::an_eks_cluster_and_its_node_group_...` checks.)
+const WALKED: [&str; 4] = [
+    "AwsAccount",
+    "KubernetesRuntime",
+    "ObjectStorageBucket",
+    "RelationalDatabase",
+];
 
 /// What a change of one field must do.
 enum Expect {
@@ -79,6 +85,7 @@ fn cases() -> Vec<Case> {
     let b = "ObjectStorageBucket";
     let d = "RelationalDatabase";
     let a = "AwsAccount";
+    let r = "KubernetesRuntime";
     let kept = |pointer, value| InPlace { pointer, value };
     let new = |pointer, value| Replaced { pointer, value };
     vec![
@@ -103,6 +110,62 @@ fn cases() -> Vec<Case> {
             ..case(a, "spec.accountId", json!("210987654321"), Refused)
         },
         case(a, "spec.defaultRegion", json!("eu-west-3"), MovesDependents),
+        // EKS clusters.
+        case(r, "spec.driftPolicy", json!("Report"), Setting),
+        case(
+            r,
+            "spec.eks.nodeGroup.desired",
+            json!(3),
+            kept("/nodeGroup/desired", json!(3)),
+        ),
+        case(
+            r,
+            "spec.eks.nodeGroup.max",
+            json!(5),
+            kept("/nodeGroup/max", json!(5)),
+        ),
+        case(
+            r,
+            "spec.eks.nodeGroup.min",
+            json!(2),
+            kept("/nodeGroup/min", json!(2)),
+        ),
+        case(
+            r,
+            "spec.eks.nodeGroup.instanceType",
+            json!("m5.large"),
+            Refused,
+        ),
+        case(r, "spec.eks.version", json!("1.30"), Refused),
+        case(
+            r,
+            "spec.eks.tags",
+            json!({"team": "shop", "tier": "gold"}),
+            kept("/tags", json!({"team": "shop", "tier": "gold"})),
+        ),
+        case(
+            r,
+            "spec.eks.tags",
+            json!({"tier": "silver"}),
+            kept("/tags", json!({"tier": "silver"})),
+        ),
+        case(r, "spec.eks.tags", json!({"qleet:object": "x"}), Refused),
+        Case {
+            with: vec![("spec.eks", Value::Null)],
+            ..case(r, "spec.existing.cluster", json!("prod-1"), Refused)
+        },
+        case(
+            r,
+            "spec.eks.region",
+            json!("us-east-2"),
+            new("/region", json!("us-east-2")),
+        ),
+        case(
+            r,
+            "spec.eks.account",
+            json!("AwsAccount/other"),
+            new("/region", json!("us-east-2")),
+        ),
         // Buckets.
         case(b, "spec.driftPolicy", json!("Report"), Setting),
         case(
@@ -238,6 +301,9 @@ fn app() -> Vec<Value> {
         json!({"kind": "RelationalDatabase", "metadata": {"name": "db"}, "spec": {
             "account": "AwsAccount/main", "engine": "postgres", "version": "16.3",
             "sizeClass": "db.t4g.micro"}}),
+        json!({"kind": "KubernetesRuntime", "metadata": {"name": "eks"}, "spec": {"eks": {
+            "account": "AwsAccount/main", "version": "1.31",
+            "nodeGroup": {"min": 1, "max": 3, "desired": 2}}}}),
     ]
 }
 
@@ -253,6 +319,7 @@ fn name_of(kind: &str) -> &'static str {
     match kind {
         "AwsAccount" => "main",
         "ObjectStorageBucket" => "assets",
+        "KubernetesRuntime" => "eks",
         _ => "db",
     }
 }
@@ -304,6 +371,10 @@ fn s3(sdk: &SdkConfig, region: &str) -> aws_sdk_s3::Client {
 
 fn rds(sdk: &SdkConfig, region: &str) -> aws_sdk_rds::Client {
     aws_sdk_rds::Client::new(&regional(sdk, region))
+}
+
+fn eks(sdk: &SdkConfig, region: &str) -> aws_sdk_eks::Client {
+    aws_sdk_eks::Client::new(&regional(sdk, region))
 }
 
 /// What moto holds for the object's current resource, read back with the AWS SDK (never from
@@ -417,6 +488,49 @@ async fn read_back(cp: &Cp, sdk: &SdkConfig, kind: &str) -> (String, String, Val
             });
             (id, region, observed)
         }
+        "KubernetesRuntime" => {
+            let name = rendered["eks"]["clusterName"]
+                .as_str()
+                .expect("clusterName")
+                .to_owned();
+            let c = eks(sdk, &region);
+            let cluster = c
+                .describe_cluster()
+                .name(&name)
+                .send()
+                .await
+                .expect("the cluster is in moto");
+            let cluster = cluster.cluster().expect("cluster");
+            let ng = c
+                .describe_nodegroup()
+                .cluster_name(&name)
+                .nodegroup_name(format!("{name}-nodes"))
+                .send()
+                .await
+                .expect("the node group is in moto");
+            let ng = ng.nodegroup().expect("node group");
+            let scaling = ng.scaling_config().expect("scaling");
+            let tags: serde_json::Map<String, Value> = cluster
+                .tags()
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| !k.starts_with("qleet:") && !k.starts_with("aws:"))
+                .map(|(k, v)| (k.clone(), json!(v)))
+                .collect();
+            let observed = json!({
+                "tags": tags,
+                // `arn:aws:eks:REGION:ACCOUNT:cluster/NAME`
+                "region": cluster.arn().and_then(|a| a.split(':').nth(3)),
+                "version": cluster.version(),
+                "nodeGroup": {
+                    "instanceType": ng.instance_types().first(),
+                    "min": scaling.min_size(),
+                    "max": scaling.max_size(),
+                    "desired": scaling.desired_size(),
+                },
+            });
+            (name, region, observed)
+        }
         _ => (String::new(), region, Value::Null),
     }
 }
@@ -425,6 +539,12 @@ async fn read_back(cp: &Cp, sdk: &SdkConfig, kind: &str) -> (String, String, Val
 async fn exists(moto: &Moto, sdk: &SdkConfig, kind: &str, id: &str, region: &str) -> bool {
     match kind {
         "ObjectStorageBucket" => moto.bucket_names().await.iter().any(|b| b == id),
+        "KubernetesRuntime" => eks(sdk, region)
+            .describe_cluster()
+            .name(id)
+            .send()
+            .await
+            .is_ok(),
         _ => rds(sdk, region)
             .describe_db_instances()
             .db_instance_identifier(id)
@@ -506,7 +626,7 @@ async fn every_field_of_every_aws_kind_is_made_in_aws_replaced_without_orphans_o
 
     let mut docs = app();
     cp.apply_ok(&yaml(&docs)).await;
-    settled(&cp, 4).await;
+    settled(&cp, docs.len()).await;
     let mut gone: Vec<(String, String, String)> = Vec::new();
 
     for c in &cases {
@@ -524,6 +644,7 @@ async fn every_field_of_every_aws_kind_is_made_in_aws_replaced_without_orphans_o
         let moved = [
             read_back(&cp, &sdk, "ObjectStorageBucket").await,
             read_back(&cp, &sdk, "RelationalDatabase").await,
+            read_back(&cp, &sdk, "KubernetesRuntime").await,
         ];
         if let Expect::Refused = c.expect {
             let body = cp.apply(&yaml(&next), false, false).await;
@@ -569,6 +690,7 @@ async fn every_field_of_every_aws_kind_is_made_in_aws_replaced_without_orphans_o
                 for (kind, old) in [
                     ("ObjectStorageBucket", &moved[0]),
                     ("RelationalDatabase", &moved[1]),
+                    ("KubernetesRuntime", &moved[2]),
                 ] {
                     assert_eq!(plan_action(&plan, kind), "REPLACE", "{what}: {plan}");
                     let now = read_back(&cp, &sdk, kind).await;
@@ -608,6 +730,12 @@ async fn every_field_of_every_aws_kind_is_made_in_aws_replaced_without_orphans_o
             .await
             .expect("secrets");
         assert!(secrets.secret_list().is_empty(), "{region}: {secrets:?}");
+        let clusters = eks(&sdk, region)
+            .list_clusters()
+            .send()
+            .await
+            .expect("clusters");
+        assert!(clusters.clusters().is_empty(), "{region}: {clusters:?}");
     }
     let deleted_instances = gone
         .iter()
