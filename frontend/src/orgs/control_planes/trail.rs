@@ -54,6 +54,7 @@ pub fn export_path(cp: &str, object: Option<&str>) -> String {
 }
 
 /// How one field diff reads: `spec.sizeClass: "db.t4g.micro" → "db.t4g.small"`.
+#[cfg_attr(not(feature = "ssr"), allow(dead_code))]
 pub fn change_line(diff: &serde_json::Value) -> String {
     let side = |v: &serde_json::Value| match v {
         serde_json::Value::Null => "—".to_owned(),
@@ -73,6 +74,7 @@ pub const TRAIL_FIELDS: &str =
     "edges { node { id at actor action object detail diff } } pageInfo { hasNextPage endCursor }";
 
 /// A page read from an `auditLog` connection (as JSON).
+#[cfg_attr(not(feature = "ssr"), allow(dead_code))]
 pub fn page_of(connection: &serde_json::Value) -> TrailPage {
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     let entries = connection["edges"]
