@@ -247,7 +247,7 @@ async fn execute(ctx: &Context, task: &LeasedTask) -> Result<Map<String, Value>,
                 Operation::Delete => k8s::delete(ctx, &spec, &payload, &actor)
                     .await
                     .map(|()| Map::new()),
-                Operation::Observe => Err(unobservable(&task.object_kind)),
+                Operation::Observe => k8s::observe(ctx, &spec, &payload, &actor).await,
             }
         }
         other => Err(TaskError::permanent(

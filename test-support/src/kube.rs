@@ -192,7 +192,10 @@ impl ApiServer {
                         "observedGeneration": 1, "replicas": replicas, "availableReplicas": available,
                     });
                 }
-                store.insert(path.to_owned(), stored.clone());
+                // A dry run answers what would be stored, and stores nothing.
+                if !query.split('&').any(|kv| kv == "dryRun=All") {
+                    store.insert(path.to_owned(), stored.clone());
+                }
                 (200, stored)
             }
             "GET" => match store.get(path) {

@@ -18,11 +18,18 @@ use super::reconcile::Engine;
 use super::store::{self, select_objects};
 
 /// The kinds whose resources the agent can observe.
-/// (A `KubernetesRuntime` only when it is an EKS cluster Qleet made: see [`observable`].)
-pub const OBSERVED_KINDS: [&str; 3] = [
+/// (A `KubernetesRuntime` only when it is an EKS cluster Qleet made: see [`observable`].) The
+/// Kubernetes-side kinds' observations carry the differences the agent found itself (a
+/// server-side apply dry run against the live objects); the others' are compared here with
+/// [`expected`].
+pub const OBSERVED_KINDS: [&str; 7] = [
     "ObjectStorageBucket",
     "RelationalDatabase",
     "KubernetesRuntime",
+    "Workload",
+    "Gateway",
+    "DomainName",
+    "Observability",
 ];
 
 /// Whether the agent can observe what `kind` with `spec` made: not an `existing` cluster, which
@@ -108,6 +115,13 @@ impl Drift {
 pub fn expected(kind: &str, payload: &Value) -> Map<String, Value> {
     let r = &payload["resource"];
     let mut out = Map::new();
+    if !matches!(
+        kind,
+        "ObjectStorageBucket" | "RelationalDatabase" | "KubernetesRuntime"
+    ) {
+        // Kubernetes objects: the agent compares them itself (see [`compare`]).
+        return out;
+    }
     out.insert("tags".into(), payload["tags"].clone());
     match kind {
         "ObjectStorageBucket" => {
@@ -168,6 +182,24 @@ pub fn compare(
     } else {
         "spec"
     };
+    // The agent's own comparison (Kubernetes objects): its differences as they are.
+    if let Some(found) = observed.get("differences").and_then(Value::as_array) {
+        if !missing {
+            differences.extend(found.iter().filter_map(|d| {
+                Some(Difference {
+                    field: d.get("field")?.as_str()?.chars().take(300).collect(),
+                    expected: d.get("expected").cloned().unwrap_or(Value::Null),
+                    observed: d.get("observed").cloned().unwrap_or(Value::Null),
+                })
+            }));
+        }
+        return Drift {
+            observed_at: at,
+            missing,
+            differences,
+            remediating: false,
+        };
+    }
     if !missing {
         for (field, want) in expected(kind, payload) {
             let have = observed.get(&field).cloned().unwrap_or(Value::Null);

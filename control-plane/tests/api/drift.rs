@@ -162,7 +162,7 @@ async fn what_the_agent_made_is_observed_periodically() {
             }
             answer(&cp, &t, success(&t)).await;
         }
-        if observed.len() == 3 {
+        if observed.len() == 4 {
             break;
         }
     }
@@ -171,7 +171,8 @@ async fn what_the_agent_made_is_observed_periodically() {
         [
             "KubernetesRuntime/eks",
             "ObjectStorageBucket/assets",
-            "RelationalDatabase/db"
+            "RelationalDatabase/db",
+            "Workload/web"
         ]
     );
     // One more round: the existing cluster is still not observed.
@@ -204,6 +205,34 @@ async fn what_the_agent_made_is_observed_periodically() {
     let o = drifted(&cp, "KubernetesRuntime", "eks", "Remediating").await;
     let message = condition(&o)["message"].as_str().unwrap_or_default();
     assert!(message.contains("spec.eks.nodeGroup is"), "{message}");
+
+    // A workload's objects are compared by the agent itself (a server-side apply dry run
+    // against the live objects): its differences are shown as it reports them.
+    refresh(&cp, "Workload", "web").await;
+    let mut reported = false;
+    for _ in 0..20 {
+        for t in cp.lease("test-agent", 50, 1).await {
+            if t["operation"] == "observe" && t["objectName"] == "web" && !reported {
+                let seen = json!({ "found": true, "differences": [
+                    { "field": "Deployment shop/web: spec.replicas", "expected": 2, "observed": 5 },
+                ] });
+                answer(&cp, &t, json!({ "succeeded": { "outputs": seen } })).await;
+                reported = true;
+            } else {
+                answer(&cp, &t, success(&t)).await;
+            }
+        }
+        if reported {
+            break;
+        }
+    }
+    assert!(reported);
+    let o = drifted(&cp, "Workload", "web", "Remediating").await;
+    let message = condition(&o)["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("Deployment shop/web: spec.replicas is 5 (expected 2)"),
+        "{message}"
+    );
     let o = drifted(&cp, "ObjectStorageBucket", "assets", "InSync").await;
     assert_eq!(o["phase"], "READY");
 }

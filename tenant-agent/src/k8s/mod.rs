@@ -8,6 +8,9 @@
 //! name a Service whose load balancer address is reported (a Gateway's
 //! `loadBalancerHostname`); until the cloud has assigned one, the task fails to be retried.
 //!
+//! Drift is observed with a server-side apply dry run compared with the live objects
+//! ([`observe`]).
+//!
 //! Pruning uses an inventory ConfigMap (`qleet-inventory-<object id>`) in the workload's
 //! namespace listing what the last apply made; an object is deleted only when it is in the
 //! inventory, not in the new revision, and still carries this object's label.
@@ -609,6 +612,178 @@ pub async fn delete(
         Err(e) => return Err(kube_error("deleting the inventory", e)),
     }
     remove_namespace_if_unused(&client, &spec.namespace).await
+}
+
+/// How many differences one observation reports at most.
+const MAX_DIFFERENCES: usize = 50;
+
+/// Metadata the API server keeps for itself: never a difference.
+const SERVER_METADATA: [&str; 6] = [
+    "resourceVersion",
+    "managedFields",
+    "generation",
+    "creationTimestamp",
+    "uid",
+    "selfLink",
+];
+
+/// Reads what the last apply made as it is now, changing nothing (a drift check). Each
+/// manifest (and Helm template) is applied as a server-side **dry run** and the answer, which
+/// is the object as Qleet's apply would leave it, normalised by the API server, is compared
+/// with the live object: every field that differs is reported as `Kind namespace/name:
+/// path`, with what Qleet's apply would make it and what it is. An object that is gone is
+/// reported missing; `found: false` when nothing of it is left. Secrets made from the
+/// customer's Secrets Manager are checked only for being there (their values are never read
+/// back or reported).
+pub async fn observe(
+    ctx: &Context,
+    spec: &ApplySpec,
+    payload: &Payload,
+    actor: &Actor,
+) -> Result<Map<String, Value>, TaskError> {
+    let client = client_for(ctx, spec, actor).await?;
+    let object_id = payload.object.id.to_string();
+    let mut docs: Vec<(Value, String)> = spec
+        .manifests
+        .iter()
+        .map(|m| (m.clone(), spec.namespace.clone()))
+        .collect();
+    if let Some(h) = &spec.helm {
+        for release in &h.releases {
+            for d in helm::template(&ctx.helm, release).await? {
+                docs.push((d, release.namespace.clone()));
+            }
+        }
+    }
+    let mut cache = BTreeMap::new();
+    let mut differences: Vec<Value> = Vec::new();
+    let (mut present, mut expected) = (0usize, 0usize);
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..apply_params()
+    };
+    let mut seen = BTreeSet::new();
+    for (mut doc, ns) in docs {
+        let api_version = doc["apiVersion"].as_str().unwrap_or_default().to_owned();
+        let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+        let (ar, namespaced) = resolve(&client, &mut cache, &api_version, &kind).await?;
+        let key = prepare(&mut doc, namespaced, &ns, &object_id)?;
+        seen.insert(key.clone());
+        let label = match &key.namespace {
+            Some(ns) => format!("{} {ns}/{}", key.kind, key.name),
+            None => format!("{} {}", key.kind, key.name),
+        };
+        expected += 1;
+        let api = api(&client, &ar, key.namespace.as_deref());
+        let Some(live) = api
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| kube_error(&format!("reading {label}"), e))?
+        else {
+            differences
+                .push(json!({ "field": label, "expected": "present", "observed": "missing" }));
+            continue;
+        };
+        present += 1;
+        let wanted = api
+            .patch(&key.name, &dry_run, &Patch::Apply(&doc))
+            .await
+            .map_err(|e| kube_error(&format!("checking {label} (dry run)"), e))?;
+        let (wanted, live) = (
+            serde_json::to_value(wanted).unwrap_or_default(),
+            serde_json::to_value(live).unwrap_or_default(),
+        );
+        let mut found = Vec::new();
+        compare_live("", &wanted, &live, &mut found);
+        let secret = key.kind == "Secret";
+        differences.extend(found.into_iter().map(|(path, want, have)| {
+            json!({
+                "field": format!("{label}: {path}"),
+                "expected": brief(want, secret),
+                "observed": brief(have, secret),
+            })
+        }));
+    }
+    // The Secrets the last apply made from the customer's account: there, or not.
+    let inventory = read_inventory(&client, &spec.namespace, &inventory_name(payload)).await?;
+    for key in inventory
+        .iter()
+        .filter(|k| k.kind == "Secret" && !seen.contains(*k))
+    {
+        let ns = key.namespace.as_deref().unwrap_or(&spec.namespace);
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
+        let label = format!("Secret {ns}/{}", key.name);
+        expected += 1;
+        if secrets
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| kube_error(&format!("reading {label}"), e))?
+            .is_some()
+        {
+            present += 1;
+        } else {
+            differences
+                .push(json!({ "field": label, "expected": "present", "observed": "missing" }));
+        }
+    }
+    differences.truncate(MAX_DIFFERENCES);
+    let mut out = Map::new();
+    out.insert("found".into(), json!(expected == 0 || present > 0));
+    out.insert("differences".into(), Value::Array(differences));
+    Ok(out)
+}
+
+/// A value as a difference shows it: a Secret's never, a long one cut short.
+fn brief(value: Value, secret: bool) -> Value {
+    if secret && !value.is_null() {
+        return json!("(a Secret's value, not shown)");
+    }
+    let text = value.to_string();
+    if text.len() > 300 {
+        json!(format!(
+            "{}… ({} bytes)",
+            text.chars().take(200).collect::<String>(),
+            text.len()
+        ))
+    } else {
+        value
+    }
+}
+
+/// The fields where `live` differs from `wanted` (what Qleet's apply would make it), as
+/// `(path, wanted, live)`; the object's `status` and the server's own metadata aside.
+fn compare_live(path: &str, wanted: &Value, live: &Value, out: &mut Vec<(String, Value, Value)>) {
+    match (wanted, live) {
+        (Value::Object(w), Value::Object(l)) => {
+            let keys: BTreeSet<&String> = w.keys().chain(l.keys()).collect();
+            for k in keys {
+                if path.is_empty() && k == "status" {
+                    continue;
+                }
+                if path == "metadata" && SERVER_METADATA.contains(&k.as_str()) {
+                    continue;
+                }
+                let sub = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                compare_live(
+                    &sub,
+                    w.get(k).unwrap_or(&Value::Null),
+                    l.get(k).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (Value::Array(w), Value::Array(l)) if w.len() == l.len() => {
+            for (i, (a, b)) in w.iter().zip(l).enumerate() {
+                compare_live(&format!("{path}[{i}]"), a, b, out);
+            }
+        }
+        (w, l) if w != l => out.push((path.to_owned(), w.clone(), l.clone())),
+        _ => {}
+    }
 }
 
 /// Removes `namespace` if Qleet created it (`qleet.dev/created-by`) and no Qleet inventory is

@@ -557,3 +557,107 @@ async fn a_workload_is_applied_rolled_out_and_deleted_in_a_real_cluster_when_kub
     expect_ok(deleted);
     assert!(after.expect("read").is_none(), "deleted with its workload");
 }
+
+/// What an observation reports: `found` and the differences' fields.
+fn observed(r: TaskResult) -> (bool, Vec<String>, Vec<Value>) {
+    match r {
+        TaskResult::Succeeded { outputs } => {
+            let diffs = outputs["differences"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            (
+                outputs["found"] == true,
+                diffs
+                    .iter()
+                    .map(|d| d["field"].as_str().unwrap_or_default().to_owned())
+                    .collect(),
+                diffs,
+            )
+        }
+        TaskResult::Failed { code, message, .. } => panic!("observe failed: {code}: {message}"),
+    }
+}
+
+#[tokio::test]
+async fn a_workload_changed_or_deleted_behind_qleets_back_is_observed_by_a_dry_run() {
+    let moto = Moto::start().await;
+    let (ctx, api) = context_with_cluster(&moto, PathBuf::from("/nonexistent/helm")).await;
+    let w = TaskBuilder::new("Workload", "web");
+    let mut secret = config_map("creds");
+    secret["kind"] = json!("Secret");
+    secret["data"] = json!({ "token": "c2VjcmV0" });
+    let resource = workload(
+        vec![deployment(), config_map("settings"), secret],
+        json!([]),
+    );
+    expect_ok(task::run(&ctx, &w.task("ensure", resource.clone())).await);
+    let patches = || {
+        api.requests()
+            .iter()
+            .filter(|s| s.method == "PATCH" && !s.query.contains("dryRun=All"))
+            .count()
+    };
+    let applied = patches();
+
+    // As applied: in sync, and the observation changed nothing.
+    let (found, fields, _) = observed(task::run(&ctx, &w.task("observe", resource.clone())).await);
+    assert!(found);
+    assert_eq!(fields, Vec::<String>::new());
+    assert_eq!(patches(), applied, "an observation only dry-runs");
+
+    // Edited behind Qleet's back: each changed field is named, with both values; a Secret's
+    // values are never shown.
+    let path = "/api/v1/namespaces/shop/configmaps/settings";
+    let mut edited = api.get(path).expect("settings");
+    edited["data"]["a"] = json!("edited");
+    api.answer("PATCH", path, "", edited);
+    let deployment_path = "/apis/apps/v1/namespaces/shop/deployments/web";
+    let mut scaled = api.get(deployment_path).expect("web");
+    scaled["spec"]["replicas"] = json!(5);
+    api.answer("PATCH", deployment_path, "", scaled);
+    let secret_path = "/api/v1/namespaces/shop/secrets/creds";
+    let mut leaked = api.get(secret_path).expect("creds");
+    leaked["data"]["token"] = json!("b3RoZXI=");
+    api.answer("PATCH", secret_path, "", leaked);
+    let (found, fields, diffs) =
+        observed(task::run(&ctx, &w.task("observe", resource.clone())).await);
+    assert!(found);
+    assert_eq!(
+        fields,
+        [
+            "Deployment shop/web: spec.replicas",
+            "ConfigMap shop/settings: data.a",
+            "Secret shop/creds: data.token",
+        ]
+    );
+    assert_eq!(
+        (&diffs[0]["expected"], &diffs[0]["observed"]),
+        (&json!(2), &json!(5))
+    );
+    assert_eq!(
+        (&diffs[1]["expected"], &diffs[1]["observed"]),
+        (&json!("b"), &json!("edited"))
+    );
+    assert!(!diffs[2].to_string().contains("b3RoZXI="), "{}", diffs[2]);
+    assert!(!diffs[2].to_string().contains("c2VjcmV0"), "{}", diffs[2]);
+
+    // One deleted: reported missing; everything deleted: not found.
+    api.answer("DELETE", path, "", Value::Null);
+    let (found, fields, _) = observed(task::run(&ctx, &w.task("observe", resource.clone())).await);
+    assert!(found);
+    assert!(
+        fields.contains(&"ConfigMap shop/settings".to_owned()),
+        "{fields:?}"
+    );
+    api.answer("DELETE", deployment_path, "", Value::Null);
+    api.answer("DELETE", secret_path, "", Value::Null);
+    let (found, _, _) = observed(task::run(&ctx, &w.task("observe", resource.clone())).await);
+    assert!(!found, "nothing of it is left");
+
+    // Put back by the ensure: in sync again.
+    expect_ok(task::run(&ctx, &w.task("ensure", resource.clone())).await);
+    let (found, fields, _) = observed(task::run(&ctx, &w.task("observe", resource)).await);
+    assert!(found);
+    assert_eq!(fields, Vec::<String>::new());
+}
