@@ -554,6 +554,15 @@ pub async fn ensure(
             .map_err(|e| kube_error(&format!("applying Namespace {ns}"), e))?;
     }
 
+    // In a Helm release's own namespace, a marker says this object uses it: the namespace is
+    // removed only when no Qleet object uses it any more (see `remove_namespace_if_unused`).
+    for ns in namespaces(spec)
+        .into_iter()
+        .filter(|ns| *ns != spec.namespace)
+    {
+        write_marker(&client, &ns, payload, &object_id).await?;
+    }
+
     let inventory = inventory_name(payload);
     let before = read_inventory(&client, &spec.namespace, &inventory).await?;
     // Record the union first: a crash mid-apply still leaves every object findable.
@@ -588,8 +597,8 @@ pub async fn ensure(
     Ok(outputs)
 }
 
-/// Deletes everything the last apply made, then the workload's namespace when Qleet made it
-/// and no other Qleet object still has anything there.
+/// Deletes everything the last apply made, then the workload's namespace and its Helm
+/// releases' namespaces, each when Qleet made it and no other Qleet object still uses it.
 pub async fn delete(
     ctx: &Context,
     spec: &ApplySpec,
@@ -611,7 +620,54 @@ pub async fn delete(
         Err(kube::Error::Api(s)) if s.code == 404 => {}
         Err(e) => return Err(kube_error("deleting the inventory", e)),
     }
-    remove_namespace_if_unused(&client, &spec.namespace).await
+    for ns in namespaces(spec) {
+        if ns != spec.namespace {
+            let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(client.clone(), &ns);
+            match cms
+                .delete(&marker_name(&object_id), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(kube_error(&format!("deleting the marker in {ns}"), e)),
+            }
+        }
+    }
+    for ns in namespaces(spec) {
+        remove_namespace_if_unused(&client, &ns).await?;
+    }
+    Ok(())
+}
+
+/// The marker a Workload leaves in a Helm release's namespace other than its own.
+fn marker_name(object_id: &str) -> String {
+    format!("qleet-uses-{object_id}")
+}
+
+async fn write_marker(
+    client: &kube::Client,
+    namespace: &str,
+    payload: &Payload,
+    object_id: &str,
+) -> Result<(), TaskError> {
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), namespace);
+    let name = marker_name(object_id);
+    let body = json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": { OBJECT_LABEL: object_id, MANAGED_BY.0: MANAGED_BY.1 },
+        },
+        "data": { "object": format!("{}/{}", payload.object.kind, payload.object.name) },
+    });
+    cms.patch(&name, &apply_params(), &Patch::Apply(&body))
+        .await
+        .map_err(|e| kube_error(&format!("marking {namespace} as used"), e))?;
+    Ok(())
 }
 
 /// How many differences one observation reports at most.
@@ -821,7 +877,7 @@ async fn remove_namespace_if_unused(
         c.metadata
             .name
             .as_deref()
-            .is_some_and(|n| n.starts_with("qleet-inventory-"))
+            .is_some_and(|n| n.starts_with("qleet-inventory-") || n.starts_with("qleet-uses-"))
     });
     if in_use {
         return Ok(());

@@ -661,3 +661,62 @@ async fn a_workload_changed_or_deleted_behind_qleets_back_is_observed_by_a_dry_r
     assert!(found);
     assert_eq!(fields, Vec::<String>::new());
 }
+
+#[tokio::test]
+async fn a_helm_releases_own_namespace_goes_with_the_last_workload_that_uses_it() {
+    let moto = Moto::start().await;
+    let dir = std::env::temp_dir().join(format!("qleet-agent-helm-ns-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let helm = dir.join("helm");
+    // A stand-in with helm's CLI contract: one ConfigMap named after the release.
+    std::fs::write(
+        &helm,
+        "#!/bin/sh\ncat > /dev/null\nprintf 'apiVersion: v1\\nkind: ConfigMap\\nmetadata:\\n  name: %s-rendered\\ndata:\\n  chart: %s\\n' \"$2\" \"$3\"\n",
+    )
+    .expect("script");
+    std::fs::set_permissions(&helm, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let (ctx, api) = context_with_cluster(&moto, helm).await;
+    // Two workloads, each in its own namespace, each with a release in the shared `charts`.
+    let with_release = |ns: &str, release: &str| {
+        json!({
+            "runtime": { "clusterName": "prod-1" },
+            "namespace": ns,
+            "helm": { "releases": [{
+                "name": release, "namespace": "charts", "repo": "https://charts.example",
+                "chart": "webapp", "version": "1.2.3", "values": {},
+            }]},
+            "secrets": [],
+        })
+    };
+    let (a, b) = (
+        TaskBuilder::new("Workload", "a"),
+        TaskBuilder::new("Workload", "b"),
+    );
+    let (ra, rb) = (with_release("team-a", "a"), with_release("team-b", "b"));
+    expect_ok(task::run(&ctx, &a.task("ensure", ra.clone())).await);
+    expect_ok(task::run(&ctx, &b.task("ensure", rb.clone())).await);
+    let charts = "/api/v1/namespaces/charts";
+    assert!(api.get(charts).is_some());
+    assert!(
+        api.get("/api/v1/namespaces/charts/configmaps/a-rendered")
+            .is_some()
+    );
+
+    // The first one out leaves `charts` to the other; the last one out removes it, and each
+    // its own namespace.
+    expect_ok(task::run(&ctx, &a.task("delete", ra)).await);
+    assert!(api.get("/api/v1/namespaces/team-a").is_none());
+    assert!(api.get(charts).is_some(), "still used by b");
+    assert!(
+        api.get("/api/v1/namespaces/charts/configmaps/a-rendered")
+            .is_none()
+    );
+    expect_ok(task::run(&ctx, &b.task("delete", rb)).await);
+    assert!(
+        api.get(charts).is_none(),
+        "the release namespace Qleet made is gone"
+    );
+    assert!(api.get("/api/v1/namespaces/team-b").is_none());
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
