@@ -82,6 +82,8 @@ enum Names {
     ObjectName,
     /// A YAML document changing acme's object.
     ObjectYaml,
+    /// acme's object as `Kind/name` (an audit-trail filter).
+    ObjectKey,
     /// Nothing of acme's: free text the caller chooses, valid so that input validation does
     /// not answer before authorisation. `None`: left out where optional.
     Free(Option<&'static str>),
@@ -127,6 +129,9 @@ fn names(schema: Schema, field: &str, arg: &str) -> Names {
         (Schema::ControlPlane, "kind") => ObjectKind,
         (Schema::ControlPlane, "name") => ObjectName,
         (Schema::ControlPlane, "yaml") => ObjectYaml,
+        (Schema::ControlPlane, "object") => ObjectKey,
+        // A pagination cursor.
+        (Schema::ControlPlane, "after") => Free(None),
         (Schema::ControlPlane, "id") if f.contains("agent") => Agent,
         _ => panic!(
             "cross_tenant::names does not know argument `{arg}` of `{field}` ({schema:?} schema): \
@@ -176,6 +181,7 @@ impl Acme {
             Names::ObjectKind => json!(OBJECT_KIND),
             Names::ObjectName => json!(OBJECT_NAME),
             Names::ObjectYaml => json!(account_yaml("stolen")),
+            Names::ObjectKey => json!(format!("{OBJECT_KIND}/{OBJECT_NAME}")),
             Names::Free(v) => json!(v?),
         })
     }
