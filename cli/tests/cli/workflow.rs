@@ -286,8 +286,11 @@ async fn a_pipeline_with_a_token_manages_the_organisation_and_applies_the_exampl
     );
     let out = run(&app, &["refresh", "Workload/web", "--wait=60s"]).await;
     let text = out.ok();
+    // A workload is checked against its cluster (a dry run compared with the live objects).
     assert!(
-        text.starts_with("Workload/web: refresh requested by "),
+        text.starts_with(
+            "Workload/web: checking it against the cloud (refresh requested by token:"
+        ),
         "{out:?}"
     );
     assert!(text.contains("Workload/web  READY"), "{out:?}");
