@@ -131,10 +131,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        // The reconciler: one LISTEN connection and a few workers; they stop with the server.
+        // The reconciler: one LISTEN connection, a few workers and the timers that wake them
+        // (no task polls the database while idle); they stop with the server.
         let mut background = tokio::task::JoinSet::new();
         background.spawn(crate::objects::reconcile::listen(self.engine.clone()));
         background.spawn(crate::objects::reconcile::watch_due_tasks(
+            self.engine.clone(),
+        ));
+        background.spawn(crate::objects::reconcile::watch_due_reconciles(
             self.engine.clone(),
         ));
         background.spawn(crate::objects::drift::watch(self.engine.clone()));

@@ -27,8 +27,12 @@ pub struct Engine {
     pub pool: PgPool,
     /// This control plane's id (in task payloads and cloud tags).
     pub control_plane: Uuid,
-    /// Woken when a reconcile is requested.
+    /// Woken when a reconcile is requested: one idle worker at a time (one that finds work
+    /// wakes the next), so a request does not send every worker to the database.
     pub reconcile_wake: Arc<Notify>,
+    /// The earliest time a worker found that a request falls due with no notification to
+    /// announce it; [`watch_due_reconciles`] sleeps until then.
+    pub reconcile_due: Arc<tokio::sync::watch::Sender<Option<tokio::time::Instant>>>,
     /// Woken when agent tasks are queued (long-polling agents wait on it). One waiter is woken
     /// at a time; one that leases something wakes the next, so a task does not stampede every
     /// connected agent at the database.
@@ -60,6 +64,7 @@ impl Engine {
             pool,
             control_plane,
             reconcile_wake: Arc::new(Notify::new()),
+            reconcile_due: Arc::new(tokio::sync::watch::Sender::new(None)),
             task_wake: Arc::new(Notify::new()),
             task_waiters: Arc::new(AtomicUsize::new(0)),
             changes: broadcast::channel(1024).0,
@@ -69,6 +74,23 @@ impl Engine {
             drift_interval: super::drift::DEFAULT_INTERVAL,
             stopping: tokio_util::sync::CancellationToken::new(),
         }
+    }
+}
+
+impl Engine {
+    /// Makes sure a worker looks for reconcile work again `after` from now (or sooner).
+    fn reconcile_due_in(&self, after: Duration) {
+        // Not sooner than 50 ms: a request that is due but was locked as the look ran (being
+        // claimed by another worker, or enqueued by a transaction that notifies at commit) is
+        // seen as due now, and is taken by then.
+        let at = tokio::time::Instant::now() + after.max(Duration::from_millis(50));
+        self.reconcile_due.send_if_modified(|due| {
+            let sooner = due.is_none_or(|d| at < d);
+            if sooner {
+                *due = Some(at);
+            }
+            sooner
+        });
     }
 }
 
@@ -92,9 +114,16 @@ pub async fn listen(engine: Engine) {
                     engine.reconcile_wake.notify_waiters();
                     engine.task_wake.notify_waiters();
                     loop {
-                        match listener.recv().await {
-                            Ok(n) => match n.channel() {
-                                store::RECONCILE_CHANNEL => engine.reconcile_wake.notify_waiters(),
+                        match listener.try_recv().await {
+                            // The connection was lost and is back (sqlx reconnects at once):
+                            // what was notified meanwhile is lost, so everyone looks again.
+                            Ok(None) => {
+                                tracing::warn!("LISTEN connection lost and made again");
+                                engine.reconcile_wake.notify_waiters();
+                                engine.task_wake.notify_waiters();
+                            }
+                            Ok(Some(n)) => match n.channel() {
+                                store::RECONCILE_CHANNEL => engine.reconcile_wake.notify_one(),
                                 store::TASKS_CHANNEL => engine.task_wake.notify_one(),
                                 _ => {
                                     if let Ok(v) = serde_json::from_str(n.payload()) {
@@ -142,14 +171,49 @@ pub async fn watch_due_tasks(engine: Engine) {
     }
 }
 
-/// One reconcile worker; runs until the task is dropped.
+/// Sleeps until the earliest time the workers found that a reconcile request falls due with no
+/// notification to announce it (a backoff ending, another process's claim lapsing), then wakes
+/// one worker; no timer at all while nothing is due. It never queries the database itself.
+pub async fn watch_due_reconciles(engine: Engine) {
+    let mut due = engine.reconcile_due.subscribe();
+    loop {
+        let at = *due.borrow_and_update();
+        let Some(at) = at else {
+            // `reconcile_due` lives as long as `engine`, which this task holds.
+            let _ = due.changed().await;
+            continue;
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {
+                // Spent: the worker it wakes finds the next due time, if there is one.
+                engine.reconcile_due.send_if_modified(|d| {
+                    let spent = *d == Some(at);
+                    if spent {
+                        *d = None;
+                    }
+                    spent
+                });
+                engine.reconcile_wake.notify_one();
+            }
+            _ = due.changed() => {}
+        }
+    }
+}
+
+/// One reconcile worker; runs until the task is dropped. Idle, it waits for a notification
+/// (or [`watch_due_reconciles`]) and nothing else: the query that found no work also told it
+/// when the next request falls due.
 pub async fn worker(engine: Engine) {
     loop {
-        let notified = engine.reconcile_wake.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
+        // Waiting from before the look, so a notification that arrives during it is kept.
+        let mut wake = Box::pin(engine.reconcile_wake.notified());
+        wake.as_mut().enable();
         match claim(&engine).await {
-            Ok(Some((id, seq))) => {
+            Ok(Claim::Taken { id, seq }) => {
+                drop(wake);
+                // There may be more due: one idle worker looks too (and, finding some, wakes the
+                // next), so a notification costs one look per worker that finds work plus one.
+                engine.reconcile_wake.notify_one();
                 // One future: the renewal ends with the work (or with the worker).
                 let done = tokio::select! {
                     done = reconcile_claimed(&engine, id, seq) => done,
@@ -160,11 +224,11 @@ pub async fn worker(engine: Engine) {
                     record_failure(&engine, id, &e.to_string()).await;
                 }
             }
-            Ok(None) => {
-                let wait = next_due(&engine.pool)
-                    .await
-                    .unwrap_or(Duration::from_secs(5));
-                let _ = tokio::time::timeout(wait, notified).await;
+            Ok(Claim::Idle { next_due }) => {
+                if let Some(after) = next_due {
+                    engine.reconcile_due_in(after);
+                }
+                wake.await;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot claim reconcile work");
@@ -212,42 +276,59 @@ async fn record_failure(engine: &Engine, id: Uuid, error: &str) {
             }
             Err(e) => {
                 tracing::error!(object.id = %id, error = %e, "cannot record a failed reconcile; its claim will lapse");
+                // Nothing announces the lapse: a worker looks again then.
+                engine.reconcile_due_in(engine.claim_for);
                 return;
             }
         }
     }
 }
 
-/// Takes the next due request, leasing it for `claim_for`.
-async fn claim(engine: &Engine) -> sqlx::Result<Option<(Uuid, i64)>> {
-    let claimed = sqlx::query!(
-        "update reconcile_queue set claimed_until = now() + make_interval(secs => $1), claimed_by = $2
-         where object_id = (
+/// What a look for reconcile work found.
+enum Claim {
+    /// A request, now claimed by this worker.
+    Taken { id: Uuid, seq: i64 },
+    /// Nothing due now; the next request not held by this process falls due after `next_due`
+    /// (`None`: there is none).
+    Idle { next_due: Option<Duration> },
+}
+
+/// Takes the next due request, leasing it for `claim_for`; when there is none, says in the same
+/// query when the next one falls due. Requests this process holds are left out of that time:
+/// the worker holding one looks again when it is done with it (and [`record_failure`] sets a
+/// wake-up for a claim it leaves to lapse).
+async fn claim(engine: &Engine) -> sqlx::Result<Claim> {
+    let row = sqlx::query!(
+        r#"with picked as (
              select object_id from reconcile_queue
              where not_before <= now() and (claimed_until is null or claimed_until < now())
              order by not_before
              for update skip locked
-             limit 1)
-         returning object_id, seq",
+             limit 1),
+           taken as (
+             update reconcile_queue q
+                set claimed_until = now() + make_interval(secs => $1), claimed_by = $2
+               from picked where q.object_id = picked.object_id
+             returning q.object_id, q.seq)
+         select taken.object_id as "object_id?", taken.seq as "seq?",
+                case when taken.object_id is null then
+                  (select extract(epoch from min(greatest(not_before, coalesce(claimed_until, not_before))) - now())::float8
+                     from reconcile_queue where claimed_by is distinct from $2)
+                end as next_due
+           from (select) one left join taken on true"#,
         engine.claim_for.as_secs_f64(),
         engine.instance,
     )
-    .fetch_optional(&engine.pool)
+    .fetch_one(&engine.pool)
     .await?;
-    Ok(claimed.map(|c| (c.object_id, c.seq)))
-}
-
-/// How long until the next request falls due (capped), so a sleeping worker wakes for it.
-async fn next_due(pool: &PgPool) -> sqlx::Result<Duration> {
-    let secs = sqlx::query_scalar!(
-        "select extract(epoch from min(greatest(not_before, coalesce(claimed_until, not_before))) - now())::float8
-         from reconcile_queue",
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(Duration::from_secs_f64(
-        secs.unwrap_or(5.0).clamp(0.01, 5.0),
-    ))
+    Ok(match (row.object_id, row.seq) {
+        (Some(id), Some(seq)) => Claim::Taken { id, seq },
+        _ => Claim::Idle {
+            next_due: row
+                .next_due
+                .map(|secs| Duration::try_from_secs_f64(secs.max(0.0)).unwrap_or(Duration::ZERO)),
+        },
+    })
 }
 
 /// Forgets claims left by a previous run of this control plane (one process owns the

@@ -264,6 +264,11 @@ async fn a_reconcile_claim_is_short_named_and_renewed_while_its_work_runs() {
     .await
     .expect("enqueued in time")
     .expect("enqueue");
+    // As every enqueue does (nothing polls the queue).
+    sqlx::query("select pg_notify('qleet_reconcile', '')")
+        .execute(&pool)
+        .await
+        .expect("notify");
     let claim = || async {
         sqlx::query_as::<_, (Option<Uuid>, Option<f64>)>(
             "select claimed_by, extract(epoch from claimed_until - now())::float8
