@@ -266,51 +266,95 @@ pub async fn queue_observe(conn: &mut PgConnection, id: Uuid) -> anyhow::Result<
 }
 
 /// Observes every Ready object of an observed kind whose last observation is older than
-/// `engine.drift_interval`, for as long as the control plane runs.
+/// `engine.drift_interval`, for as long as the control plane runs. Between rounds it sleeps
+/// until the next object falls due (or for the interval, when none is due sooner), waking
+/// early when an object becomes Ready, which may make it due at once; it never polls.
 pub async fn watch(engine: Engine) {
     let every = engine.drift_interval;
-    // Look often enough that an object is observed within a tenth of the interval of its due
-    // time, and never more than once a second.
-    let tick = (every / 10).max(Duration::from_secs(1));
+    let mut changes = engine.changes.subscribe();
     loop {
-        tokio::select! {
-            () = engine.stopping.cancelled() => return,
-            () = tokio::time::sleep(tick) => {}
+        let looked = tokio::time::Instant::now();
+        let next = match observe_due(&engine.pool, every).await {
+            Ok(next) => next.min(every),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not queue drift observations");
+                // Again soon, while a database that went away comes back.
+                Duration::from_secs(5).min(every)
+            }
+        };
+        let wake = tokio::time::sleep_until(looked + next);
+        tokio::pin!(wake);
+        loop {
+            tokio::select! {
+                () = engine.stopping.cancelled() => return,
+                () = &mut wake => break,
+                change = changes.recv() => match change {
+                    Ok(change) if change["phase"] != "Ready" || change["deleted"] == true => continue,
+                    // A newly Ready object (or, lagging, perhaps one): look again.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+            }
         }
-        if let Err(e) = observe_due(&engine.pool, every).await {
-            tracing::warn!(error = %e, "could not queue drift observations");
-        }
+        // Never more than one round a second, however often objects change.
+        tokio::time::sleep_until(looked + MIN_ROUND).await;
     }
 }
 
-async fn observe_due(pool: &PgPool, every: Duration) -> anyhow::Result<()> {
-    let due = sqlx::query_scalar!(
-        r#"select o.id from objects o
+/// The shortest time between two rounds of [`watch`].
+const MIN_ROUND: Duration = Duration::from_secs(1);
+
+/// Queues the observations that are due; answers how long until the next one falls due (the
+/// interval when nothing else is observable now: an object made or observed from now on falls
+/// due an interval later at the soonest).
+async fn observe_due(pool: &PgPool, every: Duration) -> anyhow::Result<Duration> {
+    const BATCH: i64 = 100;
+    let candidates = sqlx::query!(
+        r#"select o.id, (
+             -- An ensure reads the resource back too: it counts as an observation.
+             select extract(epoch from max(t.completed_at) + make_interval(secs => $2) - now())::float8
+             from agent_tasks t
+             where t.object_id = o.id and t.operation in ('ensure', 'observe')) as due_in
+         from objects o
          where o.kind = any($1) and o.deletion_requested_at is null
            and o.status->>'phase' = 'Ready'
            and coalesce(o.spec->'existing', 'null'::jsonb) = 'null'::jsonb
            and exists (
              select 1 from agent_tasks t
              where t.object_id = o.id and t.operation = 'ensure' and t.state = 'succeeded')
-           -- An ensure reads the resource back too: it counts as an observation.
+           -- One being observed now falls due an interval after that observation.
            and not exists (
              select 1 from agent_tasks t
-             where t.object_id = o.id
-               and ((t.operation = 'observe' and t.state in ('queued', 'leased'))
-                    or (t.operation in ('ensure', 'observe')
-                        and t.completed_at > now() - make_interval(secs => $2))))
-         limit 100"#,
+             where t.object_id = o.id and t.operation = 'observe' and t.state in ('queued', 'leased'))
+         order by due_in nulls first
+         limit $3"#,
         &OBSERVED_KINDS.map(str::to_owned),
         every.as_secs_f64(),
+        BATCH,
     )
     .fetch_all(pool)
     .await?;
-    for id in due {
-        let mut tx = pool.begin().await?;
-        queue_observe(&mut tx, id).await?;
-        tx.commit().await?;
+    let mut next = every;
+    let mut queued = 0;
+    for c in &candidates {
+        match c.due_in {
+            Some(secs) if secs > 0.0 => {
+                next = next.min(Duration::try_from_secs_f64(secs).unwrap_or(every));
+                break;
+            }
+            _ => {
+                let mut tx = pool.begin().await?;
+                queue_observe(&mut tx, c.id).await?;
+                tx.commit().await?;
+                queued += 1;
+            }
+        }
     }
-    Ok(())
+    if queued == BATCH {
+        // More may be due than one batch holds.
+        next = Duration::ZERO;
+    }
+    Ok(next)
 }
 
 /// The `Drifted` condition for a drift record (none before the first observation).
