@@ -72,6 +72,16 @@ pub struct ControlPlaneArgs {
         value_parser = clap::value_parser!(u64).range(1..=604_800)
     )]
     pub drift_interval_seconds: u64,
+    /// Close a pooled database connection once it has been idle this many seconds (default 10):
+    /// an idle control plane then holds only its LISTEN connection, so many fit on one server.
+    #[arg(
+        long,
+        env = "QLEET_CP_POOL_IDLE_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub pool_idle_seconds: u64,
     /// Testing only: abort the process at this named point (crash-safety tests).
     #[arg(
         long,
@@ -112,6 +122,30 @@ pub struct ControlPlaneConfig {
     pub drift_interval: std::time::Duration,
     /// Stop when standard input ends (see [`ControlPlaneArgs::stop_on_stdin_eof`]).
     pub stop_on_stdin_eof: bool,
+}
+
+/// How a control plane uses its database connections; [`Default`] is what the flags default to.
+/// (Kept apart from [`ControlPlaneConfig`], which test fixtures build field by field.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// A pooled connection idle this long is closed (the LISTEN connection is never idle).
+    pub idle_timeout: std::time::Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            idle_timeout: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+impl PoolConfig {
+    pub fn from_args(args: &ControlPlaneArgs) -> Self {
+        PoolConfig {
+            idle_timeout: std::time::Duration::from_secs(args.pool_idle_seconds),
+        }
+    }
 }
 
 impl ControlPlaneConfig {
@@ -159,4 +193,38 @@ pub struct ConfigError(pub String);
 
 fn parse_database_url(url: &str) -> Result<SecretString, ConfigError> {
     qleet_common::database_url::parse(url).map_err(ConfigError)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn args(extra: &[&str]) -> Result<ControlPlaneArgs, clap::Error> {
+        let base = [
+            "qleet-control-plane",
+            "--database-url",
+            "postgres://localhost/cp",
+            "--id",
+            "00000000-0000-0000-0000-000000000001",
+        ];
+        ControlPlaneArgs::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn idle_pool_connections_close_after_ten_seconds_unless_configured() {
+        let default = args(&[]).expect("args");
+        assert_eq!(PoolConfig::from_args(&default), PoolConfig::default());
+        assert_eq!(
+            PoolConfig::default().idle_timeout,
+            std::time::Duration::from_secs(10)
+        );
+        let short = args(&["--pool-idle-seconds", "1"]).expect("args");
+        assert_eq!(
+            PoolConfig::from_args(&short).idle_timeout,
+            std::time::Duration::from_secs(1)
+        );
+        assert!(args(&["--pool-idle-seconds", "0"]).is_err());
+    }
 }

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tower_http::limit::RequestBodyLimitLayer;
 use uuid::Uuid;
 
-use crate::config::ControlPlaneConfig;
+use crate::config::{ControlPlaneConfig, PoolConfig};
 
 pub use caller::{Caller, ControlPlaneId, subject_kind};
 pub use graphql::{ControlPlaneSchema, sdl};
@@ -68,14 +68,25 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects, migrates, binds the database to this control plane's id, assembles the routes.
+    /// Connects, migrates, binds the database to this control plane's id, assembles the routes;
+    /// database connections as [`PoolConfig::default`].
     pub async fn build(config: ControlPlaneConfig, listener: TcpListener) -> anyhow::Result<Self> {
+        Self::build_with_pool(config, PoolConfig::default(), listener).await
+    }
+
+    /// [`Application::build`] with database connections used as `pool` says.
+    pub async fn build_with_pool(
+        config: ControlPlaneConfig,
+        pool: PoolConfig,
+        listener: TcpListener,
+    ) -> anyhow::Result<Self> {
         // A tenant's control plane is small and there are many per server: few connections,
-        // released when idle, so density is not bounded by PostgreSQL's connection limit.
+        // closed soon when idle (nothing polls the database while idle), so an idle one holds
+        // only its LISTEN connection and density is not bounded by PostgreSQL's connection limit.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(8)
             .min_connections(0)
-            .idle_timeout(std::time::Duration::from_secs(30))
+            .idle_timeout(pool.idle_timeout)
             .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(secrecy::ExposeSecret::expose_secret(&config.database_url))
             .await

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use qleet_control_plane::Application;
-use qleet_control_plane::config::{ControlPlaneArgs, ControlPlaneConfig};
+use qleet_control_plane::config::{ControlPlaneArgs, ControlPlaneConfig, PoolConfig};
 
 fn main() -> ExitCode {
     let args = match ControlPlaneArgs::try_parse() {
@@ -48,13 +48,14 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: ControlPlaneArgs) -> anyhow::Result<()> {
+    let pool = PoolConfig::from_args(&args);
     let config = ControlPlaneConfig::from_args(args)?;
     qleet_common::telemetry::init_logging(config.log_format);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let stdin_ends = config.stop_on_stdin_eof.then(stdin_closed).transpose()?;
-    let app = Application::build(config, listener).await?;
+    let app = Application::build_with_pool(config, pool, listener).await?;
     tracing::info!(addr = %app.local_addr()?, "control plane serving");
     app.run_until(async move {
         match stdin_ends {

@@ -6,6 +6,7 @@ mod agents;
 mod audit;
 mod control_plane;
 mod drift;
+mod idle;
 mod objects;
 mod recovery;
 mod replacements;
