@@ -25,6 +25,10 @@ pub enum Command {
     Dev(DevArgs),
     /// Apply the management database migrations and exit.
     Migrate(MigrateArgs),
+    /// Manage the PostgreSQL servers tenant databases are placed on (none registered: the
+    /// management database's own server).
+    #[command(subcommand)]
+    DatabaseServers(DatabaseServersCommand),
     /// Print the GraphQL schema (SDL).
     Schema,
     /// Print the Kubernetes manifests that install the management plane (with the Kubernetes
@@ -99,6 +103,73 @@ pub struct MigrateArgs {
         hide_env_values = true
     )]
     pub database_url: String,
+}
+
+/// `qleet database-servers ...`
+#[derive(Debug, Subcommand)]
+pub enum DatabaseServersCommand {
+    /// List the servers: capacity, control planes placed, draining or refusing connections.
+    List(ServersArgs),
+    /// Register a server. New control planes go to the least loaded server with room.
+    Add {
+        #[command(flatten)]
+        common: ServersArgs,
+        /// A name for it (lower-case letters, digits and '-').
+        name: String,
+        /// PostgreSQL URL of a role there with CREATEDB and CREATEROLE (or a superuser).
+        #[arg(long, env = "QLEET_SERVER_URL", hide_env_values = true)]
+        url: String,
+        /// How many control planes it takes.
+        #[arg(long)]
+        capacity: i32,
+    },
+    /// Place no new control plane on a server (those there stay).
+    Drain {
+        #[command(flatten)]
+        common: ServersArgs,
+        name: String,
+    },
+    /// Place control planes on a drained server again.
+    Undrain {
+        #[command(flatten)]
+        common: ServersArgs,
+        name: String,
+    },
+    /// Change how many control planes a server takes.
+    SetCapacity {
+        #[command(flatten)]
+        common: ServersArgs,
+        name: String,
+        capacity: i32,
+    },
+    /// Forget a server that holds no control plane.
+    Remove {
+        #[command(flatten)]
+        common: ServersArgs,
+        name: String,
+    },
+}
+
+/// What every `qleet database-servers` command needs.
+#[derive(Debug, Args)]
+pub struct ServersArgs {
+    /// PostgreSQL URL of the management database.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+    /// The management plane's master secret (server URLs are stored encrypted with it); `qleet
+    /// dev` keeps one in DATA_DIR/secret.key.
+    #[arg(
+        long,
+        env = "QLEET_SECRET_KEY",
+        value_name = "QLEET_SECRET_KEY",
+        hide_env_values = true
+    )]
+    pub secret_key: String,
 }
 
 #[derive(Debug, Args)]

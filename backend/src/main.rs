@@ -25,6 +25,11 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The process runtime holds two pipes per control plane (and each may hold pooled
+    // connections): use as many open files as the system allows, not the usual 1,024.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("qleet: cannot raise the open-files limit: {e}");
+    }
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -57,6 +62,71 @@ fn manifests(_: qleet::config::ManifestsArgs) -> anyhow::Result<()> {
     anyhow::bail!("`qleet manifests` needs a qleet built with `--features kubernetes`")
 }
 
+/// `qleet database-servers ...`: prints the servers (or the one changed) as a table.
+async fn database_servers(command: qleet::config::DatabaseServersCommand) -> anyhow::Result<()> {
+    use qleet::config::DatabaseServersCommand as C;
+    use qleet::fleet::servers;
+    let common = match &command {
+        C::List(common)
+        | C::Add { common, .. }
+        | C::Drain { common, .. }
+        | C::Undrain { common, .. }
+        | C::SetCapacity { common, .. }
+        | C::Remove { common, .. } => common,
+    };
+    let secret = secrecy::SecretString::from(common.secret_key.clone());
+    let keys = qleet::keys::Keys::from_secret(&secret)?;
+    let pool =
+        qleet::db::connect(&secrecy::SecretString::from(common.database_url.clone())).await?;
+    qleet::db::migrate(&pool).await?;
+    let shown = match command {
+        C::List(_) => servers::list(&pool).await?,
+        C::Add {
+            name,
+            url,
+            capacity,
+            ..
+        } => {
+            let url = secrecy::SecretString::from(url);
+            vec![servers::add(&pool, &keys, &name, &url, capacity).await?]
+        }
+        C::Drain { name, .. } => vec![servers::set_draining(&pool, &name, true).await?],
+        C::Undrain { name, .. } => vec![servers::set_draining(&pool, &name, false).await?],
+        C::SetCapacity { name, capacity, .. } => {
+            vec![servers::set_capacity(&pool, &name, capacity).await?]
+        }
+        C::Remove { name, .. } => {
+            servers::remove(&pool, &name).await?;
+            println!("removed database server {name}");
+            return Ok(());
+        }
+    };
+    println!(
+        "{:<24} {:>8} {:>14}  STATE",
+        "NAME", "CAPACITY", "CONTROL PLANES"
+    );
+    let now = chrono::Utc::now();
+    for s in shown {
+        let state = if s.draining {
+            "draining".to_owned()
+        } else if s.unavailable_until.is_some_and(|t| t > now) {
+            format!(
+                "refusing connections ({})",
+                s.unavailable_reason.as_deref().unwrap_or("full")
+            )
+        } else if s.control_planes >= i64::from(s.capacity) {
+            "full".to_owned()
+        } else {
+            "open".to_owned()
+        };
+        println!(
+            "{:<24} {:>8} {:>14}  {state}",
+            s.name, s.capacity, s.control_planes
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = match cli.command {
         Command::Serve(args) => Config::from_serve(args)?,
@@ -80,6 +150,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             return Err(anyhow::Error::new(err).context(format!("cannot run {}", binary.display())));
         }
+        Command::DatabaseServers(command) => return database_servers(command).await,
         Command::Schema => {
             print!("{}", qleet::graphql::sdl());
             return Ok(());

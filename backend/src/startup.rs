@@ -93,6 +93,7 @@ impl Application {
             admin_url,
             export_dir: config.data_dir.join("exports"),
             instance: uuid::Uuid::new_v4(),
+            gateway: Default::default(),
         });
         let state = AppState {
             oidc: Arc::new(Providers::new(&config.oidc_providers)?),

@@ -39,7 +39,7 @@ fn error_json(err: ApiError) -> serde_json::Value {
 
 /// Whether a GraphQL document contains a mutation (unparseable documents count as one, so they
 /// get the CSRF check too; execution then reports the syntax error).
-fn is_mutation(query: &str) -> bool {
+pub(crate) fn is_mutation(query: &str) -> bool {
     match async_graphql::parser::parse_query(query) {
         Ok(doc) => doc
             .operations
@@ -61,7 +61,13 @@ impl BackendApi for UiBackend {
         let headers = parts.headers.clone();
         let ip = crate::web::client_ip(parts, state.config.trust_proxy_headers);
         Box::pin(async move {
-            let principal = match crate::identity::authenticate(&state.pool, &headers).await {
+            let principal = match crate::identity::authenticate(
+                &state.pool,
+                &state.revocations.cache,
+                &headers,
+            )
+            .await
+            {
                 Ok(p) => p,
                 Err(e) => return error_json(e),
             };
@@ -71,10 +77,14 @@ impl BackendApi for UiBackend {
             {
                 return error_json(ApiError::Csrf);
             }
+            let mutation = is_mutation(&query);
             let request = async_graphql::Request::new(query)
                 .variables(async_graphql::Variables::from_json(variables))
                 .data(RequestAuth { principal, ip });
             let response = state.schema.execute(request).await;
+            if mutation {
+                state.revocations.cache.barrier(&state.pool).await;
+            }
             serde_json::to_value(&response)
                 .unwrap_or_else(|e| error_json(crate::error::internal(e)))
         })
@@ -92,7 +102,13 @@ impl BackendApi for UiBackend {
         let headers = parts.headers.clone();
         Box::pin(async move {
             if is_mutation(&query) {
-                let principal = match crate::identity::authenticate(&state.pool, &headers).await {
+                let principal = match crate::identity::authenticate(
+                    &state.pool,
+                    &state.revocations.cache,
+                    &headers,
+                )
+                .await
+                {
                     Ok(p) => p,
                     Err(e) => return error_json(e),
                 };

@@ -162,6 +162,7 @@ async fn logout(
         if let Err(e) = session::delete(&state.pool, &raw).await {
             return e.into_response();
         }
+        state.revocations.cache.barrier(&state.pool).await;
     }
     (
         [(header::SET_COOKIE, session::clear_cookie(&state.config))],

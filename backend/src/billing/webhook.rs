@@ -308,7 +308,7 @@ pub async fn process_events(pool: &PgPool, services: &Services) -> Result<u64, A
                 .map(drop)
             })
             .await;
-        services.wake.notify_one();
+        services.wake_workers();
     }
 }
 

@@ -154,7 +154,7 @@ pub async fn suspend_overdue(pool: &PgPool, services: &Services) -> Result<u64, 
             control_planes = held.len(),
             "billing: suspended control planes of past-due organisations"
         );
-        services.wake.notify_one();
+        services.wake_workers();
     }
     Ok(held.len() as u64)
 }
@@ -181,7 +181,7 @@ pub async fn refit_over_limit(pool: &PgPool, services: &Services) -> Result<u64,
         tx.commit().await?;
     }
     if resumed > 0 {
-        services.wake.notify_one();
+        services.wake_workers();
     }
     Ok(resumed)
 }

@@ -48,6 +48,36 @@ pub trait RuntimeDriver: Send + Sync + 'static {
     fn start<'a>(&'a self, spec: &'a ControlPlaneSpec) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Where it stands now.
     fn status(&self, id: Uuid) -> BoxFuture<'_, Result<RuntimeStatus, DriverError>>;
+    /// Resolves where it answers once it is ready; an error if it fails, stops, or is not
+    /// ready within `timeout` (saying why, when known). By default asks [`Self::status`]
+    /// every 50 ms.
+    fn wait_ready(
+        &self,
+        id: Uuid,
+        timeout: std::time::Duration,
+    ) -> BoxFuture<'_, Result<Endpoint, DriverError>> {
+        Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + timeout;
+            loop {
+                match self.status(id).await? {
+                    RuntimeStatus::Ready(endpoint) => return Ok(endpoint),
+                    RuntimeStatus::Failed(reason) => {
+                        return Err(DriverError(format!(
+                            "the control plane failed to start: {reason}"
+                        )));
+                    }
+                    RuntimeStatus::Starting | RuntimeStatus::Stopped => {}
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(DriverError(format!(
+                        "the control plane did not become ready within {} s",
+                        timeout.as_secs()
+                    )));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        })
+    }
     /// Stops it, keeping its configuration (suspension, hibernation).
     fn stop(&self, id: Uuid) -> BoxFuture<'_, Result<(), DriverError>>;
     /// Removes everything the driver made for it; resolves once it is all gone.

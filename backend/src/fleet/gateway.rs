@@ -13,6 +13,7 @@ use axum::http::HeaderValue;
 use axum::http::{HeaderMap, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
+use futures::StreamExt as _;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use uuid::Uuid;
 
@@ -54,7 +55,7 @@ async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let upstream = match resolve(&state, &id, &headers).await {
+    let upstream = match resolve(&state, &id, &headers, Mint::Fresh).await {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -313,6 +314,11 @@ async fn role_in(
         Principal::Token { org_id, role, .. } if *org_id == cp.org_id => Ok(*role),
         Principal::Token { .. } => Err(not_found()),
         Principal::User { user_id, .. } => {
+            let cache = &state.revocations.cache;
+            if let Some(role) = cache.role(cp.org_id, *user_id) {
+                return Ok(role);
+            }
+            let ticket = cache.ticket();
             let role = sqlx::query_scalar!(
                 "select role from memberships where org_id = $1 and user_id = $2",
                 cp.org_id,
@@ -320,7 +326,9 @@ async fn role_in(
             )
             .fetch_optional(&state.pool)
             .await?;
-            Role::parse(&role.ok_or_else(not_found)?).map_err(ApiError::from)
+            let role = Role::parse(&role.ok_or_else(not_found)?)?;
+            cache.put_role(ticket, cp.org_id, *user_id, role);
+            Ok(role)
         }
     }
 }
@@ -357,7 +365,7 @@ async fn forward(
     method: Method,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Response {
     match forward_inner(&state, &id, &rest, ip, method, headers, uri, body).await {
         Ok(r) => r,
@@ -402,44 +410,98 @@ impl Upstream {
 async fn find(state: &AppState, id: &str) -> Result<ControlPlane, ApiError> {
     let not_found = || ApiError::NotFound("control plane".into());
     let id: Uuid = id.parse().map_err(|_| not_found())?;
-    super::get_by_id(&state.pool, id)
+    let cache = &state.revocations.cache;
+    if let Some(cp) = cache.control_plane(id) {
+        return Ok(cp);
+    }
+    let ticket = cache.ticket();
+    let cp = super::get_by_id(&state.pool, id)
         .await?
-        .ok_or_else(not_found)
+        .ok_or_else(not_found)?;
+    cache.put_control_plane(ticket, cp.clone());
+    Ok(cp)
+}
+
+/// The organisation's plan (cached like the rest, see [`crate::identity::cache`]).
+async fn plan_of(state: &AppState, org_id: Uuid) -> Result<&crate::billing::plans::Plan, ApiError> {
+    let billing = &state.controlplanes.billing;
+    if billing.stripe.is_none() {
+        return Ok(billing.plans().default_plan());
+    }
+    let cache = &state.revocations.cache;
+    let account = match cache.account(org_id) {
+        Some(account) => account,
+        None => {
+            let ticket = cache.ticket();
+            let account = crate::billing::account(&state.pool, org_id).await?;
+            cache.put_account(ticket, org_id, account.clone());
+            account
+        }
+    };
+    Ok(crate::billing::effective_plan(billing, &account))
+}
+
+/// Whether a request may present a token minted for an earlier one (plain requests), or needs
+/// one of its own, valid for the token's whole lifetime (a WebSocket is bound until its token
+/// expires).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mint {
+    Reuse,
+    Fresh,
 }
 
 /// Authenticates the caller, checks their role in the control plane's organisation, wakes the
-/// control plane if it hibernates, and mints the token for this request.
+/// control plane if it hibernates, and mints the token for this request (or reuses the one
+/// minted for the same caller, control plane, role and plan while it has a while to run).
 pub(crate) async fn resolve(
     state: &AppState,
     id: &str,
     headers: &HeaderMap,
+    mint: Mint,
 ) -> Result<Upstream, ApiError> {
-    let principal = crate::identity::authenticate(&state.pool, headers)
+    let principal = crate::identity::authenticate(&state.pool, &state.revocations.cache, headers)
         .await?
         .ok_or(ApiError::Unauthenticated)?;
     let services = &state.controlplanes;
     let cp = find(state, id).await?;
     let role = role_in(state, &principal, &cp).await?;
-    // The plan's limits travel in the token; one indexed read (none without Stripe).
-    let billing = &services.billing;
-    let (plan, _) = crate::billing::plan_of(&state.pool, billing, cp.org_id).await?;
-    let limits = crate::billing::limits(billing.plans(), plan);
+    // The plan's limits travel in the token.
+    let plan = plan_of(state, cp.org_id).await?;
     let endpoint = reach(state, &cp).await?;
     let (sub_kind, sub) = match &principal {
         Principal::User { user_id, .. } => (SubjectKind::User, *user_id),
         Principal::Token { token_id, .. } => (SubjectKind::Token, *token_id),
     };
-    let ttl = chrono::Duration::seconds(TOKEN_TTL_SECS);
-    let token_expires_at = chrono::Utc::now() + ttl;
-    let token = services.keys.signer.mint_with_limits(
-        sub_kind,
+    let key = MintKey {
         sub,
-        cp.org_id,
-        cp.id,
+        cp: cp.id,
         role,
-        ttl,
-        Some(limits),
-    );
+        plan: plan.id.clone(),
+    };
+    let reused = (mint == Mint::Reuse)
+        .then(|| services.gateway.minted(&key))
+        .flatten();
+    let (token, token_expires_at) = match reused {
+        Some(minted) => minted,
+        None => {
+            let ttl = chrono::Duration::seconds(TOKEN_TTL_SECS);
+            let token_expires_at = chrono::Utc::now() + ttl;
+            let limits = crate::billing::limits(services.billing.plans(), plan);
+            let token = services.keys.signer.mint_with_limits(
+                sub_kind,
+                sub,
+                cp.org_id,
+                cp.id,
+                role,
+                ttl,
+                Some(limits),
+            );
+            services
+                .gateway
+                .remember(key, token.clone(), token_expires_at);
+            (token, token_expires_at)
+        }
+    };
     Ok(Upstream {
         cp,
         endpoint,
@@ -487,13 +549,15 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
         }
     };
     // Recorded at most every few seconds: it feeds hibernation, not billing.
-    sqlx::query!(
-        "update control_planes set last_request_at = now()
-         where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
-        cp.id,
-    )
-    .execute(&state.pool)
-    .await?;
+    if services.gateway.note_request(cp.id) {
+        sqlx::query!(
+            "update control_planes set last_request_at = now()
+             where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
+            cp.id,
+        )
+        .execute(&state.pool)
+        .await?;
+    }
     Ok(endpoint.0)
 }
 
@@ -535,7 +599,7 @@ async fn forward_inner(
     method: Method,
     headers: HeaderMap,
     uri: axum::http::Uri,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     if has_dot_segment(rest) {
         return Err(ApiError::invalid(
@@ -550,24 +614,33 @@ async fn forward_inner(
     } else {
         let Upstream {
             endpoint, token, ..
-        } = resolve(state, id, &headers).await?;
+        } = resolve(state, id, &headers, Mint::Reuse).await?;
         let bearer = format!("Bearer {token}")
             .parse()
             .map_err(crate::error::internal)?;
         (endpoint, Some(bearer))
     };
     let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    // The request body is passed on as it arrives (the server's body limit still applies: the
+    // stream ends in an error past it, and the forwarded request with it).
+    let body_error = std::sync::Arc::new(std::sync::Mutex::new(None::<ApiError>));
+    let noted = body_error.clone();
+    let stream = body.into_data_stream().inspect(move |chunk| {
+        if let Err(e) = chunk {
+            *noted.lock().unwrap_or_else(|e| e.into_inner()) = Some(body_failure(e));
+        }
+    });
     let mut upstream = state
         .http
         .request(method, format!("{endpoint}/{rest}{query}"))
         // Long-polling agents wait up to 30 s for work.
         .timeout(UPSTREAM_TIMEOUT + Duration::from_secs(5))
         .header("x-request-id", crate::telemetry::current_request_id())
-        .body(body);
+        .body(reqwest::Body::wrap_stream(stream));
     if let Some(authorization) = authorization {
         upstream = upstream.header(header::AUTHORIZATION, authorization);
     }
-    for name in [header::CONTENT_TYPE, header::ACCEPT] {
+    for name in [header::CONTENT_TYPE, header::ACCEPT, header::CONTENT_LENGTH] {
         if let Some(v) = headers.get(&name) {
             upstream = upstream.header(name, v);
         }
@@ -576,25 +649,27 @@ async fn forward_inner(
         upstream = upstream.header("x-forwarded-for", ip);
     }
     let exchange = async {
-        let response = upstream.send().await.map_err(|e| ApiError::Unavailable {
-            code: "CONTROL_PLANE_UNREACHABLE",
-            message: format!(
-                "the control plane did not answer ({})",
-                if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "connection failed"
-                }
-            ),
-        })?;
-        let status = response.status();
-        let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        Ok::<_, ApiError>((status, content_type, read_bounded(response).await?))
+        upstream.send().await.map_err(|e| {
+            if let Some(refused) = body_error.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                return refused;
+            }
+            ApiError::Unavailable {
+                code: "CONTROL_PLANE_UNREACHABLE",
+                message: format!(
+                    "the control plane did not answer ({})",
+                    if e.is_timeout() {
+                        "timeout"
+                    } else {
+                        "connection failed"
+                    }
+                ),
+            }
+        })
     };
     // An agent's long-poll must not hold a graceful shutdown up: it ends at once with
     // `UNAVAILABLE` and the agent asks again (elsewhere, or here once restarted); a task leased
     // in the meantime comes back to it on its next lease call. Other calls drain.
-    let (status, content_type, bytes) = if rest == "agent/v1/tasks/lease" {
+    let response = if rest == "agent/v1/tasks/lease" {
         tokio::select! {
             answer = exchange => answer?,
             () = state.revocations.stopping() => return Err(shutting_down()),
@@ -602,11 +677,58 @@ async fn forward_inner(
     } else {
         exchange.await?
     };
-    let mut out = (status, bytes).into_response();
+    stream_bounded(response)
+}
+
+/// Why the client's request body could not be passed on: over the server's limit, or broken.
+fn body_failure(e: &axum::Error) -> ApiError {
+    let too_large = std::error::Error::source(e)
+        .into_iter()
+        .chain(std::iter::successors(std::error::Error::source(e), |e| {
+            e.source()
+        }))
+        .any(|e| e.is::<http_body_util::LengthLimitError>());
+    if too_large {
+        ApiError::TooLarge("the request body is larger than this server accepts".into())
+    } else {
+        ApiError::invalid("body", "the request body could not be read")
+    }
+}
+
+/// The control plane's answer passed on as it arrives: status, content type and body, refused
+/// (`INPUT_TOO_LARGE`) when it says it is larger than [`MAX_RESPONSE_BYTES`], and cut off
+/// (the connection ends in an error) if it grows past that without saying so.
+fn stream_bounded(response: reqwest::Response) -> Result<Response, ApiError> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(too_large_answer());
+    }
+    let status = response.status();
+    let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
+    let mut seen = 0usize;
+    let body = response.bytes_stream().map(move |chunk| {
+        let chunk = chunk.map_err(std::io::Error::other)?;
+        seen += chunk.len();
+        if seen > MAX_RESPONSE_BYTES {
+            tracing::warn!("a control plane's answer grew past the limit; cutting it off");
+            return Err(std::io::Error::other("answer too large"));
+        }
+        Ok(chunk)
+    });
+    let mut out = (status, axum::body::Body::from_stream(body)).into_response();
     if let Some(ct) = content_type {
         out.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
     Ok(out)
+}
+
+fn too_large_answer() -> ApiError {
+    ApiError::TooLarge(format!(
+        "the control plane's answer is larger than {} MiB; ask for less at a time",
+        MAX_RESPONSE_BYTES / 1024 / 1024
+    ))
 }
 
 fn shutting_down() -> ApiError {
@@ -627,7 +749,7 @@ pub async fn graphql(
 ) -> Result<serde_json::Value, ApiError> {
     let Upstream {
         endpoint, token, ..
-    } = resolve(state, id, headers).await?;
+    } = resolve(state, id, headers, Mint::Reuse).await?;
     let response = state
         .http
         .post(format!("{endpoint}/graphql"))
@@ -648,12 +770,7 @@ pub async fn graphql(
 /// The body of a control plane's answer, refused (`INPUT_TOO_LARGE`) past
 /// [`MAX_RESPONSE_BYTES`] without holding more than that.
 async fn read_bounded(mut response: reqwest::Response) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::TooLarge(format!(
-            "the control plane's answer is larger than {} MiB; ask for less at a time",
-            MAX_RESPONSE_BYTES / 1024 / 1024
-        ))
-    };
+    let too_large = too_large_answer;
     if response
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -670,9 +787,107 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Bytes, ApiError
     Ok(body.into())
 }
 
+/// What a minted token is reused for: the same subject, control plane, role and plan (whose
+/// limits the token carries). A changed role or plan gets a new token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct MintKey {
+    sub: Uuid,
+    cp: Uuid,
+    role: Role,
+    plan: String,
+}
+
+/// A minted token is reused while it has at least this long to run.
+const REUSE_MARGIN: chrono::Duration = chrono::Duration::seconds(TOKEN_TTL_SECS / 2);
+/// Bound on the tokens and request times kept.
+const MEMO_ENTRIES: usize = 100_000;
+
+/// The gateway's own memory between requests: tokens minted, and when each control plane's
+/// `last_request_at` was last written.
+#[derive(Default)]
+pub struct Memo {
+    minted: std::sync::Mutex<
+        std::collections::HashMap<MintKey, (String, chrono::DateTime<chrono::Utc>)>,
+    >,
+    noted: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
+}
+
+impl Memo {
+    fn minted(&self, key: &MintKey) -> Option<(String, chrono::DateTime<chrono::Utc>)> {
+        let minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        let (token, expires_at) = minted.get(key)?;
+        (*expires_at - chrono::Utc::now() > REUSE_MARGIN).then(|| (token.clone(), *expires_at))
+    }
+
+    fn remember(&self, key: MintKey, token: String, expires_at: chrono::DateTime<chrono::Utc>) {
+        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        if minted.len() >= MEMO_ENTRIES {
+            let now = chrono::Utc::now();
+            minted.retain(|_, (_, at)| *at - now > REUSE_MARGIN);
+            if minted.len() >= MEMO_ENTRIES {
+                minted.clear();
+            }
+        }
+        minted.insert(key, (token, expires_at));
+    }
+
+    /// Whether a request to `cp` should be written down (once every few seconds per control
+    /// plane and process).
+    fn note_request(&self, cp: Uuid) -> bool {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        match noted.get(&cp) {
+            Some(at) if now.duration_since(*at) < Duration::from_secs(5) => false,
+            _ => {
+                if noted.len() >= MEMO_ENTRIES {
+                    noted.clear();
+                }
+                noted.insert(cp, now);
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_minted_token_is_reused_only_for_the_same_grant_while_it_runs() {
+        let memo = Memo::default();
+        let key = MintKey {
+            sub: Uuid::new_v4(),
+            cp: Uuid::new_v4(),
+            role: Role::Member,
+            plan: "free".into(),
+        };
+        let later = chrono::Utc::now() + chrono::Duration::seconds(TOKEN_TTL_SECS);
+        memo.remember(key.clone(), "t1".into(), later);
+        assert_eq!(memo.minted(&key).map(|m| m.0), Some("t1".into()));
+        for other in [
+            MintKey {
+                role: Role::Viewer,
+                ..key.clone()
+            },
+            MintKey {
+                plan: "team".into(),
+                ..key.clone()
+            },
+            MintKey {
+                cp: Uuid::new_v4(),
+                ..key.clone()
+            },
+        ] {
+            assert!(memo.minted(&other).is_none(), "{other:?}");
+        }
+        let soon = chrono::Utc::now() + REUSE_MARGIN - chrono::Duration::seconds(1);
+        memo.remember(key.clone(), "t2".into(), soon);
+        assert!(memo.minted(&key).is_none(), "too close to its expiry");
+        let cp = Uuid::new_v4();
+        assert!(memo.note_request(cp));
+        assert!(!memo.note_request(cp));
+    }
 
     #[tokio::test]
     async fn buffers_at_most_the_response_limit() {

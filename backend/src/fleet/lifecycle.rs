@@ -11,16 +11,29 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::driver::{ControlPlaneSpec, RuntimeStatus};
-use super::{ControlPlane, Services, Status, query_control_planes, transition};
+use super::{ControlPlane, Services, Status, query_control_planes, servers, transition};
 use crate::error::ApiError;
 
 /// How long a started control plane may take to answer its readiness check.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Runs forever: steps whatever needs work, sleeps until woken or a second has passed, and
-/// every few seconds checks running control planes (restart after a management restart,
-/// hibernation).
+/// How many lifecycle workers a management-plane process runs: control planes are provisioned
+/// (and suspended, resumed, deleted) this many at a time, each claimed by one worker.
+pub const WORKERS: usize = 8;
+
+/// Runs [`WORKERS`] workers until dropped (which stops them all); the first also sweeps.
 pub async fn run(pool: PgPool, services: Arc<Services>) {
+    let mut workers = tokio::task::JoinSet::new();
+    for n in 0..WORKERS {
+        workers.spawn(worker(pool.clone(), services.clone(), n == 0));
+    }
+    while workers.join_next().await.is_some() {}
+}
+
+/// One worker: steps whatever needs work, sleeps until woken or a second has passed, and (the
+/// sweeper) every few seconds checks running control planes (restart after a management
+/// restart, hibernation).
+async fn worker(pool: PgPool, services: Arc<Services>, sweeper: bool) {
     let mut last_sweep = std::time::Instant::now() - Duration::from_secs(60);
     loop {
         match step(&pool, &services).await {
@@ -28,7 +41,7 @@ pub async fn run(pool: PgPool, services: Arc<Services>) {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "control-plane lifecycle step failed"),
         }
-        if last_sweep.elapsed() >= Duration::from_secs(2) {
+        if sweeper && last_sweep.elapsed() >= Duration::from_secs(2) {
             if let Err(e) = sweep(&pool, &services).await {
                 tracing::warn!(error = %e, "control-plane sweep failed");
             }
@@ -167,7 +180,7 @@ async fn advance(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Resul
             .await
         }
         (Status::Provisioning, desired) => {
-            provision_database(services, cp).await?;
+            provision(pool, services, cp).await?;
             if desired == "suspended" {
                 return move_to(
                     pool,
@@ -179,7 +192,7 @@ async fn advance(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Resul
                 )
                 .await;
             }
-            start_and_wait(services, cp).await?;
+            start_and_wait(pool, services, cp).await?;
             move_to(pool, services, cp, status, Status::Ready, "ready").await
         }
         (Status::Ready | Status::Hibernated, "suspended") => {
@@ -187,7 +200,7 @@ async fn advance(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Resul
             move_to(pool, services, cp, status, Status::Suspended, "suspended").await
         }
         (Status::Suspended, "running") => {
-            start_and_wait(services, cp).await?;
+            start_and_wait(pool, services, cp).await?;
             move_to(pool, services, cp, status, Status::Ready, "resumed").await
         }
         (Status::Deleting, _) => delete(pool, services, cp).await,
@@ -200,12 +213,60 @@ fn driver_error(e: super::driver::DriverError) -> ApiError {
 }
 
 /// The spec a driver needs, with the decrypted database URL.
-pub fn spec(services: &Services, cp: &ControlPlane) -> Result<ControlPlaneSpec, ApiError> {
+pub async fn spec(
+    pool: &PgPool,
+    services: &Services,
+    cp: &ControlPlane,
+) -> Result<ControlPlaneSpec, ApiError> {
+    let admin_url = servers::admin_url(pool, services, cp.server_id).await?;
     Ok(ControlPlaneSpec {
         id: cp.id,
         org_id: cp.org_id,
-        database_url: tenant_url(services, cp)?,
+        database_url: tenant_url(services, cp, &admin_url)?,
         verifying_key: services.keys.signer.public_key(),
+    })
+}
+
+/// Places the control plane's database on a server (once), and makes it there. A server that
+/// turns out to be full is noted, so that new control planes go elsewhere; one placed on it
+/// just now is placed again at the next attempt.
+async fn provision(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+    let (server, placed_now) = servers::place(pool, cp.id).await?;
+    let admin_url = servers::admin_url(pool, services, server).await?;
+    let made = provision_database(services, cp, &admin_url).await;
+    let Err(e) = made else { return Ok(()) };
+    let Some(full) = full_reason(&e) else {
+        return Err(e);
+    };
+    let label = servers::label(pool, server).await;
+    let next = match server {
+        Some(id) => {
+            servers::mark_full(pool, id, &full).await?;
+            if placed_now {
+                servers::unplace(pool, cp.id).await?;
+                "placing it on another server"
+            } else {
+                "retrying"
+            }
+        }
+        None => "retrying",
+    };
+    Err(ApiError::Unavailable {
+        code: "DATABASE_SERVER_FULL",
+        message: format!("{label} has no room for another connection ({full}); {next}"),
+    })
+}
+
+/// The server's words when an error is a database server refusing a connection for want of
+/// room (`too many connections`, SQLSTATE class 53).
+fn full_reason(e: &ApiError) -> Option<String> {
+    let ApiError::Internal { source, .. } = e else {
+        return None;
+    };
+    let sqlx = source.downcast_ref::<sqlx::Error>()?;
+    servers::is_full(sqlx).then(|| match sqlx {
+        sqlx::Error::Database(d) => d.message().to_owned(),
+        other => other.to_string(),
     })
 }
 
@@ -218,11 +279,14 @@ fn password(services: &Services, cp: &ControlPlane) -> Result<String, ApiError> 
     String::from_utf8(bytes).map_err(crate::error::internal)
 }
 
-/// The tenant's database URL: the management server, the tenant's own role and database.
-fn tenant_url(services: &Services, cp: &ControlPlane) -> Result<SecretString, ApiError> {
+/// The tenant's database URL: its server (`admin_url`'s), the tenant's own role and database.
+fn tenant_url(
+    services: &Services,
+    cp: &ControlPlane,
+    admin_url: &SecretString,
+) -> Result<SecretString, ApiError> {
     let password = password(services, cp)?;
-    let mut url =
-        url::Url::parse(services.admin_url.expose_secret()).map_err(crate::error::internal)?;
+    let mut url = url::Url::parse(admin_url.expose_secret()).map_err(crate::error::internal)?;
     url.set_username(&cp.db_role)
         .map_err(|()| crate::error::internal(anyhow::anyhow!("bad database URL")))?;
     url.set_password(Some(&password))
@@ -231,9 +295,13 @@ fn tenant_url(services: &Services, cp: &ControlPlane) -> Result<SecretString, Ap
     Ok(SecretString::from(url.to_string()))
 }
 
-/// Creates the tenant's login role and database (or adopts existing ones), closes the database
-/// to everyone else, and applies the control-plane migrations as the tenant.
-async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+/// Creates the tenant's login role and database (or adopts existing ones), the database as a
+/// copy of the migrated template handed to the tenant's role, and closes it to everyone else.
+async fn provision_database(
+    services: &Services,
+    cp: &ControlPlane,
+    admin_url: &SecretString,
+) -> Result<(), ApiError> {
     let password = password(services, cp)?;
     // Identifiers are `qleet_cp_<hex>` and the password base64url: nothing to escape.
     let safe = |s: &str| {
@@ -245,7 +313,7 @@ async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<()
             "unexpected characters in tenant identifiers"
         )));
     }
-    let admin = admin_pool(services).await?;
+    let admin = admin_pool(admin_url).await?;
     let role_exists = sqlx::query_scalar!(
         r#"select exists (select 1 from pg_roles where rolname = $1) as "exists!""#,
         &cp.db_role,
@@ -286,10 +354,16 @@ async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<()
     )
     .fetch_one(&admin)
     .await?;
+    // A copy of the pre-migrated template (see `template`), when it can be used here.
+    let template = super::template::ensure(admin_url).await;
     if !db_exists {
+        let from = template
+            .as_deref()
+            .map(|t| format!(" template {t}"))
+            .unwrap_or_default();
         // Dynamic DDL (see above): runtime strings.
         let created = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "create database {} owner {}",
+            "create database {} owner {}{from}",
             cp.db_name, cp.db_role
         )))
         .execute(&admin)
@@ -308,24 +382,33 @@ async fn provision_database(services: &Services, cp: &ControlPlane) -> Result<()
     .execute(&admin)
     .await?;
     admin.close().await;
-    // The control plane applies its own migrations when it starts, as its database's owner.
+    if template.is_some() {
+        super::template::hand_over(admin_url, &cp.db_name, &cp.db_role).await?;
+    }
+    // The control plane applies its own migrations when it starts, as its database's owner
+    // (none are left to apply in a copy of an up-to-date template).
     Ok(())
 }
 
 /// A one-connection pool on the management server with the management role (which creates
 /// tenant roles and databases).
-async fn admin_pool(services: &Services) -> Result<PgPool, ApiError> {
+async fn admin_pool(admin_url: &SecretString) -> Result<PgPool, ApiError> {
     Ok(sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
-        .connect(services.admin_url.expose_secret())
+        .connect(admin_url.expose_secret())
         .await?)
 }
 
-async fn start_and_wait(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
-    let spec = spec(services, cp)?;
+async fn start_and_wait(
+    pool: &PgPool,
+    services: &Services,
+    cp: &ControlPlane,
+) -> Result<(), ApiError> {
+    let spec = spec(pool, services, cp).await?;
     services.driver.start(&spec).await.map_err(driver_error)?;
     wait_ready(services, cp.id).await?;
-    protect_audit_trail(services, cp).await
+    let admin_url = servers::admin_url(pool, services, cp.server_id).await?;
+    protect_audit_trail(cp, &admin_url).await
 }
 
 /// Hands the control plane's audit trail (schema `qleet_audit`, which its migrations made as
@@ -333,9 +416,8 @@ async fn start_and_wait(services: &Services, cp: &ControlPlane) -> Result<(), Ap
 /// appending: it can then neither change, delete, truncate nor drop an entry, nor disable the
 /// triggers that refuse those. Run on every start, after the control plane has migrated;
 /// idempotent.
-async fn protect_audit_trail(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
-    let mut url =
-        url::Url::parse(services.admin_url.expose_secret()).map_err(crate::error::internal)?;
+async fn protect_audit_trail(cp: &ControlPlane, admin_url: &SecretString) -> Result<(), ApiError> {
+    let mut url = url::Url::parse(admin_url.expose_secret()).map_err(crate::error::internal)?;
     url.set_path(&cp.db_name);
     let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url.as_str()).await?;
     let role = &cp.db_role;
@@ -364,26 +446,14 @@ async fn protect_audit_trail(services: &Services, cp: &ControlPlane) -> Result<(
     Ok(())
 }
 
-/// Polls the driver until the control plane answers its readiness check.
+/// Waits until the control plane answers its readiness check (how is the driver's business).
 pub async fn wait_ready(services: &Services, id: Uuid) -> Result<(), ApiError> {
-    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        match services.driver.status(id).await.map_err(driver_error)? {
-            RuntimeStatus::Ready(_) => return Ok(()),
-            RuntimeStatus::Failed(reason) => {
-                return Err(crate::error::internal(anyhow::anyhow!(
-                    "control plane failed to start: {reason}"
-                )));
-            }
-            RuntimeStatus::Starting | RuntimeStatus::Stopped => {}
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(crate::error::internal(anyhow::anyhow!(
-                "control plane did not become ready in time"
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    services
+        .driver
+        .wait_ready(id, READY_TIMEOUT)
+        .await
+        .map(drop)
+        .map_err(driver_error)
 }
 
 /// Stops the runtime at once; drops database and role once the retention period has passed.
@@ -405,8 +475,9 @@ async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result
         .await?;
         return Ok(());
     }
-    export(services, cp).await?;
-    let admin = admin_pool(services).await?;
+    let admin_url = servers::admin_url(pool, services, cp.server_id).await?;
+    export(services, cp, &admin_url).await?;
+    let admin = admin_pool(&admin_url).await?;
     // Dynamic DDL on generated names: runtime strings (no bind parameters in DDL).
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "drop database if exists {} with (force)",
@@ -435,8 +506,12 @@ async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result
 /// Exports the tenant database with `pg_dump` (custom format) to `EXPORT_DIR/<id>.dump`, the
 /// last copy of its objects once the database is dropped. Skipped when the database is gone
 /// already (a retried deletion).
-async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
-    let admin = admin_pool(services).await?;
+async fn export(
+    services: &Services,
+    cp: &ControlPlane,
+    admin_url: &SecretString,
+) -> Result<(), ApiError> {
+    let admin = admin_pool(admin_url).await?;
     let exists = sqlx::query_scalar!(
         r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
         &cp.db_name,
@@ -456,7 +531,7 @@ async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> 
         })?;
     std::fs::create_dir_all(&services.export_dir).map_err(crate::error::internal)?;
     let file = services.export_dir.join(format!("{}.dump", cp.id));
-    let url = tenant_url(services, cp)?;
+    let url = tenant_url(services, cp, admin_url)?;
     let out = tokio::process::Command::new(pg_dump)
         .args(["--format=custom", "--no-owner", "--file"])
         .arg(&file)
@@ -475,37 +550,52 @@ async fn export(services: &Services, cp: &ControlPlane) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Checks Ready control planes: restarts any the runtime no longer runs (after a management
-/// restart or a crash it could not recover), and hibernates idle ones.
+/// Checks Ready control planes: hibernates idle ones, and restarts any the runtime no longer
+/// runs (after a management restart or a crash it could not recover). Two queries whatever the
+/// number of control planes.
 async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
-    let ready = query_control_planes!(
-        "select ",
-        " from control_planes where status = 'ready' and (locked_until is null or locked_until < now())",
+    // Idle: no request for `hibernate_after` (never, without it).
+    let idle_secs = services.hibernate_after.map(|after| after.as_secs_f64());
+    let ready = sqlx::query!(
+        r#"select id, $1::float8 is not null
+                  and coalesce(last_request_at, updated_at) < now() - make_interval(secs => $1)
+                  as "idle!"
+           from control_planes
+           where status = 'ready' and (locked_until is null or locked_until < now())"#,
+        idle_secs,
     )
     .fetch_all(pool)
     .await?;
-    for cp in ready {
-        let idle: bool = match services.hibernate_after {
-            Some(after) => sqlx::query_scalar!(
-                r#"select coalesce(last_request_at, updated_at) < now() - make_interval(secs => $2)
-                       as "idle!"
-                   from control_planes where id = $1"#,
-                cp.id,
-                after.as_secs_f64(),
-            )
-            .fetch_one(pool)
-            .await?,
-            None => false,
-        };
-        if idle {
-            hibernate(pool, services, &cp).await?;
-            continue;
+    let mut idle = Vec::new();
+    let mut stopped = Vec::new();
+    for row in ready {
+        if row.idle {
+            idle.push(row.id);
+        } else if services.driver.status(row.id).await.map_err(driver_error)?
+            == RuntimeStatus::Stopped
+        {
+            stopped.push(row.id);
         }
-        if services.driver.status(cp.id).await.map_err(driver_error)? == RuntimeStatus::Stopped {
+    }
+    if idle.is_empty() && stopped.is_empty() {
+        return Ok(());
+    }
+    let rows = query_control_planes!(
+        "select ",
+        " from control_planes where id = any($1) or id = any($2)",
+        &idle,
+        &stopped,
+    )
+    .fetch_all(pool)
+    .await?;
+    for cp in rows {
+        if idle.contains(&cp.id) {
+            hibernate(pool, services, &cp).await?;
+        } else {
             tracing::info!(control_plane.id = %cp.id, "runtime not running; starting it again");
             services
                 .driver
-                .start(&spec(services, &cp)?)
+                .start(&spec(pool, services, &cp).await?)
                 .await
                 .map_err(driver_error)?;
         }
@@ -555,7 +645,7 @@ async fn hibernate(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Res
 pub async fn wake(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
     services
         .driver
-        .start(&spec(services, cp)?)
+        .start(&spec(pool, services, cp).await?)
         .await
         .map_err(driver_error)?;
     wait_ready(services, cp.id).await?;

@@ -29,9 +29,10 @@ async fn events(
     headers: HeaderMap,
 ) -> Response {
     let access = async {
-        let principal = crate::identity::authenticate(&state.pool, &headers)
-            .await?
-            .ok_or(ApiError::Unauthenticated)?;
+        let principal =
+            crate::identity::authenticate(&state.pool, &state.revocations.cache, &headers)
+                .await?
+                .ok_or(ApiError::Unauthenticated)?;
         let access = crate::orgs::access(&state.pool, &principal, &slug).await?;
         let grant = Grant::new(&headers, &principal, access.org.id, access.role)
             .ok_or(ApiError::Unauthenticated)?;

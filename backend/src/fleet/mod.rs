@@ -11,6 +11,8 @@ pub mod lifecycle;
 pub mod live;
 pub mod object_events;
 pub mod process;
+pub mod servers;
+pub mod template;
 
 use async_graphql::Enum;
 use chrono::{DateTime, Utc};
@@ -87,6 +89,8 @@ pub struct ControlPlane {
     pub delete_after: Option<DateTime<Utc>>,
     /// Suspended by billing (past due after the grace period), not by a person.
     pub billing_hold: bool,
+    /// The database server its database is on (`None`: the management database's).
+    pub server_id: Option<Uuid>,
 }
 
 /// `sqlx::query_as!` for [`ControlPlane`] rows: `$before`, the row's columns, `$after`. Both
@@ -97,7 +101,8 @@ macro_rules! query_control_planes {
             $crate::fleet::ControlPlane,
             $before
                 + "id, org_id, name, region, status, status_reason, desired, db_name, db_role,
-                   db_password_enc, version, created_at, updated_at, delete_after, billing_hold"
+                   db_password_enc, version, created_at, updated_at, delete_after, billing_hold,
+                   server_id"
                 + $after
             $(, $arg)*
         )
@@ -251,7 +256,7 @@ pub fn router() -> axum::Router<crate::state::AppState> {
 pub struct Services {
     pub keys: Keys,
     pub driver: Box<dyn driver::RuntimeDriver>,
-    /// Wakes the lifecycle worker.
+    /// Wakes the lifecycle workers.
     pub wake: tokio::sync::Notify,
     /// Live state changes.
     pub changes: tokio::sync::broadcast::Sender<Change>,
@@ -265,13 +270,21 @@ pub struct Services {
     pub export_dir: std::path::PathBuf,
     /// This management-plane process, as the holder of worker leases.
     pub instance: Uuid,
+    /// The gateway's memory between requests (minted tokens, request times).
+    pub gateway: gateway::Memo,
 }
 
 impl Services {
+    /// Wakes every idle lifecycle worker (and the next one to wait, if all are busy).
+    pub fn wake_workers(&self) {
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
     pub fn publish(&self, change: Option<Change>) {
         if let Some(change) = change {
             let _ = self.changes.send(change);
-            self.wake.notify_one();
+            self.wake_workers();
         }
     }
 }
@@ -469,6 +482,6 @@ pub async fn request(
     audit::record(&mut tx, Some(access.org.id), actor, action, changes).await?;
     tx.commit().await?;
     services.publish(change);
-    services.wake.notify_one();
+    services.wake_workers();
     get(pool, access.org.id, id).await
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-use super::gateway::{Upstream, resolve};
+use super::gateway::{Mint, Upstream, resolve};
 use crate::error::ApiError;
 use crate::identity::revocation::Watch;
 use crate::state::AppState;
@@ -89,7 +89,7 @@ async fn authorize(
     id: &str,
     headers: &HeaderMap,
 ) -> Result<Upstream, ApiError> {
-    let upstream = resolve(state, id, headers).await?;
+    let upstream = resolve(state, id, headers, Mint::Fresh).await?;
     let org_id = sqlx::query_scalar!("select id from organizations where slug = $1", slug)
         .fetch_optional(&state.pool)
         .await?;

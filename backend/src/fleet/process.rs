@@ -30,6 +30,9 @@ pub struct ProcessSettings {
 
 struct Supervised {
     port: u16,
+    /// What the supervisor last learned of the child: whether it answered its readiness check
+    /// since it last started, or why not.
+    ready: watch::Receiver<Readiness>,
     /// `false` asks the supervisor to stop the child and exit.
     keep_running: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -110,6 +113,20 @@ fn free_port() -> Result<u16, DriverError> {
         .map_err(|e| DriverError(format!("no free loopback port: {e}")))
 }
 
+/// The supervisor's view of its child, kept so that asking where a control plane stands is a
+/// memory read, not a round trip.
+#[derive(Debug, Clone, Default)]
+struct Readiness {
+    ready: bool,
+    /// Why it is not ready, when known (its last words before exiting).
+    problem: Option<String>,
+}
+
+/// How often a started child is asked whether it is ready, until it is.
+const READY_POLL: Duration = Duration::from_millis(5);
+/// How much of a child's last log line is kept as the reason it is not ready.
+const PROBLEM_CHARS: usize = 400;
+
 /// Resolves once the supervisor is asked to stop (or its driver is gone).
 async fn stop_requested(rx: &mut watch::Receiver<bool>) {
     loop {
@@ -127,6 +144,8 @@ async fn supervise(
     spec: ControlPlaneSpec,
     port: u16,
     mut keep_running: watch::Receiver<bool>,
+    ready: watch::Sender<Readiness>,
+    http: reqwest::Client,
 ) {
     let mut backoff = Duration::from_millis(100);
     let pid_file = settings.run_dir.join(format!("{}.pid", spec.id));
@@ -152,6 +171,7 @@ async fn supervise(
             .env("QLEET_CP_STOP_ON_STDIN_EOF", "true")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn();
         let started = Instant::now();
@@ -161,10 +181,39 @@ async fn supervise(
                     let _ = std::fs::write(&pid_file, pid.to_string());
                 }
                 let lifeline = child.stdin.take();
+                let last_words = child
+                    .stderr
+                    .take()
+                    .map(|stderr| tokio::spawn(relay(stderr)));
+                let readyz = format!("http://127.0.0.1:{port}/readyz");
+                let answering = async {
+                    loop {
+                        match http.get(&readyz).send().await {
+                            Ok(r) if r.status().is_success() => break,
+                            _ => tokio::time::sleep(READY_POLL).await,
+                        }
+                    }
+                    ready.send_replace(Readiness {
+                        ready: true,
+                        problem: None,
+                    });
+                    std::future::pending::<std::convert::Infallible>().await
+                };
                 tokio::select! {
                     status = child.wait() => {
-                        tracing::warn!(control_plane.id = %spec.id, status = ?status.ok(), "control plane exited; restarting");
+                        let words = match last_words {
+                            Some(task) => task.await.ok().flatten(),
+                            None => None,
+                        };
+                        let problem = format!(
+                            "the control plane exited ({}){}",
+                            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+                            words.map(|w| format!(": {w}")).unwrap_or_default(),
+                        );
+                        tracing::warn!(control_plane.id = %spec.id, %problem, "control plane exited; restarting");
+                        ready.send_replace(Readiness { ready: false, problem: Some(problem) });
                     }
+                    never = answering => match never {},
                     () = stop_requested(&mut keep_running) => {
                         // A clean stop: the pipe's end, then a grace period, then SIGKILL.
                         drop(lifeline);
@@ -173,12 +222,18 @@ async fn supervise(
                             let _ = child.kill().await;
                         }
                         let _ = std::fs::remove_file(&pid_file);
+                        ready.send_replace(Readiness::default());
                         return;
                     }
                 }
             }
             Err(e) => {
-                tracing::error!(control_plane.id = %spec.id, error = %e, "cannot start control plane")
+                tracing::error!(control_plane.id = %spec.id, error = %e, "cannot start control plane");
+                let problem = format!("cannot start the control plane: {e}");
+                ready.send_replace(Readiness {
+                    ready: false,
+                    problem: Some(problem),
+                });
             }
         }
         if started.elapsed() > Duration::from_secs(60) {
@@ -190,6 +245,37 @@ async fn supervise(
         }
         backoff = (backoff * 2).min(Duration::from_secs(10));
     }
+}
+
+/// Passes a child's log lines on to this process's standard error as they come, and answers
+/// the last one (cut short), its last words when it exits.
+async fn relay(stderr: tokio::process::ChildStderr) -> Option<String> {
+    use std::io::Write as _;
+    use tokio::io::AsyncBufReadExt as _;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let mut last = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+        last = Some(line);
+    }
+    last.map(|line| last_words(&line))
+}
+
+/// What a child's log line says, for a person: the message and error of a JSON log line, or
+/// the line itself, at most [`PROBLEM_CHARS`] long.
+fn last_words(line: &str) -> String {
+    let said = serde_json::from_str::<serde_json::Value>(line)
+        .ok()
+        .and_then(|v| {
+            let fields = v.get("fields")?;
+            let message = fields.get("message")?.as_str()?.to_owned();
+            Some(match fields.get("error").and_then(|e| e.as_str()) {
+                Some(error) => format!("{message}: {error}"),
+                None => message,
+            })
+        })
+        .unwrap_or_else(|| line.to_owned());
+    said.chars().take(PROBLEM_CHARS).collect()
 }
 
 impl RuntimeDriver for ProcessDriver {
@@ -211,11 +297,20 @@ impl RuntimeDriver for ProcessDriver {
             kill_orphan(&self.pid_file(spec.id), spec.id);
             let port = free_port()?;
             let (tx, rx) = watch::channel(true);
-            let task = tokio::spawn(supervise(self.settings.clone(), spec.clone(), port, rx));
+            let (ready_tx, ready) = watch::channel(Readiness::default());
+            let task = tokio::spawn(supervise(
+                self.settings.clone(),
+                spec.clone(),
+                port,
+                rx,
+                ready_tx,
+                self.http.clone(),
+            ));
             running.insert(
                 spec.id,
                 Supervised {
                     port,
+                    ready,
                     keep_running: tx,
                     task,
                 },
@@ -224,16 +319,55 @@ impl RuntimeDriver for ProcessDriver {
         })
     }
 
+    /// From the supervisor's own state: no round trip.
     fn status(&self, id: Uuid) -> BoxFuture<'_, Result<RuntimeStatus, DriverError>> {
         Box::pin(async move {
-            let port = match self.running.lock().await.get(&id) {
-                Some(s) if !s.task.is_finished() => s.port,
-                _ => return Ok(RuntimeStatus::Stopped),
+            let running = self.running.lock().await;
+            let Some(s) = running.get(&id).filter(|s| !s.task.is_finished()) else {
+                return Ok(RuntimeStatus::Stopped);
             };
-            let base = format!("http://127.0.0.1:{port}");
-            match self.http.get(format!("{base}/readyz")).send().await {
-                Ok(r) if r.status().is_success() => Ok(RuntimeStatus::Ready(Endpoint(base))),
-                _ => Ok(RuntimeStatus::Starting),
+            if s.ready.borrow().ready {
+                Ok(RuntimeStatus::Ready(Endpoint(format!(
+                    "http://127.0.0.1:{}",
+                    s.port
+                ))))
+            } else {
+                Ok(RuntimeStatus::Starting)
+            }
+        })
+    }
+
+    /// Waits on the supervisor's state rather than asking again and again.
+    fn wait_ready(
+        &self,
+        id: Uuid,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Endpoint, DriverError>> {
+        Box::pin(async move {
+            let mut ready = match self.running.lock().await.get(&id) {
+                Some(s) => s.ready.clone(),
+                None => return Err(DriverError("the control plane is not running".into())),
+            };
+            let answered = tokio::time::timeout(timeout, ready.wait_for(|r| r.ready))
+                .await
+                .map(|r| r.map(drop));
+            match answered {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    return Err(DriverError("the control plane was stopped".into()));
+                }
+                Err(_) => {
+                    let problem = ready.borrow().problem.clone();
+                    return Err(DriverError(format!(
+                        "the control plane did not become ready within {} s{}",
+                        timeout.as_secs(),
+                        problem.map(|p| format!("; {p}")).unwrap_or_default()
+                    )));
+                }
+            }
+            match self.running.lock().await.get(&id) {
+                Some(s) => Ok(Endpoint(format!("http://127.0.0.1:{}", s.port))),
+                None => Err(DriverError("the control plane was stopped".into())),
             }
         })
     }

@@ -124,7 +124,13 @@ async fn graphql(
         Ok(request) => request,
         Err(rejection) => return qleet_common::graphql::rejection_response(rejection),
     };
-    let principal = match crate::identity::authenticate(&state.pool, &headers).await {
+    let principal = match crate::identity::authenticate(
+        &state.pool,
+        &state.revocations.cache,
+        &headers,
+    )
+    .await
+    {
         Ok(p) => p,
         Err(e) => return error_response(e),
     };
@@ -141,8 +147,14 @@ async fn graphql(
         // Whatever the check above missed resolves to null.
         request = request.disable_introspection();
     }
+    let mutation = crate::ui::is_mutation(&request.query);
     let request = request.data(RequestAuth { principal, ip });
-    GraphQLResponse::from(state.schema.execute(request).await).into_response()
+    let response = state.schema.execute(request).await;
+    if mutation {
+        // What the mutation changed is what the caller's next request reads.
+        state.revocations.cache.barrier(&state.pool).await;
+    }
+    GraphQLResponse::from(response).into_response()
 }
 
 /// Whether a document selects `__schema` or `__type` anywhere (operations and fragments alike).

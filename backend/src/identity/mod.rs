@@ -1,6 +1,7 @@
 //! Who is calling: users and their sign-in identities, browser sessions, API tokens, and the
 //! [`Principal`] every request is authenticated as.
 
+pub mod cache;
 pub mod cli;
 pub mod dev;
 pub mod graphql;
@@ -74,8 +75,11 @@ pub use qleet_common::secrets::{hash_secret, random_secret};
 
 /// Resolves the principal of a request: `Authorization: Bearer qleet_...` first (a bad token is
 /// an error, never anonymous), then the session cookie (a stale cookie is simply anonymous).
+/// Known credentials are answered from `cache` (see [`cache`] for why that is as current as
+/// the database).
 pub async fn authenticate(
     pool: &PgPool,
+    cache: &cache::AccessCache,
     headers: &HeaderMap,
 ) -> Result<Option<Principal>, ApiError> {
     if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
@@ -87,16 +91,36 @@ pub async fn authenticate(
             crate::limits::note_failed_authentication();
             return Err(ApiError::Unauthenticated);
         };
-        let principal = tokens::authenticate(pool, token.trim()).await;
+        let token = token.trim();
+        let hash = hash_secret(token);
+        if let Some((principal, touch)) = cache.principal(&hash) {
+            if touch && let Some(id) = principal.token_id() {
+                tokens::touch(pool, id).await?;
+            }
+            return Ok(Some(principal));
+        }
+        let ticket = cache.ticket();
+        let principal = tokens::authenticate_until(pool, token).await;
         if matches!(principal, Err(ApiError::Unauthenticated)) {
             crate::limits::note_failed_authentication();
         }
-        return principal.map(Some);
+        let (principal, expires_at) = principal?;
+        cache.put_principal(ticket, hash, principal.clone(), expires_at);
+        return Ok(Some(principal));
     }
-    match session::cookie_value(headers) {
-        Some(raw) => session::authenticate(pool, &raw).await,
-        None => Ok(None),
+    let Some(raw) = session::cookie_value(headers) else {
+        return Ok(None);
+    };
+    let hash = hash_secret(&raw);
+    if let Some((principal, _)) = cache.principal(&hash) {
+        return Ok(Some(principal));
     }
+    let ticket = cache.ticket();
+    let found = session::authenticate_until(pool, &raw).await?;
+    Ok(found.map(|(principal, expires_at)| {
+        cache.put_principal(ticket, hash, principal.clone(), Some(expires_at));
+        principal
+    }))
 }
 
 /// The stored user record.

@@ -196,6 +196,8 @@ struct Entry {
 /// The live connections and what revokes them.
 pub struct Revocations {
     pool: PgPool,
+    /// What the hot path caches; forgotten by the same notifications, see [`super::cache`].
+    pub cache: super::cache::AccessCache,
     entries: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
     /// Cancelled when the server starts shutting down: every live connection ends at once.
@@ -206,6 +208,7 @@ impl Revocations {
     pub fn new(pool: PgPool) -> Arc<Revocations> {
         Arc::new(Revocations {
             pool,
+            cache: super::cache::AccessCache::default(),
             entries: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
             stopping: CancellationToken::new(),
@@ -290,18 +293,27 @@ impl Revocations {
     }
 
     /// Listens on [`CHANNEL`] for as long as the server runs, reconnecting when the database
-    /// connection breaks; every connection re-checks after a reconnect.
+    /// connection breaks; every connection re-checks after a reconnect. The cache is used only
+    /// while this listens, and forgets what each notification names before anyone is woken.
     pub async fn listen(self: Arc<Self>) {
         loop {
             match sqlx::postgres::PgListener::connect_with(&self.pool).await {
                 Ok(mut listener) => match listener.listen(CHANNEL).await {
                     Ok(()) => {
+                        self.cache.go_live();
                         self.kick_all();
                         loop {
                             match listener.try_recv().await {
-                                Ok(Some(n)) => self.kick(n.payload()),
-                                // Reconnected: what was sent meanwhile is lost.
-                                Ok(None) => self.kick_all(),
+                                Ok(Some(n)) => {
+                                    self.cache.forget(n.payload());
+                                    self.kick(n.payload());
+                                }
+                                // The connection broke (what was sent meanwhile is lost):
+                                // start again from a fresh one.
+                                Ok(None) => {
+                                    tracing::warn!("access notifications broke; reconnecting");
+                                    break;
+                                }
                                 Err(e) => {
                                     tracing::warn!(error = %e, "access notifications broke");
                                     break;
@@ -313,8 +325,9 @@ impl Revocations {
                 },
                 Err(e) => tracing::warn!(error = %e, "cannot listen for access changes"),
             }
+            self.cache.go_dark();
             self.kick_all();
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

@@ -67,17 +67,28 @@ pub async fn create(
 
 /// The principal of a live session, or `None` for an unknown or expired one.
 pub async fn authenticate(pool: &PgPool, raw: &str) -> Result<Option<Principal>, ApiError> {
+    Ok(authenticate_until(pool, raw).await?.map(|(p, _)| p))
+}
+
+/// [`authenticate`], also answering when the session expires.
+pub async fn authenticate_until(
+    pool: &PgPool,
+    raw: &str,
+) -> Result<Option<(Principal, chrono::DateTime<chrono::Utc>)>, ApiError> {
     let row = sqlx::query!(
-        "select u.id, u.email from sessions s join users u on u.id = s.user_id
+        "select u.id, u.email, s.expires_at from sessions s join users u on u.id = s.user_id
          where s.id_hash = $1 and s.expires_at > now()",
         hash_secret(raw),
     )
     .fetch_optional(pool)
     .await?;
-    Ok(row.map(|r| Principal::User {
-        user_id: r.id,
-        email: r.email,
-        csrf: csrf_for(raw),
+    Ok(row.map(|r| {
+        let principal = Principal::User {
+            user_id: r.id,
+            email: r.email,
+            csrf: csrf_for(raw),
+        };
+        (principal, r.expires_at)
     }))
 }
 

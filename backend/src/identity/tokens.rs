@@ -71,11 +71,20 @@ fn from_row(r: TokenRow) -> Result<ApiToken, ApiError> {
 /// left the organisation, are refused alike. The effective role is the lower of the token's
 /// and its creator's current one.
 pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Principal, ApiError> {
+    authenticate_until(pool, token).await.map(|(p, _)| p)
+}
+
+/// [`authenticate`], also answering when the token expires (if ever).
+pub async fn authenticate_until(
+    pool: &PgPool,
+    token: &str,
+) -> Result<(Principal, Option<chrono::DateTime<chrono::Utc>>), ApiError> {
     if !token.starts_with(PREFIX) || token.len() > 100 {
         return Err(ApiError::Unauthenticated);
     }
     let row = sqlx::query!(
-        r#"select t.id, t.org_id, t.role, t.name, u.id as user_id, u.email, m.role as creator_role,
+        r#"select t.id, t.org_id, t.role, t.name, t.expires_at, u.id as user_id, u.email,
+                m.role as creator_role,
                 t.last_used_at is null or t.last_used_at < now() - interval '1 minute' as "stale!"
          from api_tokens t
          join users u on u.id = t.created_by
@@ -97,14 +106,26 @@ pub async fn authenticate(pool: &PgPool, token: &str) -> Result<Principal, ApiEr
         .await?;
     }
     let role = Role::parse(&row.role)?.min(Role::parse(&row.creator_role)?);
-    Ok(Principal::Token {
+    let principal = Principal::Token {
         token_id: row.id,
         org_id: row.org_id,
         role,
         name: row.name,
         user_id: row.user_id,
         email: row.email,
-    })
+    };
+    Ok((principal, row.expires_at))
+}
+
+/// Records that a token was used (the cached path, at most once a minute per token).
+pub async fn touch(pool: &PgPool, token_id: uuid::Uuid) -> Result<(), ApiError> {
+    sqlx::query!(
+        "update api_tokens set last_used_at = now() where id = $1",
+        token_id
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Tokens of an organisation: all of them for admins, one's own for everyone else.
