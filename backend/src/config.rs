@@ -280,6 +280,16 @@ pub struct CommonArgs {
         default_value_t = 168
     )]
     pub control_plane_retention_hours: u64,
+    /// A control plane whose provisioning has not finished after this many seconds (say its
+    /// database server stays full) is marked FAILED with the reason; resuming it tries again.
+    #[arg(
+        long,
+        env = "QLEET_PROVISIONING_TIMEOUT_SECS",
+        value_name = "QLEET_PROVISIONING_TIMEOUT_SECS",
+        default_value_t = 900,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub provisioning_timeout_secs: u64,
     /// Where control planes run: `process` (children of this server) or `kubernetes`.
     #[arg(
         long,
@@ -669,6 +679,8 @@ pub struct Config {
     pub hibernate_after: Option<Duration>,
     /// How long a deleted control plane's database is kept.
     pub control_plane_retention: Duration,
+    /// How long provisioning may take before the control plane is marked FAILED.
+    pub provisioning_timeout: Duration,
     /// Where control planes run.
     pub runtime: Runtime,
     /// Who may introspect the schema at `/graphql`.
@@ -767,6 +779,7 @@ impl Config {
             control_plane_retention: Duration::from_secs(
                 common.control_plane_retention_hours * 3600,
             ),
+            provisioning_timeout: Duration::from_secs(common.provisioning_timeout_secs),
             mode,
             listen,
             public_url,
@@ -924,6 +937,7 @@ mod tests {
             secret_key: Some(crate::keys::Keys::generate_secret()),
             hibernate_after_secs: 0,
             control_plane_retention_hours: 0,
+            provisioning_timeout_secs: 900,
             runtime: RuntimeKind::Process,
             introspection: None,
             control_plane_bin: None,

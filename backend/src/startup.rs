@@ -90,11 +90,15 @@ impl Application {
             billing: Arc::new(crate::billing::Billing::new(config.billing.clone())),
             retention: config.control_plane_retention,
             hibernate_after: config.hibernate_after,
+            provisioning_timeout: config.provisioning_timeout,
             admin_url,
             export_dir: config.data_dir.join("exports"),
             instance: uuid::Uuid::new_v4(),
             gateway: Default::default(),
+            instances: Default::default(),
         });
+        let revocations =
+            identity::revocation::Revocations::new(pool.clone(), controlplanes.changes.clone());
         let state = AppState {
             oidc: Arc::new(Providers::new(&config.oidc_providers)?),
             schema: graphql::schema(pool.clone(), config.clone(), controlplanes.clone()),
@@ -104,7 +108,7 @@ impl Application {
                 .build()?,
             metrics: telemetry::metrics_handle(),
             limiters: Arc::new(crate::limits::Limiters::new(config.rate_limits)),
-            revocations: identity::revocation::Revocations::new(pool.clone()),
+            revocations,
             pool,
             config,
             leptos,
@@ -133,6 +137,12 @@ impl Application {
     ) -> anyhow::Result<()> {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
         let listener = tokio::spawn(self.state.revocations.clone().listen());
+        let services = &self.state.controlplanes;
+        let heartbeat = tokio::spawn(fleet::replicas::heartbeat(
+            self.state.pool.clone(),
+            services.instance,
+            services.instances.clone(),
+        ));
         let lifecycle = tokio::spawn(fleet::lifecycle::run(
             self.state.pool.clone(),
             self.state.controlplanes.clone(),
@@ -158,10 +168,12 @@ impl Application {
         .context("HTTP server failed");
         cleanup.abort();
         listener.abort();
+        heartbeat.abort();
         billing.abort();
         lifecycle.abort();
         let _ = lifecycle.await;
         self.state.controlplanes.driver.shutdown().await;
+        fleet::replicas::leave(&self.state.pool, self.state.controlplanes.instance).await;
         self.state.pool.close().await;
         if let Some(pg) = self.embedded
             && let Err(e) = pg.stop().await

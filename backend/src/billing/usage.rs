@@ -46,8 +46,12 @@ pub async fn record_sample(
     .fetch_one(&mut *tx)
     .await?;
     let seconds = match previous {
-        Some(prev) if at > prev => (at - prev).num_seconds().min(max_gap.as_secs() as i64),
-        Some(_) => return Ok(()), // not after the last sample: nothing new to cover
+        // Sampled less than half an interval ago (another instance sampled it this round):
+        // one sample an interval is enough.
+        Some(prev) if at - prev < chrono::Duration::from_std(max_gap / 4).unwrap_or_default() => {
+            return Ok(());
+        }
+        Some(prev) => (at - prev).num_seconds().min(max_gap.as_secs() as i64),
         None => 0,
     };
     sqlx::query!(
@@ -180,7 +184,7 @@ pub async fn batch(pool: &PgPool) -> Result<u64, ApiError> {
 
 /// Sends every unsent report to Stripe's meter; marks each sent once Stripe accepted it.
 /// Returns how many were sent.
-pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
+pub async fn report(pool: &PgPool, billing: &Billing, instance: Uuid) -> Result<u64, ApiError> {
     let stripe = billing.stripe()?;
     let Some(event_name) = billing
         .config
@@ -190,9 +194,17 @@ pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
     else {
         return Ok(0);
     };
+    // Claimed for a while by this instance, so another sends none of them meanwhile (Stripe
+    // would not count one twice anyway: the report id is the event's identifier).
     let pending = sqlx::query!(
-        "select id, stripe_customer_id, object_hours, period_end from usage_reports
-         where reported_at is null order by created_at limit 100",
+        "update usage_reports set claimed_by = $1, claimed_until = now() + interval '1 minute'
+         where id in (
+             select id from usage_reports
+             where reported_at is null and (claimed_until is null or claimed_until < now())
+             order by created_at limit 100
+             for update skip locked)
+         returning id, stripe_customer_id, object_hours, period_end",
+        instance,
     )
     .fetch_all(pool)
     .await?;
@@ -211,7 +223,8 @@ pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
         match result {
             Ok(()) => {
                 sqlx::query!(
-                    "update usage_reports set reported_at = now(), attempts = attempts + 1, last_error = null
+                    "update usage_reports set reported_at = now(), attempts = attempts + 1, last_error = null,
+                         claimed_by = null, claimed_until = null
                      where id = $1",
                     id,
                 )
@@ -221,7 +234,9 @@ pub async fn report(pool: &PgPool, billing: &Billing) -> Result<u64, ApiError> {
             }
             Err(e) => {
                 sqlx::query!(
-                    "update usage_reports set attempts = attempts + 1, last_error = $2 where id = $1",
+                    "update usage_reports set attempts = attempts + 1, last_error = $2,
+                         claimed_by = null, claimed_until = null
+                     where id = $1",
                     id,
                     e.to_string(),
                 )

@@ -105,7 +105,7 @@ async fn ticks(pool: &PgPool, services: &Services) {
         if let Err(e) = super::usage::batch(&pool).await {
             tracing::warn!(error = %e, "billing: batching usage failed");
         }
-        if let Err(e) = super::usage::report(&pool, &billing).await {
+        if let Err(e) = super::usage::report(&pool, &billing, services.instance).await {
             tracing::warn!(error = %e, "billing: reporting usage failed");
         }
     }

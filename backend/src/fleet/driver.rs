@@ -82,6 +82,16 @@ pub trait RuntimeDriver: Send + Sync + 'static {
     fn stop(&self, id: Uuid) -> BoxFuture<'_, Result<(), DriverError>>;
     /// Removes everything the driver made for it; resolves once it is all gone.
     fn delete(&self, id: Uuid) -> BoxFuture<'_, Result<(), DriverError>>;
+    /// Whether control planes run inside this management-plane process (as its children), so
+    /// that another instance's are out of its reach and must be found where they run (see
+    /// [`super::replicas`]).
+    fn is_local(&self) -> bool {
+        false
+    }
+    /// The control planes running here (local drivers).
+    fn local_ids(&self) -> BoxFuture<'_, Vec<Uuid>> {
+        Box::pin(async { Vec::new() })
+    }
     /// Called once when the management plane stops (the process driver stops its children).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

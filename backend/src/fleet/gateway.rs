@@ -539,13 +539,16 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
         }
     };
     let endpoint = match ready().await? {
-        Some(ep) => ep,
+        Some(ep) => ep.0,
+        // A local runtime: it may run as another instance's child, or nowhere any more.
+        None if services.driver.is_local() => elsewhere(state, cp).await?,
         None => {
             // Restarting (crash, management restart): wait briefly rather than fail.
             lifecycle::wait_ready(services, id).await?;
             ready()
                 .await?
                 .ok_or_else(|| not_ready(Status::Provisioning))?
+                .0
         }
     };
     // Recorded at most every few seconds: it feeds hibernation, not billing.
@@ -558,7 +561,34 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
         .execute(&state.pool)
         .await?;
     }
-    Ok(endpoint.0)
+    Ok(endpoint)
+}
+
+/// Where a Ready control plane that does not run here answers (see [`super::replicas`]): at
+/// its holder's, while that instance is alive; else this instance takes it over and starts it.
+async fn elsewhere(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> {
+    let services = &state.controlplanes;
+    let me = services.instance;
+    if let (Some(holder), Some(endpoint)) = (cp.runtime_holder, &cp.runtime_endpoint)
+        && holder != me
+        && services.instances.is_alive(holder)
+    {
+        return Ok(endpoint.clone());
+    }
+    if super::replicas::take_over(&state.pool, cp.id, me).await? {
+        return lifecycle::run_here(&state.pool, services, cp).await;
+    }
+    // Another instance runs it (or is taking it over just now): wait until it answers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let (_, Some(endpoint)) = super::replicas::runtime_of(&state.pool, cp.id).await? {
+            return Ok(endpoint);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(not_ready(Status::Provisioning));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether a request is the tenant agent's own (registration, or an agent credential on one of

@@ -11,7 +11,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::driver::{ControlPlaneSpec, RuntimeStatus};
-use super::{ControlPlane, Services, Status, query_control_planes, servers, transition};
+use super::{ControlPlane, Services, Status, query_control_planes, replicas, servers, transition};
 use crate::error::ApiError;
 
 /// How long a started control plane may take to answer its readiness check.
@@ -92,26 +92,70 @@ pub async fn step(pool: &PgPool, services: &Services) -> Result<bool, ApiError> 
                 other => other.to_string(),
             };
             tracing::warn!(control_plane.id = %cp.id, error = %reason, "control-plane step failed; will retry");
-            let row = sqlx::query!(
+            // Live subscribers hear of the new reason through PostgreSQL.
+            sqlx::query!(
                 "update control_planes set locked_until = null, locked_by = null,
                      attempts = attempts + 1, status_reason = $2,
                      next_attempt_at = now() + least(interval '1 second' * power(2, attempts), interval '5 minutes'),
                      updated_at = now()
-                 where id = $1 returning attempts, updated_at",
+                 where id = $1",
                 cp.id,
                 &reason,
             )
-            .fetch_one(pool)
+            .execute(pool)
             .await?;
-            let _ = services.changes.send(super::Change {
-                org_id: cp.org_id,
-                id: cp.id,
-                status: Status::parse(&cp.status)?,
-                status_reason: Some(reason),
-                updated_at: row.updated_at,
-            });
+            let status = Status::parse(&cp.status)?;
+            if matches!(status, Status::Pending | Status::Provisioning) {
+                give_up(pool, services, &cp, &reason).await?;
+            }
         }
     }
+    Ok(true)
+}
+
+/// Marks a control plane FAILED, with `reason`, once its provisioning has been failing for
+/// longer than the provisioning timeout (since it was last asked for: created or resumed), so
+/// that none is left PROVISIONING indefinitely. Resuming it tries again. Answers whether it did.
+async fn give_up(
+    pool: &PgPool,
+    services: &Services,
+    cp: &ControlPlane,
+    reason: &str,
+) -> Result<bool, ApiError> {
+    let overdue = sqlx::query_scalar!(
+        r#"select coalesce(max(at), now()) < now() - make_interval(secs => $2) as "overdue!"
+           from control_plane_events where control_plane_id = $1 and to_status = 'pending'"#,
+        cp.id,
+        services.provisioning_timeout.as_secs_f64(),
+    )
+    .fetch_one(pool)
+    .await?;
+    if !overdue {
+        return Ok(false);
+    }
+    let message = format!(
+        "provisioning did not finish within {} s: {reason}",
+        services.provisioning_timeout.as_secs()
+    );
+    let mut tx = pool.begin().await?;
+    let change = transition(
+        &mut tx,
+        cp.id,
+        &[Status::Pending, Status::Provisioning],
+        Status::Failed,
+        &message,
+    )
+    .await?;
+    sqlx::query!(
+        "update control_planes set status_reason = $2 where id = $1",
+        cp.id,
+        &message,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::warn!(control_plane.id = %cp.id, %message, "giving up provisioning");
+    services.publish(change);
     Ok(true)
 }
 
@@ -180,7 +224,12 @@ async fn advance(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Resul
             .await
         }
         (Status::Provisioning, desired) => {
-            provision(pool, services, cp).await?;
+            let server_id = provision(pool, services, cp).await?;
+            // Placed just now: the rest of the step uses where.
+            let cp = &ControlPlane {
+                server_id,
+                ..cp.clone()
+            };
             if desired == "suspended" {
                 return move_to(
                     pool,
@@ -197,6 +246,7 @@ async fn advance(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Resul
         }
         (Status::Ready | Status::Hibernated, "suspended") => {
             services.driver.stop(cp.id).await.map_err(driver_error)?;
+            replicas::release(pool, cp.id).await?;
             move_to(pool, services, cp, status, Status::Suspended, "suspended").await
         }
         (Status::Suspended, "running") => {
@@ -228,46 +278,46 @@ pub async fn spec(
 }
 
 /// Places the control plane's database on a server (once), and makes it there. A server that
-/// turns out to be full is noted, so that new control planes go elsewhere; one placed on it
-/// just now is placed again at the next attempt.
-async fn provision(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
+/// refuses the connection for want of room is noted, so that new control planes go elsewhere;
+/// one placed on it just now is placed again at the next attempt.
+/// Answers the server it is on.
+async fn provision(
+    pool: &PgPool,
+    services: &Services,
+    cp: &ControlPlane,
+) -> Result<Option<Uuid>, ApiError> {
     let (server, placed_now) = servers::place(pool, cp.id).await?;
     let admin_url = servers::admin_url(pool, services, server).await?;
-    let made = provision_database(services, cp, &admin_url).await;
-    let Err(e) = made else { return Ok(()) };
-    let Some(full) = full_reason(&e) else {
-        return Err(e);
-    };
-    let label = servers::label(pool, server).await;
-    let next = match server {
-        Some(id) => {
-            servers::mark_full(pool, id, &full).await?;
-            if placed_now {
-                servers::unplace(pool, cp.id).await?;
-                "placing it on another server"
-            } else {
-                "retrying"
+    let admin =
+        match <sqlx::PgConnection as sqlx::Connection>::connect(admin_url.expose_secret()).await {
+            Ok(admin) => admin,
+            Err(e) if servers::is_full(&e) => {
+                let full = match &e {
+                    sqlx::Error::Database(d) => d.message().to_owned(),
+                    other => other.to_string(),
+                };
+                let label = servers::label(pool, server).await;
+                let next = match server {
+                    Some(id) => {
+                        servers::mark_full(pool, id, &full).await?;
+                        if placed_now {
+                            servers::unplace(pool, cp.id).await?;
+                            "placing it on another server"
+                        } else {
+                            "retrying"
+                        }
+                    }
+                    None => "retrying",
+                };
+                return Err(ApiError::Unavailable {
+                    code: "DATABASE_SERVER_FULL",
+                    message: format!("{label} has no room for another connection ({full}); {next}"),
+                });
             }
-        }
-        None => "retrying",
-    };
-    Err(ApiError::Unavailable {
-        code: "DATABASE_SERVER_FULL",
-        message: format!("{label} has no room for another connection ({full}); {next}"),
-    })
-}
-
-/// The server's words when an error is a database server refusing a connection for want of
-/// room (`too many connections`, SQLSTATE class 53).
-fn full_reason(e: &ApiError) -> Option<String> {
-    let ApiError::Internal { source, .. } = e else {
-        return None;
-    };
-    let sqlx = source.downcast_ref::<sqlx::Error>()?;
-    servers::is_full(sqlx).then(|| match sqlx {
-        sqlx::Error::Database(d) => d.message().to_owned(),
-        other => other.to_string(),
-    })
+            Err(e) => return Err(e.into()),
+        };
+    provision_database(services, cp, &admin_url, admin).await?;
+    Ok(server)
 }
 
 /// The tenant role's password, decrypted.
@@ -301,6 +351,7 @@ async fn provision_database(
     services: &Services,
     cp: &ControlPlane,
     admin_url: &SecretString,
+    mut admin: sqlx::PgConnection,
 ) -> Result<(), ApiError> {
     let password = password(services, cp)?;
     // Identifiers are `qleet_cp_<hex>` and the password base64url: nothing to escape.
@@ -313,12 +364,11 @@ async fn provision_database(
             "unexpected characters in tenant identifiers"
         )));
     }
-    let admin = admin_pool(admin_url).await?;
     let role_exists = sqlx::query_scalar!(
         r#"select exists (select 1 from pg_roles where rolname = $1) as "exists!""#,
         &cp.db_role,
     )
-    .fetch_one(&admin)
+    .fetch_one(&mut admin)
     .await?;
     // DDL on names and a password made here: it cannot take bind parameters, so it stays a
     // runtime string (the names are generated from the control plane's id, never user input).
@@ -336,7 +386,7 @@ async fn provision_database(
         )
     };
     sqlx::query(sqlx::AssertSqlSafe(ddl))
-        .execute(&admin)
+        .execute(&mut admin)
         .await?;
     // The management role becomes a member of the tenant role: PostgreSQL requires that of a
     // role that is not a superuser (one with CREATEDB and CREATEROLE, as a production install
@@ -346,13 +396,13 @@ async fn provision_database(
         "grant {} to current_user",
         cp.db_role
     )))
-    .execute(&admin)
+    .execute(&mut admin)
     .await?;
     let db_exists = sqlx::query_scalar!(
         r#"select exists (select 1 from pg_database where datname = $1) as "exists!""#,
         &cp.db_name,
     )
-    .fetch_one(&admin)
+    .fetch_one(&mut admin)
     .await?;
     // A copy of the pre-migrated template (see `template`), when it can be used here.
     let template = super::template::ensure(admin_url).await;
@@ -366,7 +416,7 @@ async fn provision_database(
             "create database {} owner {}{from}",
             cp.db_name, cp.db_role
         )))
-        .execute(&admin)
+        .execute(&mut admin)
         .await;
         // A concurrent or earlier half-finished attempt may have made it: adopt it.
         if let Err(e) = created
@@ -379,9 +429,9 @@ async fn provision_database(
         "revoke all on database {} from public",
         cp.db_name
     )))
-    .execute(&admin)
+    .execute(&mut admin)
     .await?;
-    admin.close().await;
+    let _ = sqlx::Connection::close(admin).await;
     if template.is_some() {
         super::template::hand_over(admin_url, &cp.db_name, &cp.db_role).await?;
     }
@@ -392,11 +442,11 @@ async fn provision_database(
 
 /// A one-connection pool on the management server with the management role (which creates
 /// tenant roles and databases).
-async fn admin_pool(admin_url: &SecretString) -> Result<PgPool, ApiError> {
-    Ok(sqlx::postgres::PgPoolOptions::new()
+async fn admin_pool(admin_url: &SecretString) -> sqlx::Result<PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(admin_url.expose_secret())
-        .await?)
+        .await
 }
 
 async fn start_and_wait(
@@ -404,11 +454,33 @@ async fn start_and_wait(
     services: &Services,
     cp: &ControlPlane,
 ) -> Result<(), ApiError> {
-    let spec = spec(pool, services, cp).await?;
-    services.driver.start(&spec).await.map_err(driver_error)?;
-    wait_ready(services, cp.id).await?;
+    run_here(pool, services, cp).await?;
     let admin_url = servers::admin_url(pool, services, cp.server_id).await?;
     protect_audit_trail(cp, &admin_url).await
+}
+
+/// Starts the control plane's runtime (here, for a local driver: this instance becomes its
+/// holder) and waits until it answers; answers where.
+pub async fn run_here(
+    pool: &PgPool,
+    services: &Services,
+    cp: &ControlPlane,
+) -> Result<String, ApiError> {
+    let local = services.driver.is_local();
+    if local {
+        replicas::hold(pool, cp.id, services.instance).await?;
+    }
+    let spec = spec(pool, services, cp).await?;
+    services.driver.start(&spec).await.map_err(driver_error)?;
+    let endpoint = services
+        .driver
+        .wait_ready(cp.id, READY_TIMEOUT)
+        .await
+        .map_err(driver_error)?;
+    if local {
+        replicas::record_endpoint(pool, cp.id, services.instance, &endpoint.0).await?;
+    }
+    Ok(endpoint.0)
 }
 
 /// Hands the control plane's audit trail (schema `qleet_audit`, which its migrations made as
@@ -459,6 +531,7 @@ pub async fn wait_ready(services: &Services, id: Uuid) -> Result<(), ApiError> {
 /// Stops the runtime at once; drops database and role once the retention period has passed.
 async fn delete(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
     services.driver.delete(cp.id).await.map_err(driver_error)?;
+    replicas::release(pool, cp.id).await?;
     if let Some(after) = cp.delete_after
         && after > chrono::Utc::now()
     {
@@ -551,13 +624,17 @@ async fn export(
 }
 
 /// Checks Ready control planes: hibernates idle ones, and restarts any the runtime no longer
-/// runs (after a management restart or a crash it could not recover). Two queries whatever the
+/// runs (after a management restart or a crash it could not recover). With a local runtime it
+/// also takes over those whose holder is gone, records where its own answer, and stops its
+/// children that should no longer run here (see [`replicas`]). A few queries whatever the
 /// number of control planes.
 async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
+    let me = services.instance;
+    let local = services.driver.is_local();
     // Idle: no request for `hibernate_after` (never, without it).
     let idle_secs = services.hibernate_after.map(|after| after.as_secs_f64());
     let ready = sqlx::query!(
-        r#"select id, $1::float8 is not null
+        r#"select id, runtime_holder, runtime_endpoint, $1::float8 is not null
                   and coalesce(last_request_at, updated_at) < now() - make_interval(secs => $1)
                   as "idle!"
            from control_planes
@@ -567,24 +644,43 @@ async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
     .fetch_all(pool)
     .await?;
     let mut idle = Vec::new();
-    let mut stopped = Vec::new();
+    let mut restart = Vec::new();
     for row in ready {
         if row.idle {
             idle.push(row.id);
-        } else if services.driver.status(row.id).await.map_err(driver_error)?
-            == RuntimeStatus::Stopped
-        {
-            stopped.push(row.id);
+            continue;
+        }
+        if local && row.runtime_holder != Some(me) {
+            let elsewhere = row
+                .runtime_holder
+                .is_some_and(|h| services.instances.is_alive(h));
+            if !elsewhere && replicas::take_over(pool, row.id, me).await? {
+                tracing::info!(control_plane.id = %row.id, "taking over a control plane whose instance is gone");
+                restart.push(row.id);
+            }
+            continue;
+        }
+        match services.driver.status(row.id).await.map_err(driver_error)? {
+            RuntimeStatus::Stopped => restart.push(row.id),
+            RuntimeStatus::Ready(endpoint)
+                if local && row.runtime_endpoint.as_deref() != Some(endpoint.0.as_str()) =>
+            {
+                replicas::record_endpoint(pool, row.id, me, &endpoint.0).await?;
+            }
+            _ => {}
         }
     }
-    if idle.is_empty() && stopped.is_empty() {
+    if local {
+        stop_strays(pool, services).await?;
+    }
+    if idle.is_empty() && restart.is_empty() {
         return Ok(());
     }
     let rows = query_control_planes!(
         "select ",
         " from control_planes where id = any($1) or id = any($2)",
         &idle,
-        &stopped,
+        &restart,
     )
     .fetch_all(pool)
     .await?;
@@ -593,12 +689,37 @@ async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
             hibernate(pool, services, &cp).await?;
         } else {
             tracing::info!(control_plane.id = %cp.id, "runtime not running; starting it again");
+            // Where it answers is recorded by a later sweep, once it does.
             services
                 .driver
                 .start(&spec(pool, services, &cp).await?)
                 .await
                 .map_err(driver_error)?;
         }
+    }
+    Ok(())
+}
+
+/// Stops this instance's children whose control plane it no longer holds, or that should not
+/// run (suspended, failed, being deleted): another instance's step changed that.
+async fn stop_strays(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
+    let here = services.driver.local_ids().await;
+    if here.is_empty() {
+        return Ok(());
+    }
+    let keep = sqlx::query_scalar!(
+        "select id from control_planes
+         where id = any($1) and runtime_holder = $2
+           and status not in ('deleting', 'deleted', 'failed')
+           and not (status = 'suspended' and desired <> 'running')",
+        &here,
+        services.instance,
+    )
+    .fetch_all(pool)
+    .await?;
+    for id in here.into_iter().filter(|id| !keep.contains(id)) {
+        tracing::info!(control_plane.id = %id, "stopping a control plane this instance no longer runs");
+        services.driver.stop(id).await.map_err(driver_error)?;
     }
     Ok(())
 }
@@ -622,6 +743,7 @@ async fn hibernate(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Res
     }
     let hibernating = async {
         services.driver.stop(cp.id).await.map_err(driver_error)?;
+        replicas::release(pool, cp.id).await?;
         move_to(
             pool,
             services,
@@ -643,12 +765,7 @@ async fn hibernate(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Res
 /// Wakes a hibernated control plane for a request: starts it, waits until it answers, marks it
 /// Ready. Concurrent wakers all wait for the same start.
 pub async fn wake(pool: &PgPool, services: &Services, cp: &ControlPlane) -> Result<(), ApiError> {
-    services
-        .driver
-        .start(&spec(pool, services, cp).await?)
-        .await
-        .map_err(driver_error)?;
-    wait_ready(services, cp.id).await?;
+    run_here(pool, services, cp).await?;
     let mut conn = pool.acquire().await?;
     let change = transition(
         &mut conn,

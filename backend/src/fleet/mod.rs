@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod live;
 pub mod object_events;
 pub mod process;
+pub mod replicas;
 pub mod servers;
 pub mod template;
 
@@ -91,6 +92,9 @@ pub struct ControlPlane {
     pub billing_hold: bool,
     /// The database server its database is on (`None`: the management database's).
     pub server_id: Option<Uuid>,
+    /// The process runtime: the instance that runs it, and where it answers.
+    pub runtime_holder: Option<Uuid>,
+    pub runtime_endpoint: Option<String>,
 }
 
 /// `sqlx::query_as!` for [`ControlPlane`] rows: `$before`, the row's columns, `$after`. Both
@@ -102,7 +106,7 @@ macro_rules! query_control_planes {
             $before
                 + "id, org_id, name, region, status, status_reason, desired, db_name, db_role,
                    db_password_enc, version, created_at, updated_at, delete_after, billing_hold,
-                   server_id"
+                   server_id, runtime_holder, runtime_endpoint"
                 + $after
             $(, $arg)*
         )
@@ -264,6 +268,8 @@ pub struct Services {
     pub billing: std::sync::Arc<crate::billing::Billing>,
     pub retention: std::time::Duration,
     pub hibernate_after: Option<std::time::Duration>,
+    /// How long provisioning may take before the control plane is marked FAILED.
+    pub provisioning_timeout: std::time::Duration,
     /// Connection URL of the management database; tenants get databases on the same server.
     pub admin_url: secrecy::SecretString,
     /// Where a deleted control plane's database is exported (`pg_dump`) before it is dropped.
@@ -272,6 +278,8 @@ pub struct Services {
     pub instance: Uuid,
     /// The gateway's memory between requests (minted tokens, request times).
     pub gateway: gateway::Memo,
+    /// The management-plane instances last seen alive (replicas).
+    pub instances: std::sync::Arc<replicas::Instances>,
 }
 
 impl Services {
@@ -281,9 +289,10 @@ impl Services {
         self.wake.notify_one();
     }
 
+    /// After a transition: wakes the workers. Live subscribers hear of it through PostgreSQL
+    /// (every instance's, see [`replicas`]).
     pub fn publish(&self, change: Option<Change>) {
-        if let Some(change) = change {
-            let _ = self.changes.send(change);
+        if change.is_some() {
             self.wake_workers();
         }
     }
@@ -427,13 +436,27 @@ pub async fn request(
         Request::Resume => {
             crate::billing::resume_check(pool, &services.billing, cp.org_id, id, cp.billing_hold)
                 .await?;
-            if status != Status::Suspended {
-                return Err(ApiError::Conflict(format!(
-                    "only a suspended control plane can be resumed (this one is {})",
-                    status.as_str()
-                )));
+            match status {
+                Status::Suspended => ("running", None, "control_plane.resume"),
+                // Provisioning gave up: try again from the start (it is asked for anew).
+                Status::Failed => {
+                    let change = transition(
+                        &mut tx,
+                        id,
+                        &[Status::Failed],
+                        Status::Pending,
+                        &format!("provisioning tried again by {}", actor.principal.label()),
+                    )
+                    .await?;
+                    ("running", change, "control_plane.resume")
+                }
+                _ => {
+                    return Err(ApiError::Conflict(format!(
+                        "only a suspended or failed control plane can be resumed (this one is {})",
+                        status.as_str()
+                    )));
+                }
             }
-            ("running", None, "control_plane.resume")
         }
         Request::Delete => {
             if confirm_name.map(str::trim) != Some(cp.name.as_str()) {

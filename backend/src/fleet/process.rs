@@ -380,6 +380,21 @@ impl RuntimeDriver for ProcessDriver {
         Box::pin(self.stop_inner(id))
     }
 
+    fn is_local(&self) -> bool {
+        true
+    }
+
+    fn local_ids(&self) -> BoxFuture<'_, Vec<Uuid>> {
+        Box::pin(async move {
+            let running = self.running.lock().await;
+            running
+                .iter()
+                .filter(|(_, s)| !s.task.is_finished())
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.stop_all())
     }

@@ -198,6 +198,9 @@ pub struct Revocations {
     pool: PgPool,
     /// What the hot path caches; forgotten by the same notifications, see [`super::cache`].
     pub cache: super::cache::AccessCache,
+    /// Where live control-plane status changes announced by PostgreSQL go (every instance's
+    /// subscribers, see [`crate::fleet::replicas`]).
+    changes: tokio::sync::broadcast::Sender<crate::fleet::Change>,
     entries: Mutex<HashMap<u64, Entry>>,
     next: AtomicU64,
     /// Cancelled when the server starts shutting down: every live connection ends at once.
@@ -205,10 +208,14 @@ pub struct Revocations {
 }
 
 impl Revocations {
-    pub fn new(pool: PgPool) -> Arc<Revocations> {
+    pub fn new(
+        pool: PgPool,
+        changes: tokio::sync::broadcast::Sender<crate::fleet::Change>,
+    ) -> Arc<Revocations> {
         Arc::new(Revocations {
             pool,
             cache: super::cache::AccessCache::default(),
+            changes,
             entries: Mutex::new(HashMap::new()),
             next: AtomicU64::new(0),
             stopping: CancellationToken::new(),
@@ -266,6 +273,13 @@ impl Revocations {
 
     /// Wakes the connections a notification payload (`user:<id>` / `token:<id>`) names.
     fn kick(&self, payload: &str) {
+        // Cache barriers and forgettings name no live connection.
+        if ["sync:", "cp:", "org:"]
+            .iter()
+            .any(|p| payload.starts_with(p))
+        {
+            return;
+        }
         let subject = payload
             .split_once(':')
             .and_then(|(kind, id)| Some((kind, id.parse::<Uuid>().ok()?)));
@@ -298,15 +312,29 @@ impl Revocations {
     pub async fn listen(self: Arc<Self>) {
         loop {
             match sqlx::postgres::PgListener::connect_with(&self.pool).await {
-                Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(mut listener) => match listener
+                    .listen_all([CHANNEL, crate::fleet::replicas::CHANGES_CHANNEL])
+                    .await
+                {
                     Ok(()) => {
                         self.cache.go_live();
                         self.kick_all();
                         loop {
                             match listener.try_recv().await {
-                                Ok(Some(n)) => {
+                                Ok(Some(n)) if n.channel() == CHANNEL => {
                                     self.cache.forget(n.payload());
                                     self.kick(n.payload());
+                                }
+                                Ok(Some(n)) => {
+                                    match crate::fleet::replicas::change_of(n.payload()) {
+                                        Some(change) => {
+                                            let _ = self.changes.send(change);
+                                        }
+                                        None => tracing::warn!(
+                                            payload = n.payload(),
+                                            "ignoring an unreadable status change"
+                                        ),
+                                    }
                                 }
                                 // The connection broke (what was sent meanwhile is lost):
                                 // start again from a fresh one.

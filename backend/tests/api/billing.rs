@@ -27,24 +27,28 @@ async fn spawn_billing(
     api_base: &str,
     customize: impl FnOnce(&mut qleet::config::Config),
 ) -> TestApp {
-    let base = url::Url::parse(&format!("{api_base}/")).expect("url");
     spawn_app_with(move |c| {
-        c.billing.stripe = Some(StripeConfig {
-            secret_key: SecretString::from(SECRET_KEY.to_owned()),
-            webhook_secret: SecretString::from(WEBHOOK_SECRET.to_owned()),
-            api_base: base,
-            usage_price: None,
-            meter_event: None,
-        });
-        c.billing.plans = qleet::billing::plans::Plans::from_config(
-            None,
-            Some("team=price_team,business=price_business"),
-            "free",
-        )
-        .expect("plans");
+        use_stripe(c, api_base);
         customize(c);
     })
     .await
+}
+
+/// Billing through Stripe at `api_base`, plans Team and Business priced.
+pub(crate) fn use_stripe(c: &mut qleet::config::Config, api_base: &str) {
+    c.billing.stripe = Some(StripeConfig {
+        secret_key: SecretString::from(SECRET_KEY.to_owned()),
+        webhook_secret: SecretString::from(WEBHOOK_SECRET.to_owned()),
+        api_base: url::Url::parse(&format!("{api_base}/")).expect("url"),
+        usage_price: None,
+        meter_event: None,
+    });
+    c.billing.plans = qleet::billing::plans::Plans::from_config(
+        None,
+        Some("team=price_team,business=price_business"),
+        "free",
+    )
+    .expect("plans");
 }
 
 async fn billing(app: &TestApp, who: &Session, org: &str) -> Value {
@@ -93,7 +97,7 @@ async fn customer_of(app: &TestApp, slug: &str) -> Option<String> {
 /// The organisation's Stripe customer in localstripe, made by Qleet's own Checkout call.
 /// localstripe has no Checkout, so that call fails after the customer step; the customer it
 /// made is stored and reused.
-async fn customer_in_localstripe(
+pub(crate) async fn customer_in_localstripe(
     app: &TestApp,
     ls: &LocalStripe,
     owner: &Session,
@@ -122,7 +126,7 @@ async fn customer_in_localstripe(
 }
 
 /// A Stripe event JSON body.
-fn event(id: &str, kind: &str, created: i64, object: Value) -> Vec<u8> {
+pub(crate) fn event(id: &str, kind: &str, created: i64, object: Value) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "id": id, "object": "event", "type": kind, "created": created,
         "api_version": "2023-10-16", "livemode": false,
@@ -131,7 +135,7 @@ fn event(id: &str, kind: &str, created: i64, object: Value) -> Vec<u8> {
     .expect("json")
 }
 
-async fn deliver(app: &TestApp, body: &[u8], signature: &str) -> (u16, String) {
+pub(crate) async fn deliver(app: &TestApp, body: &[u8], signature: &str) -> (u16, String) {
     let resp = app
         .http
         .post(format!("{}/webhooks/stripe", app.url))
@@ -149,13 +153,13 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn sign(body: &[u8]) -> String {
+pub(crate) fn sign(body: &[u8]) -> String {
     qleet::billing::webhook::sign(body, WEBHOOK_SECRET, now())
 }
 
 /// Waits until the stored event `id` has been applied by the billing worker (it answers 200 as
 /// soon as the event is stored); returns its warning, if any.
-async fn wait_applied(app: &TestApp, id: &str) -> Option<String> {
+pub(crate) async fn wait_applied(app: &TestApp, id: &str) -> Option<String> {
     for _ in 0..300 {
         let row: Option<(Option<chrono::DateTime<chrono::Utc>>, Option<String>)> =
             sqlx::query_as("select applied_at, warning from stripe_events where id = $1")
@@ -171,7 +175,7 @@ async fn wait_applied(app: &TestApp, id: &str) -> Option<String> {
     panic!("event {id} was never applied");
 }
 
-async fn count(app: &TestApp, sql: &str) -> i64 {
+pub(crate) async fn count(app: &TestApp, sql: &str) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
         .fetch_one(&app.pool)
         .await
@@ -966,7 +970,7 @@ async fn usage_is_reported_in_batches_once_even_when_a_report_is_retried() {
         1
     );
     assert_eq!(
-        qleet::billing::usage::report(&app.pool, &billing)
+        qleet::billing::usage::report(&app.pool, &billing, uuid::Uuid::new_v4())
             .await
             .expect("report"),
         1
@@ -1007,7 +1011,7 @@ async fn usage_is_reported_in_batches_once_even_when_a_report_is_retried() {
         0
     );
     assert_eq!(
-        qleet::billing::usage::report(&app.pool, &billing)
+        qleet::billing::usage::report(&app.pool, &billing, uuid::Uuid::new_v4())
             .await
             .expect("report"),
         0
@@ -1020,7 +1024,7 @@ async fn usage_is_reported_in_batches_once_even_when_a_report_is_retried() {
         .execute(&app.pool)
         .await
         .expect("rewind");
-    qleet::billing::usage::report(&app.pool, &billing)
+    qleet::billing::usage::report(&app.pool, &billing, uuid::Uuid::new_v4())
         .await
         .expect("report");
     let sent = peer.to("/v1/billing/meter_events");
@@ -1048,13 +1052,13 @@ async fn usage_is_reported_in_batches_once_even_when_a_report_is_retried() {
     );
     peer.fail_next(1);
     assert_eq!(
-        qleet::billing::usage::report(&app.pool, &billing)
+        qleet::billing::usage::report(&app.pool, &billing, uuid::Uuid::new_v4())
             .await
             .expect("report"),
         0
     );
     assert_eq!(
-        qleet::billing::usage::report(&app.pool, &billing)
+        qleet::billing::usage::report(&app.pool, &billing, uuid::Uuid::new_v4())
             .await
             .expect("report"),
         1

@@ -83,7 +83,7 @@ fn pid(app: &TestApp, id: Uuid) -> Option<u32> {
 }
 
 /// Processes running as control plane `id` (by their environment).
-fn processes_of(id: Uuid) -> usize {
+pub(crate) fn processes_of(id: Uuid) -> usize {
     let needle = format!("QLEET_CP_ID={id}");
     std::fs::read_dir("/proc")
         .into_iter()

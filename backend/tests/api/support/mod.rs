@@ -79,9 +79,20 @@ pub fn test_config(url: &str, db_url: &str) -> Config {
         billing: qleet::config::BillingConfig::dev_default(),
         hibernate_after: None,
         control_plane_retention: Duration::ZERO,
+        provisioning_timeout: Duration::from_secs(900),
         runtime: qleet::config::Runtime::Process,
         introspection: qleet::config::Introspection::Anonymous,
     }
+}
+
+/// No plan limits: for tests that make many control planes.
+pub fn unlimited(c: &mut Config) {
+    c.billing.plans = qleet::billing::plans::Plans::from_config(
+        Some(r#"[{"id":"big","name":"Big","control_planes":null,"agents":null,"objects":null}]"#),
+        None,
+        "big",
+    )
+    .expect("plans");
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -98,9 +109,32 @@ pub async fn spawn_app_with(customize: impl FnOnce(&mut Config)) -> TestApp {
 
 /// Starts Qleet on an already bound listener (when a peer must know the URL first).
 pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)) -> TestApp {
+    let db_url = fresh_database().await;
+    spawn_with_database(listener, db_url, customize).await
+}
+
+/// Starts another instance (replica) of `other`: the same management database and master
+/// secret, its own address and data directory.
+pub async fn spawn_replica(other: &TestApp, customize: impl FnOnce(&mut Config)) -> TestApp {
+    let secret = other.secret_key.clone();
+    spawn_with_database(
+        TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        other.db_url.clone(),
+        |c| {
+            c.secret_key = secret;
+            customize(c);
+        },
+    )
+    .await
+}
+
+async fn spawn_with_database(
+    listener: TcpListener,
+    db_url: String,
+    customize: impl FnOnce(&mut Config),
+) -> TestApp {
     qleet::telemetry::init_logging(LogFormat::Pretty);
     let url = format!("http://{}", listener.local_addr().expect("addr"));
-    let db_url = fresh_database().await;
     let mut config = test_config(&url, &db_url);
     customize(&mut config);
     let data_dir = config.data_dir.clone();
@@ -130,6 +164,12 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
 }
 
 impl TestApp {
+    /// This app's master secret.
+    pub fn secret(&self) -> String {
+        use secrecy::ExposeSecret as _;
+        self.secret_key.expose_secret().to_owned()
+    }
+
     /// The keys derived from this app's master secret.
     pub fn keys(&self) -> qleet::keys::Keys {
         qleet::keys::Keys::from_secret(&self.secret_key).expect("keys")
