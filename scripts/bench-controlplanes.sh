@@ -3,10 +3,13 @@
 #   1. createControlPlane -> READY time for N sequential control planes (with a breakdown from
 #      the control_plane_events timestamps and the child's pid file);
 #   2. resident memory of idle control-plane processes and of the management process;
-#   3. density: at least 100 control planes at once (RSS, PostgreSQL connections and backend
-#      memory, extrapolation to this machine's RAM and to max_connections);
-#   4. gateway overhead: `{ controlPlane { id } }` through POST /cp/<id>/graphql vs straight to a
-#      standalone control plane, same run, interleaved rounds (wrk).
+#   3. QLEET_BENCH_BURST (100) created at once, timed until all are READY; then the rest up to
+#      QLEET_BENCH_CONTROL_PLANES at once, and density with all of them running (RSS,
+#      PostgreSQL connections per idle control plane once their pools have shrunk, backend
+#      memory);
+#   4. gateway overhead: `{ controlPlane { id } }` through POST /cp/<id>/graphql (to one control
+#      plane, and to a random one of all) vs straight to a standalone control plane, same run,
+#      interleaved rounds (wrk).
 # PostgreSQL: by default a private, throw-away cluster (initdb in a temp dir, loopback port
 # QLEET_BENCH_PG_PORT, max_connections QLEET_BENCH_PG_MAX_CONNECTIONS) so that 100+ control planes
 # -- each holding connections -- do not exhaust a shared server; set QLEET_BENCH_DATABASE_URL
@@ -17,10 +20,11 @@ ensure_apt wrk wrk
 
 N_SEQ=${QLEET_BENCH_SEQUENTIAL:-20}
 N_TOTAL=${QLEET_BENCH_CONTROL_PLANES:-100}
+N_BURST=${QLEET_BENCH_BURST:-100}
 PORT=${QLEET_BENCH_PORT:-18081}
 CP_PORT=${QLEET_BENCH_CP_PORT:-18091}
 DURATION=${QLEET_BENCH_DURATION:-10s}
-CONNS=${QLEET_BENCH_CONNECTIONS:-16}
+CONNS=${QLEET_BENCH_CONNECTIONS:-64}
 ROUNDS=${QLEET_BENCH_ROUNDS:-3}
 PG_PORT=${QLEET_BENCH_PG_PORT:-55432}
 PG_MAXC=${QLEET_BENCH_PG_MAX_CONNECTIONS:-400}
@@ -84,7 +88,7 @@ cleanup() {
     done
     sql "drop database if exists $MGMT_DB with (force)" 2>/dev/null
   fi
-  rm -rf "$WORK"
+  if [ -n "${QLEET_BENCH_KEEP:-}" ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -167,25 +171,45 @@ mgmt_rss=$(rss_kb "$SERVER")
 tenant_conns_seq=$(sql "select count(*) from pg_stat_activity where usename like 'qleet_cp_%'")
 
 # --- 3. Many at once ----------------------------------------------------------------------------
-more=$((N_TOTAL - N_SEQ))
-say "3. $more more control planes at once (total $N_TOTAL)"
+# create_many PREFIX COUNT: asks for COUNT control planes back to back (8 clients in parallel).
+create_many() {
+  export -f tgql create_cp
+  export TOKEN URL
+  seq "$2" | xargs -P 8 -I{} bash -c 'echo "$(create_cp "$1")"' _ "$1-{}" >>"$WORK/ids" ||
+    die "creating control planes failed"
+}
+# wait_ready N: until N control planes are READY (none FAILED); at most 20 min.
+peak_conns=0
+wait_ready() {
+  for _ in $(seq 12000); do
+    ready=$(msql "select count(*) from control_planes where status = 'ready'")
+    failed=$(msql "select count(*) from control_planes where status = 'failed'")
+    c=$(sql "select count(*) from pg_stat_activity where usename like 'qleet_cp_%'")
+    [ "$c" -gt "$peak_conns" ] && peak_conns=$c
+    [ "$ready" -ge "$1" ] || [ "$failed" -gt 0 ] && break
+    sleep 0.1
+  done
+  [ "$ready" -ge "$1" ] || say "only $ready of $1 READY ($failed failed)"
+}
+say "3. $N_BURST control planes at once"
+: >"$WORK/ids"
 t0=$(now_ms)
-for i in $(seq "$more"); do
-  id=$(create_cp "many-$i")
-  [ -n "$id" ] || die "createControlPlane many-$i failed"
-  IDS+=("$id")
-done
-t_created=$(now_ms)
-ready=0
-for _ in $(seq 900); do # at most ~15 min
-  ready=$(msql "select count(*) from control_planes where status = 'ready'")
-  failed=$(msql "select count(*) from control_planes where status = 'failed'")
-  [ "$ready" -ge "$N_TOTAL" ] || [ "$failed" -gt 0 ] && break
-  sleep 1
-done
+create_many burst "$N_BURST"
+t_burst_created=$(now_ms)
+wait_ready $((N_SEQ + N_BURST))
+t_burst_ready=$(now_ms)
+burst_ready=$ready
+rest=$((N_TOTAL - N_SEQ - N_BURST))
+t_rest0=$(now_ms)
+if [ "$rest" -gt 0 ]; then
+  say "3. $rest more at once (total $N_TOTAL)"
+  create_many many "$rest"
+  wait_ready "$N_TOTAL"
+fi
 t_ready=$(now_ms)
-[ "$ready" -ge "$N_TOTAL" ] || say "only $ready of $N_TOTAL READY ($failed failed)"
-sleep 10
+IDS+=($(cat "$WORK/ids"))
+# Idle: the control planes' pools close idle connections after QLEET_CP_POOL_IDLE_SECONDS (10).
+sleep 20
 n_children=$(child_pids | wc -l)
 child_pids | while read -r p; do rss_kb "$p"; done >"$WORK/many.rss"
 total_rss=$(awk '{ s += $1 } END { print s }' "$WORK/many.rss")
@@ -211,6 +235,8 @@ RUST_LOG=warn DATABASE_URL="${ADMIN%/*}/$DIRECT_DB" QLEET_CP_ID=$(cat /proc/sys/
 DIRECT=$!
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$CP_PORT/readyz" >/dev/null && break; sleep 0.1; done
 GW_ID=${IDS[0]}
+QLEET_BENCH_CP_IDS=$(IFS=,; echo "${IDS[*]}")
+export QLEET_BENCH_CP_IDS
 curl -fs "$URL/cp/$GW_ID/graphql" -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
   -d '{"query":"{ controlPlane { id } }"}' | grep -q "$GW_ID" || die "gateway request failed"
 curl -fs "http://127.0.0.1:$CP_PORT/graphql" -H "Authorization: Bearer $ADMIN_TOKEN" \
@@ -223,7 +249,7 @@ run() {
     /Non-2xx/ { bad = $NF }
     END { printf "%s %s %s %s\n", rps, p50, p99, (bad == "" ? 0 : bad) }'
 }
-: >"$WORK/direct.w"; : >"$WORK/gw.w"
+: >"$WORK/direct.w"; : >"$WORK/gw.w"; : >"$WORK/gwr.w"
 ROWS=""
 for r in $(seq "$ROUNDS"); do
   read -r rps p50 p99 bad < <(run -s bench/cp_direct.lua "http://127.0.0.1:$CP_PORT/graphql")
@@ -231,11 +257,22 @@ for r in $(seq "$ROUNDS"); do
   ROWS+="| $r | direct: POST 127.0.0.1:$CP_PORT/graphql (standalone, admin token) | $rps | $p50 | $p99 | $bad |"$'\n'
   read -r rps p50 p99 bad < <(run -s bench/cp_gateway.lua "$URL/cp/$GW_ID/graphql")
   echo "$rps $p50 $p99" >>"$WORK/gw.w"
-  ROWS+="| $r | gateway: POST /cp/<id>/graphql (API token) | $rps | $p50 | $p99 | $bad |"$'\n'
+  ROWS+="| $r | gateway: POST /cp/<id>/graphql (API token), one control plane | $rps | $p50 | $p99 | $bad |"$'\n'
+  read -r rps p50 p99 bad < <(run -s bench/cp_gateway_random.lua "$URL")
+  echo "$rps $p50 $p99" >>"$WORK/gwr.w"
+  if [ "$bad" != 0 ]; then
+    # Say what the refusals were: a few requests to random control planes, their answers.
+    for id in $(printf '%s\n' "${IDS[@]}" | shuf -n 20); do
+      curl -s -o /dev/null -w "%{http_code} $id\n" "$URL/cp/$id/graphql" -H "Authorization: Bearer $TOKEN" \
+        -H 'content-type: application/json' -d '{"query":"{ controlPlane { id } }"}'
+    done | grep -v '^200' >&2 || true
+  fi
+  ROWS+="| $r | gateway: a random one of the $N_TOTAL control planes per request | $rps | $p50 | $p99 | $bad |"$'\n'
 done
 col() { cut -d' ' -f"$2" "$1" | median; }
 d_rps=$(col "$WORK/direct.w" 1); d_p50=$(col "$WORK/direct.w" 2); d_p99=$(col "$WORK/direct.w" 3)
 g_rps=$(col "$WORK/gw.w" 1); g_p50=$(col "$WORK/gw.w" 2); g_p99=$(col "$WORK/gw.w" 3)
+r_rps=$(col "$WORK/gwr.w" 1); r_p50=$(col "$WORK/gwr.w" 2); r_p99=$(col "$WORK/gwr.w" 3)
 direct_rss=$(rss_kb "$DIRECT")
 cpu_note=$(nproc)
 
@@ -279,10 +316,14 @@ $s_med ms.
 
 With $N_SEQ idle control planes, tenant roles held $tenant_conns_seq PostgreSQL connections.
 
-### 3. $N_TOTAL control planes at once
+### 3. $N_BURST at once, then $N_TOTAL running
 
-$more created back to back after the first $N_SEQ: creating them took $((t_created - t0)) ms; all
-$ready READY $((t_ready - t0)) ms after the first create ($(awk -v a=$((t_ready - t0)) -v n=$more 'BEGIN { printf "%.0f", a / n }') ms per control plane).
+$N_BURST created at once (8 clients in parallel) after the first $N_SEQ: creating them took
+$((t_burst_created - t0)) ms; all $burst_ready READY **$((t_burst_ready - t0)) ms** after the first create.
+Then $rest more at once: all $N_TOTAL READY $((t_ready - t_rest0)) ms after the first of those
+($(awk -v a=$((t_ready - t_rest0)) -v n=$((rest > 0 ? rest : 1)) 'BEGIN { printf "%.0f", a / n }') ms per control plane).
+At most $peak_conns PostgreSQL connections were held by control planes at once while they started
+(sampled every 0.1 s). Measured 20 s after the last was READY (idle pools closed):
 
 | measure | value |
 | --- | ---: |
@@ -313,6 +354,7 @@ Medians:
 | route | requests/s | p50 ms | p99 ms |
 | --- | ---: | ---: | ---: |
 | direct to a control plane | $d_rps | $d_p50 | $d_p99 |
-| through the gateway | $g_rps | $g_p50 | $g_p99 |
-| gateway / direct | $(awk -v a="$g_rps" -v b="$d_rps" 'BEGIN { printf "%.3f", a / b }') | $(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN { printf "%.1f×", a / b }') | $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN { printf "%.1f×", a / b }') |
+| through the gateway, one control plane | $g_rps | $g_p50 | $g_p99 |
+| through the gateway, a random one of $N_TOTAL | $r_rps | $r_p50 | $r_p99 |
+| gateway (one) / direct | $(awk -v a="$g_rps" -v b="$d_rps" 'BEGIN { printf "%.3f", a / b }') | +$(awk -v a="$g_p50" -v b="$d_p50" 'BEGIN { printf "%.2f ms", a - b }') | $(awk -v a="$g_p99" -v b="$d_p99" 'BEGIN { printf "%.1f×", a / b }') |
 EOF

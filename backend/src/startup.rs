@@ -138,6 +138,10 @@ impl Application {
         let cleanup = tokio::spawn(sweep_expired(self.state.pool.clone()));
         let listener = tokio::spawn(self.state.revocations.clone().listen());
         let services = &self.state.controlplanes;
+        let requests = tokio::spawn(fleet::gateway::flush_requests(
+            self.state.pool.clone(),
+            services.clone(),
+        ));
         let heartbeat = tokio::spawn(fleet::replicas::heartbeat(
             self.state.pool.clone(),
             services.instance,
@@ -169,6 +173,13 @@ impl Application {
         cleanup.abort();
         listener.abort();
         heartbeat.abort();
+        requests.abort();
+        let _ = self
+            .state
+            .controlplanes
+            .gateway
+            .flush(&self.state.pool)
+            .await;
         billing.abort();
         lifecycle.abort();
         let _ = lifecycle.await;

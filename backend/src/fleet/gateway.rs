@@ -551,16 +551,9 @@ async fn reach(state: &AppState, cp: &ControlPlane) -> Result<String, ApiError> 
                 .0
         }
     };
-    // Recorded at most every few seconds: it feeds hibernation, not billing.
-    if services.gateway.note_request(cp.id) {
-        sqlx::query!(
-            "update control_planes set last_request_at = now()
-             where id = $1 and (last_request_at is null or last_request_at < now() - interval '5 seconds')",
-            cp.id,
-        )
-        .execute(&state.pool)
-        .await?;
-    }
+    // Written down later, for many control planes at once (see `Memo::flush`): it feeds
+    // hibernation, not billing, and a request does not wait for a write.
+    services.gateway.note_request(cp.id);
     Ok(endpoint)
 }
 
@@ -840,6 +833,8 @@ pub struct Memo {
         std::collections::HashMap<MintKey, (String, chrono::DateTime<chrono::Utc>)>,
     >,
     noted: std::sync::Mutex<std::collections::HashMap<Uuid, std::time::Instant>>,
+    /// Control planes requested since the last flush.
+    requested: std::sync::Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl Memo {
@@ -861,8 +856,8 @@ impl Memo {
         minted.insert(key, (token, expires_at));
     }
 
-    /// Whether a request to `cp` should be written down (once every few seconds per control
-    /// plane and process).
+    /// Notes a request to `cp`, to be written down at the next flush (once every few seconds
+    /// per control plane and process); answers whether it was noted.
     fn note_request(&self, cp: Uuid) -> bool {
         let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
         let now = std::time::Instant::now();
@@ -873,8 +868,44 @@ impl Memo {
                     noted.clear();
                 }
                 noted.insert(cp, now);
+                self.requested
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(cp);
                 true
             }
+        }
+    }
+
+    /// Writes down `last_request_at` of every control plane requested since the last flush,
+    /// in one statement.
+    pub async fn flush(&self, pool: &sqlx::PgPool) -> sqlx::Result<()> {
+        let ids: Vec<Uuid> =
+            std::mem::take(&mut *self.requested.lock().unwrap_or_else(|e| e.into_inner()))
+                .into_iter()
+                .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query!(
+            "update control_planes set last_request_at = now() where id = any($1)",
+            &ids,
+        )
+        .execute(pool)
+        .await
+        .map(drop)
+    }
+}
+
+/// Writes the requests' times down every second, for as long as the server runs (see
+/// [`Memo::flush`]).
+pub async fn flush_requests(pool: sqlx::PgPool, services: std::sync::Arc<super::Services>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = services.gateway.flush(&pool).await {
+            tracing::warn!(error = %e, "cannot record when control planes were last requested");
         }
     }
 }
@@ -930,6 +961,33 @@ mod tests {
             .await
             .expect_err("over the limit");
         assert_eq!(err.code(), "INPUT_TOO_LARGE");
+    }
+
+    #[tokio::test]
+    async fn streams_at_most_the_response_limit() {
+        // Said too large up front: refused before anything is passed on.
+        let mut said = http::Response::new(vec![b'x'; 8]);
+        said.headers_mut().insert(
+            header::CONTENT_LENGTH,
+            HeaderValue::from(MAX_RESPONSE_BYTES as u64 + 1),
+        );
+        let err = stream_bounded(reqwest::Response::from(said)).expect_err("over the limit");
+        assert_eq!(err.code(), "INPUT_TOO_LARGE");
+        // Growing past it unannounced: the stream ends in an error once past the limit.
+        let chunks = (0..=MAX_RESPONSE_BYTES / (1024 * 1024))
+            .map(|_| Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024 * 1024])));
+        let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+        let grown = reqwest::Response::from(http::Response::new(body));
+        let out = stream_bounded(grown).expect("headers pass");
+        let read = axum::body::to_bytes(out.into_body(), usize::MAX).await;
+        assert!(read.is_err(), "cut off past the limit");
+        // At the limit: passed on whole.
+        let at = reqwest::Response::from(http::Response::new(vec![b'x'; MAX_RESPONSE_BYTES]));
+        let out = stream_bounded(at).expect("at the limit");
+        let read = axum::body::to_bytes(out.into_body(), usize::MAX)
+            .await
+            .expect("whole");
+        assert_eq!(read.len(), MAX_RESPONSE_BYTES);
     }
 
     #[test]

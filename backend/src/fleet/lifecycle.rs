@@ -647,7 +647,14 @@ async fn sweep(pool: &PgPool, services: &Services) -> Result<(), ApiError> {
     let mut restart = Vec::new();
     for row in ready {
         if row.idle {
-            idle.push(row.id);
+            // With a local runtime the instance that runs it hibernates it (stopping its own
+            // child before saying so); one whose holder is gone, anyone.
+            let holder_alive = row
+                .runtime_holder
+                .is_some_and(|h| h == me || services.instances.is_alive(h));
+            if !local || row.runtime_holder == Some(me) || !holder_alive {
+                idle.push(row.id);
+            }
             continue;
         }
         if local && row.runtime_holder != Some(me) {

@@ -70,6 +70,7 @@ pub async fn spawn_on(listener: TcpListener, customize: impl FnOnce(&mut Config)
         billing: qleet::config::BillingConfig::dev_default(),
         hibernate_after: None,
         control_plane_retention: Duration::ZERO,
+        provisioning_timeout: Duration::from_secs(900),
         runtime: qleet::config::Runtime::Process,
         introspection: qleet::config::Introspection::Anonymous,
     };

@@ -111,7 +111,9 @@ pub async fn listen(engine: Engine) {
                 {
                     tracing::warn!(error = %e, "cannot LISTEN");
                 } else {
-                    engine.reconcile_wake.notify_waiters();
+                    // One worker looks (and, finding work, wakes the next): a control plane that
+                    // starts with nothing to do opens one connection for it, not one per worker.
+                    engine.reconcile_wake.notify_one();
                     engine.task_wake.notify_waiters();
                     loop {
                         match listener.try_recv().await {
@@ -119,7 +121,7 @@ pub async fn listen(engine: Engine) {
                             // what was notified meanwhile is lost, so everyone looks again.
                             Ok(None) => {
                                 tracing::warn!("LISTEN connection lost and made again");
-                                engine.reconcile_wake.notify_waiters();
+                                engine.reconcile_wake.notify_one();
                                 engine.task_wake.notify_waiters();
                             }
                             Ok(Some(n)) => match n.channel() {
@@ -204,6 +206,9 @@ pub async fn watch_due_reconciles(engine: Engine) {
 /// (or [`watch_due_reconciles`]) and nothing else: the query that found no work also told it
 /// when the next request falls due.
 pub async fn worker(engine: Engine) {
+    // The first look waits for the listener (see `listen`), which wakes one worker once it
+    // listens, so nothing notified is missed and the workers do not all look at once.
+    engine.reconcile_wake.notified().await;
     loop {
         // Waiting from before the look, so a notification that arrives during it is kept.
         let mut wake = Box::pin(engine.reconcile_wake.notified());
