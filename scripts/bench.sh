@@ -49,7 +49,7 @@ for r in $(seq "$ROUNDS"); do
   read -r rps p50 p99 bad < <(run -s bench/graphql_typename.lua "$URL/graphql")
   echo "| $r | POST /graphql { __typename } (anonymous, no database) | $rps | $p50 | $p99 | $bad |"
   read -r rps p50 p99 bad < <(run -s bench/graphql_typename_token.lua "$URL/graphql")
-  echo "| $r | POST /graphql { __typename } (bearer token: 1 auth query) | $rps | $p50 | $p99 | $bad |"
+  echo "| $r | POST /graphql { __typename } (bearer token: authentication cached) | $rps | $p50 | $p99 | $bad |"
   read -r rps p50 p99 bad < <(run -s bench/graphql_me.lua "$URL/graphql")
-  echo "| $r | POST /graphql me { organizations } (bearer: 3 queries) | $rps | $p50 | $p99 | $bad |"
+  echo "| $r | POST /graphql me { organizations } (bearer: 2 queries, authentication cached) | $rps | $p50 | $p99 | $bad |"
 done
