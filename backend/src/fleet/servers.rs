@@ -143,12 +143,8 @@ pub async fn set_draining(pool: &PgPool, name: &str, draining: bool) -> Result<S
         draining,
     )
     .execute(pool)
-    .await?
-    .rows_affected();
-    if updated == 0 {
-        return Err(ApiError::NotFound(format!("database server {name:?}")));
-    }
-    find(pool, name).await
+    .await?;
+    changed(pool, name, updated).await
 }
 
 /// Changes how many control planes a server takes (those already there stay, even over it).
@@ -162,9 +158,17 @@ pub async fn set_capacity(pool: &PgPool, name: &str, capacity: i32) -> Result<Se
         capacity,
     )
     .execute(pool)
-    .await?
-    .rows_affected();
-    if updated == 0 {
+    .await?;
+    changed(pool, name, updated).await
+}
+
+/// The server `name` as an update of it left it; `NOT_FOUND` when the update found none.
+async fn changed(
+    pool: &PgPool,
+    name: &str,
+    updated: sqlx::postgres::PgQueryResult,
+) -> Result<Server, ApiError> {
+    if updated.rows_affected() == 0 {
         return Err(ApiError::NotFound(format!("database server {name:?}")));
     }
     find(pool, name).await
